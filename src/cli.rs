@@ -1,0 +1,147 @@
+//! The command line: one enum per noun, doc comments as help text.
+
+use crate::compose;
+use anyhow::{anyhow, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Build immutable, ostree-based host operating systems for Kubernetes nodes.
+#[derive(Debug, Parser)]
+#[command(name = "hostforge", version, max_term_width = 80)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compose operating system trees from RPM repositories
+    #[command(subcommand)]
+    Compose(ComposeCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ComposeCmd {
+    /// Compose a treefile into an ostree commit
+    Tree(TreeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TreeArgs {
+    /// The treefile (YAML or JSON, rpm-ostree's format)
+    pub treefile: PathBuf,
+    /// The ostree repository to commit into (archive or bare)
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// Cache for repo metadata, packages and builds
+    #[arg(long, value_name = "PATH", default_value = "/var/cache/hostforge")]
+    pub cachedir: PathBuf,
+    /// Write the commit checksum to FILE
+    #[arg(long, value_name = "FILE")]
+    pub write_commitid_to: Option<PathBuf>,
+    /// Write a JSON summary of the compose to FILE
+    #[arg(long, value_name = "FILE")]
+    pub write_composejson_to: Option<PathBuf>,
+    /// Add KEY=VALUE string metadata to the commit (repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub add_metadata_string: Vec<String>,
+    /// Compose even if the inputs did not change
+    #[arg(long)]
+    pub force_nocache: bool,
+    /// Resolve and print the package set; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print nothing but errors
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print progress and the summary as JSON lines
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--add-metadata-string {s:?}: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(anyhow!("--add-metadata-string {s:?}: empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compose(ComposeCmd::Tree(a)) => {
+            let opts = compose::Options {
+                treefile: a.treefile,
+                repo: a.repo,
+                cachedir: a.cachedir,
+                write_commitid_to: a.write_commitid_to,
+                write_composejson_to: a.write_composejson_to,
+                add_metadata: a
+                    .add_metadata_string
+                    .iter()
+                    .map(|s| parse_kv(s))
+                    .collect::<Result<_>>()?,
+                force_nocache: a.force_nocache,
+                dry_run: a.dry_run,
+                quiet: a.quiet,
+                json: a.json,
+            };
+            let json = opts.json;
+            let doc = compose::compose_tree(opts)?;
+            if json {
+                println!("{}", serde_json::json!({"event": "summary", "compose": doc}));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_rpm_ostree_flags() {
+        let cli = Cli::try_parse_from([
+            "hostforge",
+            "compose",
+            "tree",
+            "--repo=/r",
+            "--cachedir",
+            "/c",
+            "--add-metadata-string",
+            "a=b",
+            "--dry-run",
+            "t.yaml",
+        ])
+        .unwrap();
+        let Command::Compose(ComposeCmd::Tree(a)) = cli.command;
+        assert_eq!(a.repo.as_deref(), Some(std::path::Path::new("/r")));
+        assert!(a.dry_run);
+        assert_eq!(parse_kv(&a.add_metadata_string[0]).unwrap(), ("a".into(), "b".into()));
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let mut cmd = Cli::command();
+        for path in [vec![], vec!["compose"], vec!["compose", "tree"]] {
+            let mut c = &mut cmd;
+            for p in &path {
+                c = c.find_subcommand_mut(p).unwrap();
+            }
+            let help = c.render_long_help().to_string();
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "{path:?}: {line:?}");
+            }
+        }
+    }
+}

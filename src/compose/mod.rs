@@ -1,0 +1,965 @@
+//! `compose tree`: the pipeline from a treefile to an ostree commit, as a flat list of named,
+//! timed steps over one context. No step reaches back into an earlier one; the ref moves only
+//! in the last step, after every object is written.
+
+mod postprocess;
+mod scripts;
+
+use crate::ostreeutil::{self, MetaBuilder};
+use crate::pkgcache::{self, PkgInfo};
+use crate::progress::{Progress, Timer};
+use crate::rpmmd::{self, RepoDef, Solved};
+use crate::treefile::Treefile;
+use crate::{process, HOSTFORGE_VERSION};
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use ostree::glib;
+use ostree::prelude::*;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What `hostforge compose tree` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub treefile: PathBuf,
+    pub repo: Option<PathBuf>,
+    pub cachedir: PathBuf,
+    pub write_commitid_to: Option<PathBuf>,
+    pub write_composejson_to: Option<PathBuf>,
+    pub add_metadata: Vec<(String, String)>,
+    pub force_nocache: bool,
+    pub dry_run: bool,
+    pub quiet: bool,
+    pub json: bool,
+}
+
+#[derive(Default)]
+struct Stats {
+    cache_hits: usize,
+    downloaded: usize,
+    bytes_downloaded: u64,
+    objects_written: u64,
+    bytes_written: u64,
+}
+
+/// Everything the steps share.
+struct Ctx {
+    opts: Options,
+    progress: Progress,
+    tf: Treefile,
+    treeref: String,
+    target: Option<ostree::Repo>,
+    cache: ostree::Repo,
+    cache_path: PathBuf,
+    work: PathBuf,
+    repos: Vec<RepoDef>,
+    solved: Vec<Solved>,
+    inputhash: String,
+    parent: Option<String>,
+    pkg_commits: Vec<String>,
+    infos: Vec<PkgInfo>,
+    version: Option<String>,
+    commit: Option<String>,
+    changed: bool,
+    stats: Stats,
+    steps: Vec<(String, f64)>,
+}
+
+/// Whether the pipeline goes on after a step.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+type Step = fn(&mut Ctx) -> Result<Flow>;
+
+/// The pipeline, in order.
+const STEPS: &[(&str, Step)] = &[
+    ("resolve", resolve),
+    ("inputhash", inputhash),
+    ("fetch", fetch_and_import),
+    ("assemble", assemble),
+    ("scripts", run_scriptlets),
+    ("rpmdb", write_rpmdb),
+    ("postprocess", postprocess_tree),
+    ("commit", commit),
+];
+
+/// Bump when the compose output changes for the same inputs, so old commits are redone.
+const COMPOSE_FORMAT: &str = "hostforge-compose-1";
+
+/// Runs a compose; returns the compose.json document.
+pub fn compose_tree(opts: Options) -> Result<serde_json::Value> {
+    process::check_required_programs()?;
+    let progress = Progress::new(opts.quiet, opts.json);
+    let tf = Treefile::load(&opts.treefile)?;
+    let treeref = tf.treeref();
+    let target = match (&opts.repo, opts.dry_run) {
+        (Some(r), _) => Some(ostreeutil::open_existing(r)?),
+        (None, true) => None,
+        (None, false) => bail!("--repo is required (unless --dry-run)"),
+    };
+    std::fs::create_dir_all(&opts.cachedir)
+        .with_context(|| format!("creating cachedir {}", opts.cachedir.display()))?;
+    let lock = std::fs::File::create(opts.cachedir.join("lock"))?;
+    if lock.try_lock().is_err() {
+        progress.info("waiting for another compose using this cachedir");
+        lock.lock()?;
+    }
+    let cache_path = opts.cachedir.join("repo");
+    let cache = ostreeutil::open_or_create(&cache_path, ostree::RepoMode::BareUser)?;
+    let work = opts.cachedir.join("work");
+    let all_repos = rpmmd::load_repo_files(&tf.dir)?;
+    let repos = rpmmd::select_repos(
+        &all_repos,
+        tf.doc.repos.as_deref().unwrap_or_default(),
+        &tf.path,
+    )?;
+    let mut ctx = Ctx {
+        opts,
+        progress,
+        tf,
+        treeref,
+        target,
+        cache,
+        cache_path,
+        work,
+        repos,
+        solved: Vec::new(),
+        inputhash: String::new(),
+        parent: None,
+        pkg_commits: Vec::new(),
+        infos: Vec::new(),
+        version: None,
+        commit: None,
+        changed: false,
+        stats: Stats::default(),
+        steps: Vec::new(),
+    };
+    for (name, step) in STEPS {
+        let t = Timer::start();
+        let flow = step(&mut ctx).with_context(|| format!("compose step {name}"))?;
+        ctx.steps.push((name.to_string(), t.secs()));
+        if let Flow::Stop = flow {
+            break;
+        }
+    }
+    drop(lock);
+    let doc = compose_json(&ctx)?;
+    if let Some(p) = &ctx.opts.write_composejson_to {
+        std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let (Some(p), Some(c)) = (&ctx.opts.write_commitid_to, &ctx.commit) {
+        std::fs::write(p, c).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(doc)
+}
+
+fn step_note(ctx: &Ctx, name: &str, t: &Timer, detail: &str) {
+    ctx.progress.step_done(name, t.secs(), detail);
+}
+
+fn resolve(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let reposdir = ctx.work.join("repos.d");
+    let _ = std::fs::remove_dir_all(&reposdir);
+    rpmmd::write_libdnf_reposdir(&ctx.repos, &reposdir)?;
+    let installroot = ctx.work.join("dnf-root");
+    std::fs::create_dir_all(&installroot)?;
+    let releasever = ctx.tf.releasever();
+    let excludes = ctx.tf.doc.exclude_packages.clone().unwrap_or_default();
+    let req = rpmmd::libdnf::Request {
+        reposdir: &reposdir,
+        cachedir: &ctx.opts.cachedir.join("dnf"),
+        installroot: &installroot,
+        releasever: releasever.as_deref(),
+        packages: ctx.tf.packages(),
+        excludes: &excludes,
+        recommends: ctx.tf.recommends(),
+    };
+    ctx.solved = rpmmd::libdnf::depsolve(&req).with_context(|| {
+        format!(
+            "{}: resolving packages from repos {}",
+            ctx.tf.path.display(),
+            ctx.repos
+                .iter()
+                .map(|r| format!("[{}] {}", r.id, r.baseurl().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    step_note(ctx, "resolve", &t, &format!("{} packages", ctx.solved.len()));
+    if ctx.opts.dry_run {
+        if !ctx.opts.json {
+            for p in &ctx.solved {
+                println!("{}", rpmmd::nevra(p));
+            }
+        }
+        return Ok(Flow::Stop);
+    }
+    Ok(Flow::Continue)
+}
+
+fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let mut h = Sha256::new();
+    h.update(format!("{COMPOSE_FORMAT}\n{HOSTFORGE_VERSION}\n"));
+    h.update(ctx.tf.flattened_json());
+    let mut files: Vec<String> = ctx
+        .tf
+        .doc
+        .add_files
+        .iter()
+        .flatten()
+        .map(|(src, _)| src.clone())
+        .collect();
+    files.extend(ctx.tf.doc.postprocess_script.clone());
+    if let Some(cp) = ctx.tf.doc.check_passwd.as_ref().and_then(|c| c.filename.clone()) {
+        files.push(cp);
+    }
+    if let Some(cg) = ctx.tf.doc.check_groups.as_ref().and_then(|c| c.filename.clone()) {
+        files.push(cg);
+    }
+    for f in files {
+        let p = ctx.tf.resolve(&f);
+        let data = std::fs::read(&p).with_context(|| {
+            format!("{}: reading {} referenced by the treefile", ctx.tf.path.display(), p.display())
+        })?;
+        h.update(format!("\nfile {f} {}\n", data.len()));
+        h.update(&data);
+    }
+    for p in &ctx.solved {
+        h.update(format!("\npkg {} {}:{}", rpmmd::nevra(p), p.checksum_type, p.checksum));
+    }
+    ctx.inputhash = hex::encode(h.finalize());
+    let target = ctx.target.as_ref().expect("target repo outside dry-run");
+    ctx.parent = ostreeutil::resolve(target, &ctx.treeref)?;
+    if let (Some(parent), false) = (&ctx.parent, ctx.opts.force_nocache) {
+        let meta = ostreeutil::commit_meta(target, parent)?;
+        if ostreeutil::meta_str(&meta, "hostforge.inputhash").as_deref() == Some(&ctx.inputhash)
+        {
+            ctx.commit = Some(parent.clone());
+            ctx.version = ostreeutil::meta_str(&meta, "version");
+            ctx.progress.info(&format!("no changes: {} is {parent}", ctx.treeref));
+            return Ok(Flow::Stop);
+        }
+    }
+    ctx.changed = true;
+    step_note(ctx, "inputhash", &t, &ctx.inputhash.clone());
+    Ok(Flow::Continue)
+}
+
+fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let mut commits: Vec<Option<String>> = Vec::with_capacity(ctx.solved.len());
+    for p in &ctx.solved {
+        commits.push(pkgcache::lookup(&ctx.cache, p)?);
+    }
+    let missing: Vec<usize> = (0..ctx.solved.len()).filter(|&i| commits[i].is_none()).collect();
+    ctx.stats.cache_hits = ctx.solved.len() - missing.len();
+    let dl_dir = ctx.opts.cachedir.join("downloads");
+    std::fs::create_dir_all(&dl_dir)?;
+    let mut verifiers = HashMap::new();
+    for r in ctx.repos.iter().filter(|r| r.gpgcheck()) {
+        verifiers.insert(r.id.clone(), rpmmd::load_verifier(r)?);
+    }
+    let bar = ctx.progress.bar("fetch", missing.len() as u64);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let results: Vec<Result<Vec<(usize, String, u64)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(missing.len().max(1)))
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<(usize, String, u64)>> {
+                    let repo = ostree::Repo::new_for_path(&ctx.cache_path);
+                    repo.open(gio::Cancellable::NONE)?;
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(&i) = missing.get(k) else { break };
+                        let pkg = &ctx.solved[i];
+                        let repodef = ctx
+                            .repos
+                            .iter()
+                            .find(|r| r.id == pkg.repo_id)
+                            .ok_or_else(|| anyhow!("package from unknown repo {}", pkg.repo_id))?;
+                        let dest = dl_dir.join(format!("{}.rpm", pkg.checksum));
+                        let size = rpmmd::download(repodef, pkg, &dest).with_context(|| {
+                            format!("downloading {} from repo [{}]", rpmmd::nevra(pkg), pkg.repo_id)
+                        })?;
+                        let imported =
+                            pkgcache::import(&repo, &dest, pkg, verifiers.get(&pkg.repo_id));
+                        let _ = std::fs::remove_file(&dest);
+                        let imported = imported?;
+                        bar.inc(&pkg.name);
+                        done.push((i, imported.commit, size));
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("import thread panicked")).collect()
+    });
+    drop(bar);
+    for r in results {
+        for (i, commit, size) in r? {
+            commits[i] = Some(commit);
+            ctx.stats.downloaded += 1;
+            ctx.stats.bytes_downloaded += size;
+        }
+    }
+    ctx.pkg_commits = commits.into_iter().map(|c| c.expect("every package imported")).collect();
+    ctx.infos = ctx
+        .pkg_commits
+        .iter()
+        .map(|c| pkgcache::read_info(&ctx.cache, c))
+        .collect::<Result<_>>()?;
+    step_note(
+        ctx,
+        "fetch",
+        &t,
+        &format!(
+            "{} downloaded and imported, {} from cache",
+            ctx.stats.downloaded, ctx.stats.cache_hits
+        ),
+    );
+    Ok(Flow::Continue)
+}
+
+fn root(ctx: &Ctx) -> PathBuf {
+    ctx.work.join("root")
+}
+
+/// Empties the work dir of an earlier (possibly interrupted) compose.
+fn clean_work_root(ctx: &Ctx) -> Result<()> {
+    let mnt = ctx.work.join("rofiles");
+    if mnt.exists() {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let r = root(ctx);
+    if r.exists() {
+        std::fs::remove_dir_all(&r).with_context(|| format!("removing {}", r.display()))?;
+    }
+    Ok(())
+}
+
+fn assemble(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    // Two packages may ship one path only with identical content.
+    let mut owners: HashMap<&str, (&str, &str)> = HashMap::new();
+    for info in &ctx.infos {
+        for (path, csum) in &info.files {
+            if let Some((other, other_csum)) = owners.get(path.as_str()) {
+                if *other_csum != csum.as_str() {
+                    bail!(
+                        "file conflict: {path} is shipped by both {other} and {} with \
+                         different content; exclude one of them (exclude-packages) or \
+                         remove the path from one (remove-from-packages)",
+                        info.nevra
+                    );
+                }
+            } else {
+                owners.insert(path, (&info.nevra, csum));
+            }
+        }
+    }
+    clean_work_root(ctx)?;
+    let r = root(ctx);
+    std::fs::create_dir_all(&r)?;
+    let devino = ostree::RepoDevInoCache::new();
+    let bar = ctx.progress.bar("assemble", ctx.pkg_commits.len() as u64);
+    for (commit, info) in ctx.pkg_commits.iter().zip(&ctx.infos) {
+        let opts = ostree::RepoCheckoutAtOptions {
+            mode: ostree::RepoCheckoutMode::User,
+            overwrite_mode: ostree::RepoCheckoutOverwriteMode::UnionFiles,
+            no_copy_fallback: true,
+            devino_to_csum_cache: Some(devino.clone()),
+            ..Default::default()
+        };
+        ctx.cache
+            .checkout_at(Some(&opts), libc::AT_FDCWD, &r, commit, gio::Cancellable::NONE)
+            .with_context(|| format!("checking out {}", info.nevra))?;
+        bar.inc(&info.name);
+    }
+    drop(bar);
+    // documentation: false and install-langs drop files after checkout (unlinking a hardlink
+    // leaves the cache untouched).
+    let langs = ctx.tf.doc.install_langs.clone();
+    for info in &ctx.infos {
+        if !ctx.tf.documentation() {
+            for d in &info.docs {
+                postprocess::remove_any(&r.join(d.trim_start_matches('/')))?;
+            }
+        }
+        if let Some(langs) = &langs {
+            for (path, lang) in &info.langs {
+                let keep = langs
+                    .iter()
+                    .any(|l| lang == l || lang.starts_with(&format!("{l}_")));
+                if !keep {
+                    postprocess::remove_any(&r.join(path.trim_start_matches('/')))?;
+                }
+            }
+        }
+    }
+    step_note(ctx, "assemble", &t, &format!("{} packages", ctx.pkg_commits.len()));
+    Ok(Flow::Continue)
+}
+
+fn script_interp(label: &str, s: &rpm::Scriptlet) -> Result<Vec<String>> {
+    let prog = s.program.clone().unwrap_or_default();
+    if prog.first().is_some_and(|p| p == "<lua>") {
+        bail!("{label}: Lua scriptlets are not supported");
+    }
+    Ok(prog)
+}
+
+fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let r = root(ctx);
+    let metas: Vec<rpm::PackageMetadata> = ctx
+        .pkg_commits
+        .iter()
+        .map(|c| pkgcache::read_rpm_metadata(&ctx.cache, c))
+        .collect::<Result<_>>()?;
+    let protected = scripts::Protected::mount(&r, &ctx.work.join("rofiles"))?;
+    let scratch = ctx.work.join("scratch");
+    let mut count = 0;
+    type Getter = fn(&rpm::PackageMetadata) -> Result<rpm::Scriptlet, rpm::Error>;
+    let phases: [(&str, Getter, &str); 3] = [
+        ("%pre", rpm::PackageMetadata::get_pre_install_script, "1"),
+        ("%post", rpm::PackageMetadata::get_post_install_script, "1"),
+        ("%posttrans", rpm::PackageMetadata::get_post_trans_script, "0"),
+    ];
+    let bar = ctx.progress.bar("scripts", metas.len() as u64 * 3);
+    for (phase, get, arg) in phases {
+        if phase == "%posttrans" {
+            count += run_trans_file_triggers(ctx, &metas, protected.path(), &scratch)?;
+        }
+        for (meta, info) in metas.iter().zip(&ctx.infos) {
+            bar.inc(&info.name);
+            let Ok(s) = get(meta) else { continue };
+            if s.script.trim().is_empty() {
+                continue;
+            }
+            let label = format!("{} {phase} scriptlet", info.nevra);
+            let script = scripts::Script {
+                label: &label,
+                interpreter: script_interp(&label, &s)?,
+                body: &s.script,
+                args: vec![arg.to_string()],
+                stdin: None,
+            };
+            scripts::run_in_root(protected.path(), &scratch, &script)?;
+            count += 1;
+        }
+    }
+    drop(bar);
+    drop(protected);
+    step_note(ctx, "scripts", &t, &format!("{count} scriptlets"));
+    Ok(Flow::Continue)
+}
+
+/// `%transfiletriggerin`: each trigger gets, on stdin, the composed files under its prefixes.
+fn run_trans_file_triggers(
+    ctx: &Ctx,
+    metas: &[rpm::PackageMetadata],
+    root: &Path,
+    scratch: &Path,
+) -> Result<usize> {
+    let mut all_files: Vec<&str> = ctx
+        .infos
+        .iter()
+        .flat_map(|i| i.files.iter().map(|(p, _)| p.as_str()))
+        .collect();
+    all_files.sort();
+    let mut count = 0;
+    for (meta, info) in metas.iter().zip(&ctx.infos) {
+        let Ok(triggers) = meta.get_trans_file_triggers() else { continue };
+        for trig in triggers {
+            // Only the "in" kind fires on install.
+            if !trig
+                .conditions
+                .iter()
+                .any(|c| c.flags.contains(rpm::DependencyFlags::TRIGGERIN))
+            {
+                continue;
+            }
+            let prefixes: Vec<&str> = trig.conditions.iter().map(|c| c.name.as_str()).collect();
+            let matched: Vec<&str> = all_files
+                .iter()
+                .copied()
+                .filter(|f| prefixes.iter().any(|p| f.starts_with(p)))
+                .collect();
+            if matched.is_empty() {
+                continue;
+            }
+            let label = format!("{} %transfiletriggerin scriptlet", info.nevra);
+            let script = scripts::Script {
+                label: &label,
+                interpreter: trig.program.clone(),
+                body: &trig.script,
+                args: vec!["0".into(), "0".into()],
+                stdin: Some((matched.join("\n") + "\n").into_bytes()),
+            };
+            scripts::run_in_root(root, scratch, &script)?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn write_rpmdb(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let r = root(ctx);
+    let dbpath = r.join("usr/share/rpm");
+    postprocess::remove_any(&dbpath)?;
+    std::fs::create_dir_all(&dbpath)?;
+    let mut headers = Vec::new();
+    for c in &ctx.pkg_commits {
+        let meta = pkgcache::read_rpm_metadata(&ctx.cache, c)?;
+        headers.extend(
+            meta.header_bytes()
+                .map_err(|e| anyhow!("serializing header: {e}"))?,
+        );
+    }
+    let export = ctx.work.join("headers.rpmdb");
+    std::fs::write(&export, &headers)?;
+    process::run(
+        Command::new("rpmdb")
+            .arg("--dbpath")
+            .arg(&dbpath)
+            .args(["--define", "_db_backend sqlite", "--importdb"])
+            .stdin(std::fs::File::open(&export)?),
+    )
+    .context("writing the rpmdb")?;
+    for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
+        let _ = std::fs::remove_file(dbpath.join(f));
+    }
+    step_note(ctx, "rpmdb", &t, &format!("{} headers", ctx.pkg_commits.len()));
+    Ok(Flow::Continue)
+}
+
+/// `automatic-version-prefix`: `P`, then `P.1`, `P.2`, ... as rpm-ostree numbers them.
+pub fn next_version(prefix: &str, previous: Option<&str>) -> String {
+    match previous {
+        Some(p) if p == prefix => format!("{prefix}.1"),
+        Some(p) => match p
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(n) => format!("{prefix}.{}", n + 1),
+            None => prefix.to_string(),
+        },
+        None => prefix.to_string(),
+    }
+}
+
+fn read_parent_file(ctx: &Ctx, path: &str) -> Option<String> {
+    let target = ctx.target.as_ref()?;
+    let parent = ctx.parent.as_ref()?;
+    let (root, _) = target.read_commit(parent, gio::Cancellable::NONE).ok()?;
+    let f = root.resolve_relative_path(path);
+    let (bytes, _) = f.load_contents(gio::Cancellable::NONE).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let r = root(ctx);
+    let tf = &ctx.tf;
+    // Version first: os-release mentions it.
+    let user_version = ctx
+        .opts
+        .add_metadata
+        .iter()
+        .find(|(k, _)| k == "version")
+        .map(|(_, v)| v.clone());
+    let parent_version = match (&ctx.target, &ctx.parent) {
+        (Some(repo), Some(p)) => {
+            ostreeutil::meta_str(&ostreeutil::commit_meta(repo, p)?, "version")
+        }
+        _ => None,
+    };
+    ctx.version = user_version.or_else(|| {
+        tf.doc
+            .automatic_version_prefix
+            .as_ref()
+            .map(|pfx| next_version(&tf.substitute(pfx), parent_version.as_deref()))
+    });
+
+    for entry in tf.doc.remove_from_packages.iter().flatten() {
+        let (pkg, patterns) = entry.split_first().expect("validated");
+        let info = ctx.infos.iter().find(|i| &i.name == pkg).ok_or_else(|| {
+            anyhow!(
+                "{}: remove-from-packages names {pkg:?}, which is not in the composed set",
+                tf.path.display()
+            )
+        })?;
+        let regexes: Vec<regex::Regex> = patterns
+            .iter()
+            .map(|p| {
+                regex::Regex::new(p).with_context(|| {
+                    format!("{}: remove-from-packages: bad regex {p:?}", tf.path.display())
+                })
+            })
+            .collect::<Result<_>>()?;
+        for (path, _) in &info.files {
+            if regexes.iter().any(|re| re.is_match(path)) {
+                postprocess::remove_any(&r.join(path.trim_start_matches('/')))?;
+            }
+        }
+    }
+    postprocess::remove_files(&r, tf)?;
+    postprocess::add_files(&r, tf)?;
+    postprocess::enable_units(&r, tf)?;
+    postprocess::default_target(&r, tf)?;
+
+    let mut scripts_run = 0;
+    let mut bodies: Vec<(String, String)> = tf
+        .doc
+        .postprocess
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, s)| (format!("postprocess[{i}]"), s.clone()))
+        .collect();
+    if let Some(ps) = &tf.doc.postprocess_script {
+        let p = tf.resolve(ps);
+        let body = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading postprocess-script {}", p.display()))?;
+        bodies.push((format!("postprocess-script {ps}"), body));
+    }
+    if !bodies.is_empty() {
+        let protected = scripts::Protected::mount(&r, &ctx.work.join("rofiles"))?;
+        for (name, body) in &bodies {
+            let label = format!("{}: {name}", tf.path.display());
+            let interp = if body.starts_with("#!") {
+                body.lines().next().unwrap()[2..]
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                vec!["/bin/sh".to_string(), "-e".to_string()]
+            };
+            let script = scripts::Script {
+                label: &label,
+                interpreter: interp,
+                body,
+                args: vec![],
+                stdin: None,
+            };
+            scripts::run_in_root(protected.path(), &ctx.work.join("scratch"), &script)?;
+            scripts_run += 1;
+        }
+    }
+    postprocess::mutate_os_release(&r, tf, ctx.version.as_deref())?;
+    let prev_passwd = read_parent_file(ctx, "usr/etc/passwd");
+    let prev_group = read_parent_file(ctx, "usr/etc/group");
+    let prev_dir = match (prev_passwd, prev_group) {
+        (None, None) => None,
+        (pw, gr) => {
+            let d = ctx.work.join("previous/usr/etc");
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(d.join("passwd"), pw.unwrap_or_default())?;
+            std::fs::write(d.join("group"), gr.unwrap_or_default())?;
+            Some(ctx.work.join("previous"))
+        }
+    };
+    postprocess::check_ids(&r, tf, prev_dir.as_deref())?;
+
+    // The flattened treefile travels in the commit.
+    let share = r.join("usr/share/hostforge");
+    std::fs::create_dir_all(&share)?;
+    std::fs::write(share.join("treefile.json"), tf.flattened_json() + "\n")?;
+
+    // Files owned by non-root users: break the cache hardlink so the commit filter's owner
+    // applies to a fresh object.
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(r.join("etc/group")).unwrap_or_default();
+    let (uids, gids) = (name_ids(&passwd), name_ids(&group));
+    let mut owners: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    for info in &ctx.infos {
+        for (path, user, grp) in &info.owners {
+            if path.starts_with("/var/") || path.starts_with("/run/") {
+                continue;
+            }
+            let uid = *uids.get(user.as_str()).ok_or_else(|| {
+                anyhow!(
+                    "{}: {path} is owned by user {user:?}, which no package or scriptlet \
+                     created in /etc/passwd",
+                    info.nevra
+                )
+            })?;
+            let gid = *gids.get(grp.as_str()).ok_or_else(|| {
+                anyhow!(
+                    "{}: {path} is owned by group {grp:?}, which no package or scriptlet \
+                     created in /etc/group",
+                    info.nevra
+                )
+            })?;
+            let on_disk = r.join(path.trim_start_matches('/'));
+            if on_disk.is_file() && !on_disk.is_symlink() {
+                let tmp = on_disk.with_extension("hostforge-copy");
+                std::fs::copy(&on_disk, &tmp)?;
+                std::fs::rename(&tmp, &on_disk)?;
+            }
+            let committed = match path.strip_prefix("/etc/") {
+                Some(rest) => format!("/usr/etc/{rest}"),
+                None => path.clone(),
+            };
+            owners.insert(committed, (uid, gid));
+        }
+    }
+    std::fs::write(
+        ctx.work.join("owners.json"),
+        serde_json::to_string(&owners)?,
+    )?;
+    postprocess::ostree_layout(&r, tf)?;
+    step_note(ctx, "postprocess", &t, &format!("{scripts_run} scripts"));
+    Ok(Flow::Continue)
+}
+
+fn name_ids(text: &str) -> HashMap<&str, u32> {
+    let mut m: HashMap<&str, u32> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.first().copied()?, f.get(2)?.parse().ok()?))
+        })
+        .collect();
+    m.entry("root").or_insert(0);
+    m
+}
+
+fn commit(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let r = root(ctx);
+    let owners: BTreeMap<String, (u32, u32)> =
+        serde_json::from_slice(&std::fs::read(ctx.work.join("owners.json"))?)?;
+    let readonly_exec = ctx.tf.doc.readonly_executables == Some(true);
+    let filter = move |_repo: &ostree::Repo, path: &str, info: &gio::FileInfo| {
+        if let Some((uid, gid)) = owners.get(path) {
+            info.set_attribute_uint32("unix::uid", *uid);
+            info.set_attribute_uint32("unix::gid", *gid);
+        }
+        if readonly_exec && info.file_type() == gio::FileType::Regular {
+            let mode = info.attribute_uint32("unix::mode");
+            if mode & 0o111 != 0 {
+                info.set_attribute_uint32("unix::mode", mode & !0o222);
+            }
+        }
+        ostree::RepoCommitFilterResult::Allow
+    };
+    let modifier =
+        ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, Some(Box::new(filter)));
+    // Reuse checksums of files still hardlinked to the package cache.
+    let devino = ostree::RepoDevInoCache::new();
+    modifier.set_devino_cache(&devino);
+    let cancellable = gio::Cancellable::NONE;
+    let cache = &ctx.cache;
+    cache.scan_hardlinks(cancellable)?;
+    cache.prepare_transaction(cancellable)?;
+    let built = (|| -> Result<String> {
+        let mtree = ostree::MutableTree::new();
+        let dir = std::fs::File::open(&r)?;
+        use std::os::fd::AsRawFd;
+        cache.write_dfd_to_mtree(dir.as_raw_fd(), ".", &mtree, Some(&modifier), cancellable)?;
+        let root_file = cache.write_mtree(&mtree, cancellable)?;
+        let root_file = root_file
+            .downcast::<ostree::RepoFile>()
+            .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
+        let meta = commit_metadata(ctx)?;
+        let subject = match &ctx.version {
+            Some(v) => format!("{} {v}", ctx.tf.path.file_name().unwrap_or_default().to_string_lossy()),
+            None => format!("{}", ctx.tf.path.file_name().unwrap_or_default().to_string_lossy()),
+        };
+        let time = source_date_epoch()?;
+        let c = cache.write_commit_with_time(
+            ctx.parent.as_deref(),
+            Some(&subject),
+            None,
+            Some(&meta),
+            &root_file,
+            time,
+            cancellable,
+        )?;
+        cache.transaction_set_ref(None, &format!("hostforge/build/{}", ctx.treeref), Some(&c));
+        Ok(c.to_string())
+    })();
+    let built = match built {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = cache.abort_transaction(cancellable);
+            return Err(e);
+        }
+    };
+    let stats = cache.commit_transaction(cancellable)?;
+    ctx.stats.objects_written = stats.get_content_objects_written() as u64 + stats.get_metadata_objects_written() as u64;
+    ctx.stats.bytes_written = stats.get_content_bytes_written();
+
+    // Copy the objects into the user's repo, then (and only then) move the ref.
+    let target = ctx.target.as_ref().expect("target repo");
+    let opts = glib::VariantDict::new(None);
+    opts.insert("refs", vec![built.clone()]);
+    opts.insert("depth", 0i32);
+    let url = format!("file://{}", ctx.cache_path.canonicalize()?.display());
+    target
+        .pull_with_options(&url, &opts.end(), None, cancellable)
+        .with_context(|| format!("copying commit {built} into the target repo"))?;
+    target.prepare_transaction(cancellable)?;
+    target.transaction_set_ref(None, &ctx.treeref, Some(&built));
+    target.commit_transaction(cancellable)?;
+    ctx.commit = Some(built.clone());
+    clean_work_root(ctx)?;
+    step_note(
+        ctx,
+        "commit",
+        &t,
+        &format!("{} => {built}", ctx.treeref),
+    );
+    Ok(Flow::Continue)
+}
+
+/// Commit time: SOURCE_DATE_EPOCH when set, for reproducible checksums.
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
+fn json_to_variant(v: &serde_json::Value) -> glib::Variant {
+    match v {
+        serde_json::Value::Bool(b) => b.to_variant(),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => i.to_variant(),
+            None => n.as_f64().unwrap_or_default().to_variant(),
+        },
+        serde_json::Value::String(s) => s.to_variant(),
+        serde_json::Value::Array(a) => {
+            let strs: Vec<String> = a
+                .iter()
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            strs.to_variant()
+        }
+        other => other.to_string().to_variant(),
+    }
+}
+
+fn commit_metadata(ctx: &Ctx) -> Result<glib::Variant> {
+    let mut m = MetaBuilder::new();
+    for (k, v) in ctx.tf.doc.add_commit_metadata.iter().flatten() {
+        m.value(k, &json_to_variant(v));
+    }
+    for (k, v) in &ctx.opts.add_metadata {
+        m.str(k, v);
+    }
+    if let Some(v) = &ctx.version {
+        m.str("version", v);
+    }
+    let nevras: Vec<String> = ctx.infos.iter().map(|i| i.nevra.clone()).collect();
+    let repos: Vec<String> = ctx
+        .repos
+        .iter()
+        .map(|r| format!("{} {}", r.id, r.baseurl().unwrap_or_default()))
+        .collect();
+    m.str("hostforge.inputhash", &ctx.inputhash)
+        .str("rpmostree.inputhash", &ctx.inputhash)
+        .str("hostforge.treefile", &ctx.tf.flattened_json())
+        .strv("hostforge.packages", &nevras)
+        .strv("hostforge.repos", &repos)
+        .str("hostforge.version", HOSTFORGE_VERSION);
+    Ok(m.end())
+}
+
+fn package_diff(ctx: &Ctx) -> Result<serde_json::Value> {
+    let now: BTreeMap<String, String> = pkgcache::nevra_index(&ctx.infos);
+    let before: BTreeMap<String, String> = match (&ctx.target, &ctx.parent, ctx.changed) {
+        (Some(repo), Some(p), true) => {
+            let meta = ostreeutil::commit_meta(repo, p)?;
+            let list: Vec<String> = meta
+                .lookup_value("hostforge.packages", None)
+                .and_then(|v| v.get::<Vec<String>>())
+                .unwrap_or_default();
+            list.into_iter()
+                .map(|nevra| (name_of_nevra(&nevra).to_string(), nevra))
+                .collect()
+        }
+        _ => return Ok(json!({"total": ctx.solved.len(), "added": [], "removed": [], "changed": []})),
+    };
+    let added: Vec<&String> = now.iter().filter(|(n, _)| !before.contains_key(*n)).map(|(_, v)| v).collect();
+    let removed: Vec<&String> = before.iter().filter(|(n, _)| !now.contains_key(*n)).map(|(_, v)| v).collect();
+    let changed: Vec<[&String; 2]> = now
+        .iter()
+        .filter_map(|(n, v)| before.get(n).filter(|b| *b != v).map(|b| [b, v]))
+        .collect();
+    Ok(json!({"total": now.len(), "added": added, "removed": removed, "changed": changed}))
+}
+
+/// The name part of `name-[epoch:]version-release.arch`.
+fn name_of_nevra(nevra: &str) -> &str {
+    let mut it = nevra.rsplitn(3, '-');
+    let _release = it.next();
+    let _version = it.next();
+    it.next().unwrap_or(nevra)
+}
+
+fn compose_json(ctx: &Ctx) -> Result<serde_json::Value> {
+    let seconds: serde_json::Map<String, serde_json::Value> = ctx
+        .steps
+        .iter()
+        .map(|(k, v)| (k.clone(), json!((v * 1000.0).round() / 1000.0)))
+        .collect();
+    Ok(json!({
+        "ref": ctx.treeref,
+        "commit": ctx.commit,
+        "parent": if ctx.changed { ctx.parent.clone() } else { ctx.parent.as_ref().and_then(|p| ctx.target.as_ref().and_then(|t| ostreeutil::commit_parent(t, p).ok().flatten())) },
+        "version": ctx.version,
+        "inputhash": ctx.inputhash,
+        "changed": ctx.changed,
+        "packages": package_diff(ctx)?,
+        "bytes_written": ctx.stats.bytes_written,
+        "objects_written": ctx.stats.objects_written,
+        "cache_hits": ctx.stats.cache_hits,
+        "downloaded": ctx.stats.downloaded,
+        "bytes_downloaded": ctx.stats.bytes_downloaded,
+        "seconds": seconds,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increment_like_rpm_ostree() {
+        assert_eq!(next_version("30", None), "30");
+        assert_eq!(next_version("30", Some("30")), "30.1");
+        assert_eq!(next_version("30", Some("30.1")), "30.2");
+        assert_eq!(next_version("31", Some("30.4")), "31");
+    }
+
+    #[test]
+    fn nevra_name() {
+        assert_eq!(name_of_nevra("foo-bar-1.0-1.x86_64"), "foo-bar");
+        assert_eq!(name_of_nevra("foo-2:1.0-1.noarch"), "foo");
+    }
+}

@@ -1,0 +1,324 @@
+//! Turning an installed root into the ostree layout: `/etc` moves to `/usr/etc`, `/var` is
+//! emptied into tmpfiles.d entries, the toplevel directories become what ostree expects, and
+//! the treefile's edits (units, default target, os-release, remove/add files) are applied.
+
+use crate::treefile::{CheckPasswdType, Treefile};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+/// Removes a path of any kind if it exists.
+pub fn remove_any(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p)?,
+        Ok(_) => std::fs::remove_file(p)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// `remove-files`: paths relative to the root (a leading `/` is allowed).
+pub fn remove_files(root: &Path, tf: &Treefile) -> Result<()> {
+    for f in tf.doc.remove_files.iter().flatten() {
+        let rel = f.trim_start_matches('/');
+        if rel.split('/').any(|c| c == "..") {
+            bail!("remove-files: {f:?} contains ..");
+        }
+        remove_any(&root.join(rel))?;
+    }
+    Ok(())
+}
+
+/// `add-files`: [source relative to the treefile, absolute destination].
+pub fn add_files(root: &Path, tf: &Treefile) -> Result<()> {
+    for (src, dest) in tf.doc.add_files.iter().flatten() {
+        let from = tf.resolve(src);
+        let to = root.join(dest.trim_start_matches('/'));
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        remove_any(&to)?;
+        std::fs::copy(&from, &to).with_context(|| {
+            format!(
+                "{}: add-files: copying {} to {dest}",
+                tf.path.display(),
+                from.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn wanted_by(unit_text: &str) -> Vec<String> {
+    let mut in_install = false;
+    let mut out = Vec::new();
+    for line in unit_text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_install = l == "[Install]";
+            continue;
+        }
+        if in_install {
+            if let Some(v) = l.strip_prefix("WantedBy=") {
+                out.extend(v.split_whitespace().map(str::to_string));
+            }
+        }
+    }
+    out
+}
+
+/// `units`: enabled like `systemctl enable`, by the unit's `WantedBy=`.
+pub fn enable_units(root: &Path, tf: &Treefile) -> Result<()> {
+    for unit in tf.doc.units.iter().flatten() {
+        let rel = format!("usr/lib/systemd/system/{unit}");
+        let path = root.join(&rel);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{}: units: {unit} is not in /usr/lib/systemd/system of the composed tree",
+                tf.path.display()
+            )
+        })?;
+        let targets = wanted_by(&text);
+        if targets.is_empty() {
+            bail!(
+                "{}: units: {unit} has no WantedBy= in its [Install] section",
+                tf.path.display()
+            );
+        }
+        for t in targets {
+            let dir = root.join(format!("etc/systemd/system/{t}.wants"));
+            std::fs::create_dir_all(&dir)?;
+            let link = dir.join(unit);
+            remove_any(&link)?;
+            symlink(format!("/usr/lib/systemd/system/{unit}"), &link)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn default_target(root: &Path, tf: &Treefile) -> Result<()> {
+    if let Some(t) = &tf.doc.default_target {
+        let dir = root.join("etc/systemd/system");
+        std::fs::create_dir_all(&dir)?;
+        let link = dir.join("default.target");
+        remove_any(&link)?;
+        symlink(format!("/usr/lib/systemd/system/{t}"), link)?;
+    }
+    Ok(())
+}
+
+/// `mutate-os-release`: the given string in VERSION and PRETTY_NAME becomes the commit
+/// version, and OSTREE_VERSION is added, as rpm-ostree does.
+pub fn mutate_os_release(root: &Path, tf: &Treefile, version: Option<&str>) -> Result<()> {
+    let (Some(from), Some(version)) = (&tf.doc.mutate_os_release, version) else {
+        return Ok(());
+    };
+    let candidates = ["usr/lib/os-release", "etc/os-release"];
+    let Some(path) = candidates
+        .iter()
+        .map(|c| root.join(c))
+        .find(|p| p.is_file() && !p.is_symlink())
+    else {
+        bail!(
+            "{}: mutate-os-release is set but the tree has no /usr/lib/os-release",
+            tf.path.display()
+        );
+    };
+    let text = std::fs::read_to_string(&path)?;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("VERSION=") || line.starts_with("PRETTY_NAME=") {
+            out.push_str(&line.replace(from.as_str(), version));
+        } else if line.starts_with("OSTREE_VERSION=") {
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("OSTREE_VERSION='{version}'\n"));
+    remove_any(&path)?;
+    std::fs::write(&path, out)?;
+    Ok(())
+}
+
+fn parse_ids(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 3).then(|| (f[0].to_string(), f[2].to_string()))
+        })
+        .collect()
+}
+
+/// `check-passwd` / `check-groups`: an existing name must keep its id.
+pub fn check_ids(root: &Path, tf: &Treefile, previous: Option<&Path>) -> Result<()> {
+    for (file, check) in [
+        ("passwd", &tf.doc.check_passwd),
+        ("group", &tf.doc.check_groups),
+    ] {
+        let Some(check) = check else { continue };
+        let reference: Option<String> = match check.kind {
+            CheckPasswdType::None => None,
+            CheckPasswdType::Previous => match previous {
+                Some(prev) => std::fs::read_to_string(prev.join("usr/etc").join(file)).ok(),
+                None => None,
+            },
+            CheckPasswdType::File => {
+                let f = tf.resolve(check.filename.as_deref().unwrap_or_default());
+                Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("check-{file}: reading {}", f.display()))?,
+                )
+            }
+            CheckPasswdType::Data => check.entries.as_ref().map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let id = match v {
+                            serde_json::Value::Array(a) => {
+                                a.first().map(|x| x.to_string()).unwrap_or_default()
+                            }
+                            other => other.to_string(),
+                        };
+                        format!("{k}:x:{id}\n")
+                    })
+                    .collect()
+            }),
+        };
+        let Some(reference) = reference else { continue };
+        let now = std::fs::read_to_string(root.join("etc").join(file)).unwrap_or_default();
+        let (want, have) = (parse_ids(&reference), parse_ids(&now));
+        for (name, id) in &have {
+            if let Some(expected) = want.get(name) {
+                if expected != id {
+                    bail!(
+                        "{}: check-{file}: {name} has id {id} in the new tree but {expected} \
+                         in the reference; files owned by it would change owner",
+                        tf.path.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Converts what is left in `/var` into tmpfiles.d `d`/`L` lines and empties it.
+fn var_to_tmpfiles(root: &Path) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    fn walk(base: &Path, dir: &Path, lines: &mut Vec<String>) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = format!("/{}", p.strip_prefix(base).unwrap().display());
+            let m = std::fs::symlink_metadata(&p)?;
+            if m.is_dir() {
+                lines.push(format!(
+                    "d {rel} {:04o} root root - -",
+                    m.permissions().mode() & 0o7777
+                ));
+                walk(base, &p, lines)?;
+            } else if m.is_symlink() {
+                lines.push(format!("L {rel} - - - - {}", std::fs::read_link(&p)?.display()));
+            }
+        }
+        Ok(())
+    }
+    let var = root.join("var");
+    if var.is_dir() {
+        walk(root, &var, &mut lines)?;
+        std::fs::remove_dir_all(&var)?;
+    }
+    std::fs::create_dir_all(&var)?;
+    Ok(lines)
+}
+
+/// The ostree layout: /etc → /usr/etc, /var empty, toplevel links into /var and /sysroot.
+pub fn ostree_layout(root: &Path, tf: &Treefile) -> Result<()> {
+    if tf.doc.machineid_compat == Some(false) {
+        remove_any(&root.join("etc/machine-id"))?;
+    }
+    // The rpmdb lives in /usr/share/rpm; /var/lib/rpm points at it.
+    let mut lines = var_to_tmpfiles(root)?;
+    lines.retain(|l| !l.starts_with("d /var/lib/rpm ") && !l.starts_with("L /var/lib/rpm "));
+    let links: &[(&str, &str)] = &[
+        ("home", "var/home"),
+        ("root", "var/roothome"),
+        ("opt", "var/opt"),
+        ("srv", "var/srv"),
+        ("mnt", "var/mnt"),
+        ("media", "run/media"),
+        ("ostree", "sysroot/ostree"),
+    ];
+    for (name, target) in links {
+        let p = root.join(name);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            // Content shipped in these dirs cannot survive; ostree keeps them in /var.
+            std::fs::remove_dir_all(&p)?;
+        }
+        remove_any(&p)?;
+        symlink(target, &p)?;
+    }
+    let local = root.join("usr/local");
+    remove_any(&local)?;
+    std::fs::create_dir_all(root.join("usr"))?;
+    symlink("../var/usrlocal", &local)?;
+    for d in ["var/home", "var/roothome", "var/opt", "var/srv", "var/mnt", "var/usrlocal"] {
+        let mode = if d == "var/roothome" { "0700" } else { "0755" };
+        lines.push(format!("d /{d} {mode} root root - -"));
+    }
+    lines.push("L /var/lib/rpm - - - - ../../usr/share/rpm".into());
+    if tf.doc.tmp_is_dir == Some(true) {
+        remove_any(&root.join("tmp"))?;
+        std::fs::create_dir_all(root.join("tmp"))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    } else {
+        remove_any(&root.join("tmp"))?;
+        symlink("sysroot/tmp", root.join("tmp"))?;
+    }
+    for d in ["sysroot", "boot", "dev", "proc", "sys", "run", "var"] {
+        let p = root.join(d);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            // Keep /boot content (kernels may be placed there); empty the API filesystems.
+            if d != "boot" && d != "var" {
+                std::fs::remove_dir_all(&p)?;
+            }
+        }
+        std::fs::create_dir_all(&p)?;
+    }
+    let tmpfiles_dir = root.join("usr/lib/tmpfiles.d");
+    std::fs::create_dir_all(&tmpfiles_dir)?;
+    lines.sort();
+    lines.dedup();
+    std::fs::write(
+        tmpfiles_dir.join("hostforge-autovar.conf"),
+        format!("# Generated by hostforge: /var as the composed tree had it\n{}\n", lines.join("\n")),
+    )?;
+    // Finally /etc becomes the default configuration ostree merges at deploy time.
+    let etc = root.join("etc");
+    let usr_etc = root.join("usr/etc");
+    if std::fs::symlink_metadata(&usr_etc).is_ok() {
+        bail!("the composed tree already has /usr/etc; it would be overwritten by /etc");
+    }
+    if etc.is_dir() {
+        std::fs::rename(&etc, &usr_etc)?;
+    } else {
+        std::fs::create_dir_all(&usr_etc)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_by_reads_install_section() {
+        let t = "[Unit]\nWantedBy=no\n[Install]\nWantedBy=multi-user.target graphical.target\n";
+        assert_eq!(wanted_by(t), ["multi-user.target", "graphical.target"]);
+    }
+}

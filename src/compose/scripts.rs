@@ -1,0 +1,132 @@
+//! Running package scriptlets and treefile postprocess scripts inside the target root with
+//! bubblewrap: no network, the host invisible. While scripts run, the root is seen through
+//! rofiles-fuse so a script can replace files but never write into a hardlink that is shared
+//! with the package cache (the same protection rpm-ostree uses).
+
+use crate::process;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A rofiles-fuse view of the root, unmounted on drop.
+pub struct Protected {
+    mnt: PathBuf,
+}
+
+impl Protected {
+    pub fn mount(root: &Path, mnt: &Path) -> Result<Protected> {
+        std::fs::create_dir_all(mnt)?;
+        // A previous interrupted run may have left a mount behind.
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
+        process::run(Command::new("rofiles-fuse").arg(root).arg(mnt))
+            .context("mounting the root read-only for hardlinks (rofiles-fuse)")?;
+        Ok(Protected {
+            mnt: mnt.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for Protected {
+    fn drop(&mut self) {
+        let _ = process::run(Command::new("fusermount3").arg("-u").arg(&self.mnt));
+    }
+}
+
+/// One script to run in the root.
+pub struct Script<'a> {
+    /// Who the script belongs to, for messages: "foo-1.0-1.x86_64 %post".
+    pub label: &'a str,
+    pub interpreter: Vec<String>,
+    pub body: &'a str,
+    pub args: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// Runs `script` with bubblewrap in `root`, returning its output; on failure the error
+/// names the script and shows the tail of what it printed.
+pub fn run_in_root(root: &Path, scratch: &Path, script: &Script) -> Result<String> {
+    std::fs::create_dir_all(scratch)?;
+    let file = scratch.join("script");
+    std::fs::write(&file, script.body)?;
+    let mut cmd = Command::new("bwrap");
+    cmd.arg("--bind")
+        .arg(root)
+        .arg("/")
+        .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"])
+        .arg("--ro-bind")
+        .arg(&file)
+        .arg("/tmp/.hostforge-script")
+        .args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--chdir",
+            "/",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/sbin:/usr/bin:/sbin:/bin",
+            "--setenv",
+            "LANG",
+            "C",
+            "--setenv",
+            "RPM_INSTALL_PREFIX",
+            "/usr",
+            "--",
+        ]);
+    let interp = if script.interpreter.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        script.interpreter.clone()
+    };
+    let prog = &interp[0];
+    let prog_in_root = root.join(prog.trim_start_matches('/'));
+    if std::fs::symlink_metadata(&prog_in_root).is_err() {
+        bail!(
+            "{}: interpreter {prog} does not exist in the composed root; add the package \
+             that provides it",
+            script.label
+        );
+    }
+    cmd.args(&interp)
+        .arg("/tmp/.hostforge-script")
+        .args(&script.args);
+    cmd.stdin(if script.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("{}: starting bwrap", script.label))?;
+    if let Some(input) = &script.stdin {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // A script may exit without reading its input; that is not an error.
+        let _ = stdin.write_all(input);
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("{}: waiting for script", script.label))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(anyhow!(
+            "{} failed ({}); last output:\n{}",
+            script.label,
+            process::status_text(&out.status),
+            process::tail(&text, 20)
+        ));
+    }
+    Ok(text)
+}

@@ -1,0 +1,606 @@
+//! The package cache: each RPM is imported once into a bare-user ostree repo under
+//! `--cachedir`, one ref per NEVRA (as rpm-ostree's pkgcache does), so assembling a root is a
+//! hardlink checkout. The payload is read with the `rpm` crate; paths that would escape the
+//! root are refused; `/var` and `/run` content becomes `tmpfiles.d` entries.
+
+use crate::ostreeutil::{self, DirMetaCache, MetaBuilder};
+use crate::rpmmd::{nevra, Solved};
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use ostree::glib;
+use ostree::prelude::*;
+use rpm::FileType;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Bump when the import format changes so old cache entries are re-imported.
+pub const IMPORT_VERSION: u32 = 1;
+
+/// What the cache remembers about a package beside its files.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PkgInfo {
+    pub nevra: String,
+    pub name: String,
+    pub sha256: String,
+    pub import_version: u32,
+    /// Non-directory paths and their ostree content checksums (for conflict checks).
+    pub files: Vec<(String, String)>,
+    /// Paths owned by someone other than root: (path, user, group), resolved at assembly.
+    pub owners: Vec<(String, String, String)>,
+    /// Files marked %doc.
+    pub docs: Vec<String>,
+    /// Files with a language tag: (path, lang).
+    pub langs: Vec<(String, String)>,
+}
+
+/// The cache ref of a package.
+pub fn pkg_ref(nevra: &str) -> String {
+    let escaped: String = nevra
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c.to_string(),
+            other => format!("_{:02X}", other as u32),
+        })
+        .collect();
+    format!("hostforge/pkg/{escaped}")
+}
+
+/// Returns the cached commit of `pkg` if it was imported from the same RPM by this version.
+pub fn lookup(repo: &ostree::Repo, pkg: &Solved) -> Result<Option<String>> {
+    let Some(commit) = ostreeutil::resolve(repo, &pkg_ref(&nevra(pkg)))? else {
+        return Ok(None);
+    };
+    let info = read_info(repo, &commit)?;
+    if info.sha256 == pkg.checksum && info.import_version == IMPORT_VERSION {
+        Ok(Some(commit))
+    } else {
+        Ok(None)
+    }
+}
+
+pub fn read_info(repo: &ostree::Repo, commit: &str) -> Result<PkgInfo> {
+    let meta = ostreeutil::commit_meta(repo, commit)?;
+    let json = ostreeutil::meta_str(&meta, "hostforge.pkginfo")
+        .ok_or_else(|| anyhow!("cache commit {commit} has no hostforge.pkginfo"))?;
+    Ok(serde_json::from_str(&json)?)
+}
+
+/// The RPM lead, signature and header (everything but the payload), kept for the rpmdb and
+/// the scriptlets.
+pub fn read_rpm_metadata(repo: &ostree::Repo, commit: &str) -> Result<rpm::PackageMetadata> {
+    let meta = ostreeutil::commit_meta(repo, commit)?;
+    let bytes = ostreeutil::meta_bytes(&meta, "hostforge.rpmmeta")
+        .ok_or_else(|| anyhow!("cache commit {commit} has no RPM header"))?;
+    rpm::PackageMetadata::parse(&mut std::io::Cursor::new(bytes))
+        .map_err(|e| anyhow!("cache commit {commit}: parsing RPM header: {e}"))
+}
+
+struct Entry {
+    path: String,
+    ftype: FileType,
+    mode: u32,
+    caps: Option<String>,
+    linkto: Option<String>,
+    digest: Option<String>,
+    content: Option<Vec<u8>>,
+    ghost: bool,
+}
+
+/// Splits an RPM path into components, refusing anything that is not a plain absolute path.
+pub fn checked_components(path: &str) -> Result<Vec<&str>> {
+    if !path.starts_with('/') {
+        bail!("path {path:?} is not absolute");
+    }
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    for c in &comps {
+        if *c == ".." || *c == "." {
+            bail!("path {path:?} contains {c:?}: it could escape the root");
+        }
+    }
+    Ok(comps)
+}
+
+/// A relative symlink target that climbs above `/` from where the link sits.
+pub fn symlink_escapes(link_path: &[&str], target: &str) -> bool {
+    if target.starts_with('/') {
+        return false;
+    }
+    let mut depth = link_path.len().saturating_sub(1) as i64;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// Text capabilities (`cap_net_raw=ep`) as the `security.capability` xattr value (v2).
+pub fn caps_to_xattr(text: &str) -> Result<Vec<u8>> {
+    const NAMES: &[&str] = &[
+        "chown",
+        "dac_override",
+        "dac_read_search",
+        "fowner",
+        "fsetid",
+        "kill",
+        "setgid",
+        "setuid",
+        "setpcap",
+        "linux_immutable",
+        "net_bind_service",
+        "net_broadcast",
+        "net_admin",
+        "net_raw",
+        "ipc_lock",
+        "ipc_owner",
+        "sys_module",
+        "sys_rawio",
+        "sys_chroot",
+        "sys_ptrace",
+        "sys_pacct",
+        "sys_admin",
+        "sys_boot",
+        "sys_nice",
+        "sys_resource",
+        "sys_time",
+        "sys_tty_config",
+        "mknod",
+        "lease",
+        "audit_write",
+        "audit_control",
+        "setfcap",
+        "mac_override",
+        "mac_admin",
+        "syslog",
+        "wake_alarm",
+        "block_suspend",
+        "audit_read",
+        "perfmon",
+        "bpf",
+        "checkpoint_restore",
+    ];
+    let (mut permitted, mut inheritable, mut effective) = (0u64, 0u64, false);
+    for clause in text.split_whitespace() {
+        let pos = clause
+            .find(['=', '+', '-'])
+            .ok_or_else(|| anyhow!("capability clause {clause:?} has no =, + or -"))?;
+        let (names, ops) = clause.split_at(pos);
+        let mut bits = 0u64;
+        for n in names.split(',').filter(|n| !n.is_empty()) {
+            let n = n.to_ascii_lowercase();
+            let n = n.strip_prefix("cap_").unwrap_or(&n);
+            if n == "all" {
+                bits = (1u64 << NAMES.len()) - 1;
+                continue;
+            }
+            let i = NAMES
+                .iter()
+                .position(|x| *x == n)
+                .ok_or_else(|| anyhow!("unknown capability {n:?} in {text:?}"))?;
+            bits |= 1 << i;
+        }
+        let mut op = ' ';
+        for ch in ops.chars() {
+            match ch {
+                '=' => {
+                    op = '=';
+                    permitted &= !bits;
+                    inheritable &= !bits;
+                }
+                '+' | '-' => op = ch,
+                'p' | 'i' | 'e' => {
+                    let set = op != '-';
+                    let target = match ch {
+                        'p' => &mut permitted,
+                        'i' => &mut inheritable,
+                        _ => {
+                            effective = set && bits != 0;
+                            continue;
+                        }
+                    };
+                    if set {
+                        *target |= bits
+                    } else {
+                        *target &= !bits
+                    }
+                }
+                _ => bail!("bad capability flag {ch:?} in {text:?}"),
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(20);
+    let magic: u32 = 0x0200_0000 | u32::from(effective);
+    out.extend_from_slice(&magic.to_le_bytes());
+    out.extend_from_slice(&(permitted as u32).to_le_bytes());
+    out.extend_from_slice(&(inheritable as u32).to_le_bytes());
+    out.extend_from_slice(&((permitted >> 32) as u32).to_le_bytes());
+    out.extend_from_slice(&((inheritable >> 32) as u32).to_le_bytes());
+    Ok(out)
+}
+
+fn caps_variant(caps: Option<&str>) -> Result<Option<glib::Variant>> {
+    let Some(c) = caps.filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let value = caps_to_xattr(c)?;
+    let xattrs: Vec<(Vec<u8>, Vec<u8>)> = vec![(b"security.capability\0".to_vec(), value)];
+    Ok(Some(xattrs.to_variant()))
+}
+
+fn ensure_dirs(
+    repo: &ostree::Repo,
+    root: &ostree::MutableTree,
+    comps: &[&str],
+    dirmeta: &mut DirMetaCache,
+) -> Result<ostree::MutableTree> {
+    let mut cur = root.clone();
+    for c in comps {
+        let next = cur
+            .ensure_dir(c)
+            .map_err(|e| anyhow!("creating directory {c:?}: {e}"))?;
+        if next.metadata_checksum().is_empty() {
+            next.set_metadata_checksum(&dirmeta.get(repo, 0, 0, 0o755)?);
+        }
+        cur = next;
+    }
+    Ok(cur)
+}
+
+/// The outcome of importing one package.
+pub struct Imported {
+    pub commit: String,
+    pub files: usize,
+}
+
+/// Imports the RPM at `rpm_path` (already checksum-verified) into the cache repo.
+pub fn import(
+    repo: &ostree::Repo,
+    rpm_path: &Path,
+    pkg: &Solved,
+    verifier: Option<&rpm::signature::pgp::Verifier>,
+) -> Result<Imported> {
+    let nv = nevra(pkg);
+    let rpm_pkg = rpm::Package::open(rpm_path)
+        .map_err(|e| anyhow!("{nv}: reading RPM {}: {e}", rpm_path.display()))?;
+    rpm_pkg
+        .verify_digests()
+        .map_err(|e| anyhow!("{nv}: RPM digest check failed, the package is corrupt: {e}"))?;
+    if let Some(v) = verifier {
+        if rpm_pkg.metadata.signatures().map(|s| s.is_empty()).unwrap_or(true) {
+            bail!(
+                "{nv}: package is not signed, but its repo [{}] has gpgcheck=1",
+                pkg.repo_id
+            );
+        }
+        rpm_pkg.verify_signature(v).map_err(|e| {
+            anyhow!(
+                "{nv}: signature check against the gpgkey of repo [{}] failed: {e}",
+                pkg.repo_id
+            )
+        })?;
+    }
+
+    let mut entries = Vec::new();
+    let files = rpm_pkg
+        .files()
+        .map_err(|e| anyhow!("{nv}: reading payload: {e}"))?;
+    for f in files {
+        let f = f.map_err(|e| anyhow!("{nv}: payload is corrupt: {e}"))?;
+        let m = &f.metadata;
+        entries.push(Entry {
+            path: m.path().to_string_lossy().into_owned(),
+            ftype: m.file_type(),
+            mode: u32::from(m.mode().raw_mode()) & 0o7777,
+            caps: m.caps().map(str::to_string),
+            linkto: m.linkto().map(str::to_string),
+            digest: m.digest().map(|d| d.to_string()),
+            ghost: m.flags().contains(rpm::FileFlags::GHOST),
+            content: None,
+        });
+        let owner = (m.user().to_string(), m.group().to_string());
+        let last = entries.last_mut().unwrap();
+        last.content = f.into_content();
+        let _ = owner;
+    }
+    // Re-read the per-file metadata we keep beside the tree (owners, docs, languages).
+    let mut info = PkgInfo {
+        nevra: nv.clone(),
+        name: pkg.name.clone(),
+        sha256: pkg.checksum.clone(),
+        import_version: IMPORT_VERSION,
+        ..Default::default()
+    };
+    let file_entries = rpm_pkg
+        .metadata
+        .get_file_entries()
+        .map_err(|e| anyhow!("{nv}: reading file list: {e}"))?;
+    for m in &file_entries {
+        let p = m.path().to_string_lossy().into_owned();
+        if m.user() != "root" || m.group() != "root" {
+            info.owners
+                .push((p.clone(), m.user().to_string(), m.group().to_string()));
+        }
+        if m.flags().contains(rpm::FileFlags::DOC) {
+            info.docs.push(p.clone());
+        }
+        if let Some(l) = m.language().filter(|l| !l.is_empty()) {
+            info.langs.push((p, l.to_string()));
+        }
+    }
+
+    // Validate every path before writing anything.
+    let mut symlinks: Vec<String> = Vec::new();
+    for e in &entries {
+        let comps = checked_components(&e.path).map_err(|err| anyhow!("{nv}: refusing {err}"))?;
+        if e.ftype == FileType::SymbolicLink {
+            let target = e.linkto.as_deref().unwrap_or_default();
+            if symlink_escapes(&comps, target) {
+                bail!(
+                    "{nv}: refusing symlink {} -> {target}: it points outside the root",
+                    e.path
+                );
+            }
+            symlinks.push(format!("{}/", e.path));
+        }
+    }
+    for e in &entries {
+        if let Some(link) = symlinks.iter().find(|l| e.path.starts_with(l.as_str())) {
+            bail!(
+                "{nv}: refusing {}: it lies under the symlink {} in the same package",
+                e.path,
+                link.trim_end_matches('/')
+            );
+        }
+    }
+
+    let mut by_digest: HashMap<String, String> = HashMap::new();
+    let mut tmpfiles: Vec<String> = Vec::new();
+    let mut dirmeta = DirMetaCache::default();
+    let mtree = ostree::MutableTree::new();
+    let cancellable = gio::Cancellable::NONE;
+    repo.prepare_transaction(cancellable)?;
+    let result = (|| -> Result<String> {
+        mtree.set_metadata_checksum(&dirmeta.get(repo, 0, 0, 0o755)?);
+        // Directories first so their modes apply, then content in path order.
+        entries.sort_by(|a, b| {
+            (a.ftype != FileType::Dir)
+                .cmp(&(b.ftype != FileType::Dir))
+                .then(a.path.cmp(&b.path))
+        });
+        let mut deferred_hardlinks = Vec::new();
+        for e in &entries {
+            let comps = checked_components(&e.path)?;
+            let in_var = matches!(comps.first(), Some(&"var") | Some(&"run"));
+            if in_var {
+                tmpfiles.extend(tmpfiles_line(e, &comps));
+                if e.ftype == FileType::Regular && !e.ghost {
+                    // Content in /var is shipped in /usr/share/factory and copied at boot.
+                    let mut fac = vec!["usr", "share", "factory"];
+                    fac.extend(&comps);
+                    write_regular(repo, &mtree, &fac, e, &mut by_digest, &mut dirmeta, &mut deferred_hardlinks)?;
+                }
+                continue;
+            }
+            if e.ghost || comps.is_empty() {
+                continue;
+            }
+            match e.ftype {
+                FileType::Dir => {
+                    let d = ensure_dirs(repo, &mtree, &comps, &mut dirmeta)?;
+                    d.set_metadata_checksum(&dirmeta.get(repo, 0, 0, e.mode)?);
+                }
+                FileType::Regular => {
+                    write_regular(repo, &mtree, &comps, e, &mut by_digest, &mut dirmeta, &mut deferred_hardlinks)?;
+                }
+                FileType::SymbolicLink => {
+                    let (name, parent) = comps.split_last().unwrap();
+                    let dir = ensure_dirs(repo, &mtree, parent, &mut dirmeta)?;
+                    let csum = repo.write_symlink(
+                        None,
+                        0,
+                        0,
+                        None,
+                        e.linkto.as_deref().unwrap_or_default(),
+                        cancellable,
+                    )?;
+                    dir.replace_file(name, &csum)?;
+                    info.files.push((e.path.clone(), csum.to_string()));
+                }
+                // Device nodes, FIFOs and sockets cannot live in an ostree commit.
+                _ => {}
+            }
+        }
+        for (comps, digest, path) in deferred_hardlinks {
+            let comps: Vec<&str> = comps.iter().map(String::as_str).collect();
+            let csum = by_digest.get(&digest).cloned().ok_or_else(|| {
+                anyhow!("{nv}: {path} is a hardlink whose content is missing from the payload")
+            })?;
+            let (name, parent) = comps.split_last().unwrap();
+            let dir = ensure_dirs(repo, &mtree, parent, &mut dirmeta)?;
+            dir.replace_file(name, &csum)?;
+        }
+        for (path, csum) in by_digest_paths(&entries, &by_digest) {
+            info.files.push((path, csum));
+        }
+        if !tmpfiles.is_empty() {
+            tmpfiles.sort();
+            tmpfiles.dedup();
+            let text = format!(
+                "# Generated by hostforge from {nv}'s /var and /run content\n{}\n",
+                tmpfiles.join("\n")
+            );
+            let e = Entry {
+                path: String::new(),
+                ftype: FileType::Regular,
+                mode: 0o644,
+                caps: None,
+                linkto: None,
+                digest: None,
+                content: Some(text.into_bytes()),
+                ghost: false,
+            };
+            let name = format!("pkg-{}.conf", pkg.name);
+            write_regular(
+                repo,
+                &mtree,
+                &["usr", "lib", "tmpfiles.d", &name],
+                &e,
+                &mut by_digest,
+                &mut dirmeta,
+                &mut Vec::new(),
+            )?;
+        }
+        info.files.sort();
+        let root = repo.write_mtree(&mtree, cancellable)?;
+        let root = root
+            .downcast::<ostree::RepoFile>()
+            .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
+        let mut header = Vec::new();
+        rpm_pkg
+            .metadata
+            .write(&mut header)
+            .map_err(|e| anyhow!("{nv}: serializing header: {e}"))?;
+        let meta = MetaBuilder::new()
+            .str("hostforge.pkginfo", &serde_json::to_string(&info)?)
+            .bytes("hostforge.rpmmeta", &header)
+            .end();
+        let commit =
+            repo.write_commit_with_time(None, Some(&nv), None, Some(&meta), &root, 0, cancellable)?;
+        repo.transaction_set_ref(None, &pkg_ref(&nv), Some(&commit));
+        repo.commit_transaction(cancellable)?;
+        Ok(commit.to_string())
+    })();
+    match result {
+        Ok(commit) => Ok(Imported {
+            commit,
+            files: entries.len(),
+        }),
+        Err(e) => {
+            let _ = repo.abort_transaction(cancellable);
+            Err(e.context(format!("importing {nv} into the package cache")))
+        }
+    }
+}
+
+/// Regular files keyed by path with their checksums (content files and their hardlinks).
+fn by_digest_paths(entries: &[Entry], by_digest: &HashMap<String, String>) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .filter(|e| e.ftype == FileType::Regular && !e.ghost)
+        .filter(|e| !matches!(e.path.split('/').nth(1), Some("var" | "run")))
+        .filter_map(|e| {
+            let key = e.digest.clone().unwrap_or_default() + &format!(":{:o}", e.mode);
+            by_digest.get(&key).map(|c| (e.path.clone(), c.clone()))
+        })
+        .collect()
+}
+
+#[allow(clippy::type_complexity)]
+fn write_regular(
+    repo: &ostree::Repo,
+    mtree: &ostree::MutableTree,
+    comps: &[&str],
+    e: &Entry,
+    by_digest: &mut HashMap<String, String>,
+    dirmeta: &mut DirMetaCache,
+    deferred: &mut Vec<(Vec<String>, String, String)>,
+) -> Result<()> {
+    let key = e.digest.clone().unwrap_or_default() + &format!(":{:o}", e.mode);
+    let (name, parent) = comps.split_last().unwrap();
+    let dir = ensure_dirs(repo, mtree, parent, dirmeta)?;
+    let Some(content) = &e.content else {
+        if e.digest.is_some() {
+            deferred.push((
+                comps.iter().map(|s| s.to_string()).collect(),
+                key,
+                e.path.clone(),
+            ));
+            return Ok(());
+        }
+        bail!("{} has no content in the payload", e.path);
+    };
+    let xattrs = caps_variant(e.caps.as_deref()).with_context(|| format!("{}: file capabilities", e.path))?;
+    let csum = repo.write_regfile_inline(
+        None,
+        0,
+        0,
+        libc::S_IFREG | e.mode,
+        xattrs.as_ref(),
+        content,
+        gio::Cancellable::NONE,
+    )?;
+    if e.digest.is_some() {
+        by_digest.insert(key, csum.to_string());
+    }
+    dir.replace_file(name, &csum)?;
+    Ok(())
+}
+
+/// The `tmpfiles.d` line that recreates a /var or /run entry at boot.
+fn tmpfiles_line(e: &Entry, comps: &[&str]) -> Option<String> {
+    let path = format!("/{}", comps.join("/"));
+    match e.ftype {
+        FileType::Dir => Some(format!("d {path} {:04o} root root - -", e.mode)),
+        FileType::SymbolicLink => Some(format!(
+            "L {path} - - - - {}",
+            e.linkto.as_deref().unwrap_or_default()
+        )),
+        FileType::Regular if !e.ghost => Some(format!(
+            "C {path} - - - - /usr/share/factory{path}"
+        )),
+        _ => None,
+    }
+}
+
+/// Groups packages by name for messages: `name -> nevra`.
+pub fn nevra_index(infos: &[PkgInfo]) -> BTreeMap<String, String> {
+    infos
+        .iter()
+        .map(|i| (i.name.clone(), i.nevra.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotdot_paths_are_refused() {
+        assert!(checked_components("/usr/../../etc/shadow").is_err());
+        assert!(checked_components("usr/bin/x").is_err());
+        assert_eq!(checked_components("/usr//bin/x").unwrap(), ["usr", "bin", "x"]);
+    }
+
+    #[test]
+    fn symlink_escape_detection() {
+        assert!(symlink_escapes(&["usr", "lib", "x"], "../../../etc"));
+        assert!(!symlink_escapes(&["usr", "lib", "x"], "../../etc"));
+        assert!(!symlink_escapes(&["usr", "lib", "x"], "/etc/shadow"));
+        assert!(!symlink_escapes(&["usr", "lib", "x"], "a/../b"));
+    }
+
+    #[test]
+    fn caps_text_to_xattr() {
+        let v = caps_to_xattr("cap_net_raw=ep").unwrap();
+        assert_eq!(v.len(), 20);
+        assert_eq!(u32::from_le_bytes(v[0..4].try_into().unwrap()), 0x0200_0001);
+        assert_eq!(u32::from_le_bytes(v[4..8].try_into().unwrap()), 1 << 13);
+        let v = caps_to_xattr("cap_net_admin,cap_net_raw+p").unwrap();
+        assert_eq!(u32::from_le_bytes(v[0..4].try_into().unwrap()), 0x0200_0000);
+        assert_eq!(u32::from_le_bytes(v[4..8].try_into().unwrap()), (1 << 12) | (1 << 13));
+        assert!(caps_to_xattr("cap_bogus=ep").is_err());
+    }
+
+    #[test]
+    fn refs_are_escaped() {
+        assert_eq!(pkg_ref("foo-1:2.0-1.x86_64"), "hostforge/pkg/foo-1_3A2.0-1.x86_64");
+    }
+}

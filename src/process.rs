@@ -1,0 +1,85 @@
+//! The one place that runs external programs: stdin closed, output captured, and the tail of
+//! stderr (or of the combined output) put into the error so the user sees why it failed.
+
+use anyhow::{bail, Context, Result};
+use std::process::{Command, Stdio};
+
+/// Host programs hostforge needs, with the Debian package that provides each.
+pub const REQUIRED_PROGRAMS: &[(&str, &str)] = &[
+    ("bwrap", "bubblewrap"),
+    ("rofiles-fuse", "ostree"),
+    ("fusermount3", "fuse3"),
+    ("rpmdb", "rpm"),
+    ("rpm", "rpm"),
+];
+
+/// Fails with one message listing every missing program and the packages to install.
+pub fn check_required_programs() -> Result<()> {
+    let missing: Vec<String> = REQUIRED_PROGRAMS
+        .iter()
+        .filter(|(prog, _)| which(prog).is_none())
+        .map(|(prog, pkg)| format!("{prog} (apt-get install {pkg})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!("missing required programs: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+pub fn which(prog: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// Last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args().take(6) {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    if cmd.get_args().len() > 6 {
+        s.push_str(" ...");
+    }
+    s
+}
+
+/// Runs `cmd` to completion; returns stdout. On failure the error names the command, its exit
+/// status (or signal) and the last lines of stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let detail = if stderr.trim().is_empty() { stdout } else { stderr };
+        bail!(
+            "{} failed ({}):\n{}",
+            describe(cmd),
+            status_text(&out.status),
+            tail(&detail, 15)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Exit code or signal name in words.
+pub fn status_text(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown status".into(),
+    }
+}

@@ -1,0 +1,277 @@
+//! RPM repositories: `*.repo` files beside the treefile, metadata loading and depsolving
+//! through libdnf, and downloads checked against the repodata checksums (and signatures for
+//! `gpgcheck=1` repos).
+
+pub mod libdnf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use libdnf::Solved;
+
+/// One `[section]` of a `.repo` file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepoDef {
+    pub id: String,
+    pub file: PathBuf,
+    pub line: usize,
+    pub keys: BTreeMap<String, String>,
+}
+
+impl RepoDef {
+    pub fn baseurl(&self) -> Option<&str> {
+        self.keys
+            .get("baseurl")
+            .and_then(|v| v.split_whitespace().next())
+    }
+
+    pub fn gpgcheck(&self) -> bool {
+        matches!(
+            self.keys.get("gpgcheck").map(|s| s.trim()),
+            Some("1" | "true" | "yes" | "True")
+        )
+    }
+
+    pub fn gpgkeys(&self) -> Vec<String> {
+        self.keys
+            .get("gpgkey")
+            .map(|v| v.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Parses every `*.repo` file in `dir` (sorted, for stable results).
+pub fn load_repo_files(dir: &Path) -> Result<Vec<RepoDef>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "repo"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        out.extend(parse_repo_file(&f, &text)?);
+    }
+    Ok(out)
+}
+
+/// A minimal INI reader for yum/dnf `.repo` syntax (sections, `key=value`, `#`/`;` comments,
+/// continuation lines starting with whitespace).
+pub fn parse_repo_file(path: &Path, text: &str) -> Result<Vec<RepoDef>> {
+    let mut out: Vec<RepoDef> = Vec::new();
+    let mut last_key: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_end();
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        if trimmed.starts_with('[') {
+            let id = trimmed
+                .strip_prefix('[')
+                .and_then(|s| s.strip_suffix(']'))
+                .ok_or_else(|| anyhow!("{}:{}: malformed section header", path.display(), i + 1))?;
+            out.push(RepoDef {
+                id: id.trim().to_string(),
+                file: path.to_path_buf(),
+                line: i + 1,
+                keys: BTreeMap::new(),
+            });
+            last_key = None;
+            continue;
+        }
+        let Some(cur) = out.last_mut() else {
+            bail!("{}:{}: key outside of a [section]", path.display(), i + 1);
+        };
+        if line.starts_with(char::is_whitespace) {
+            if let Some(k) = &last_key {
+                let v = cur.keys.get_mut(k).expect("key exists");
+                v.push(' ');
+                v.push_str(trimmed);
+                continue;
+            }
+        }
+        let (k, v) = trimmed
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{}:{}: expected key=value", path.display(), i + 1))?;
+        let k = k.trim().to_string();
+        cur.keys.insert(k.clone(), v.trim().to_string());
+        last_key = Some(k);
+    }
+    Ok(out)
+}
+
+/// Picks the repos a treefile names, failing with the names that exist when one is missing.
+pub fn select_repos(all: &[RepoDef], wanted: &[String], treefile: &Path) -> Result<Vec<RepoDef>> {
+    let mut out = Vec::new();
+    for w in wanted {
+        match all.iter().find(|r| &r.id == w) {
+            Some(r) => {
+                if r.baseurl().is_none() {
+                    bail!(
+                        "{}:{}: repo [{}] has no baseurl (metalink and mirrorlist are not \
+                         supported)",
+                        r.file.display(),
+                        r.line,
+                        r.id
+                    );
+                }
+                out.push(r.clone())
+            }
+            None => {
+                let known: Vec<&str> = all.iter().map(|r| r.id.as_str()).collect();
+                bail!(
+                    "{}: repo {w:?} is not defined in any *.repo file beside the treefile \
+                     (found: {})",
+                    treefile.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the selected repos as one `.repo` file for libdnf, enabled, with signature checks
+/// left to us (we verify after download with the repo's own keys).
+pub fn write_libdnf_reposdir(repos: &[RepoDef], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut text = String::new();
+    for r in repos {
+        text.push_str(&format!("[{}]\n", r.id));
+        text.push_str(&format!("name={}\n", r.id));
+        text.push_str(&format!("baseurl={}\n", r.baseurl().unwrap_or_default()));
+        text.push_str("enabled=1\ngpgcheck=0\nrepo_gpgcheck=0\nskip_if_unavailable=0\n\n");
+    }
+    std::fs::write(dir.join("hostforge.repo"), text)?;
+    Ok(())
+}
+
+/// Where a solved package is downloaded from.
+pub fn package_url(repo: &RepoDef, pkg: &Solved) -> String {
+    format!(
+        "{}/{}",
+        repo.baseurl().unwrap_or_default().trim_end_matches('/'),
+        pkg.location
+    )
+}
+
+fn read_url(url: &str) -> Result<Vec<u8>> {
+    if let Some(path) = url.strip_prefix("file://") {
+        std::fs::read(path).with_context(|| format!("reading {url}"))
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        let resp = ureq::get(url)
+            .timeout(std::time::Duration::from_secs(300))
+            .call()
+            .with_context(|| format!("downloading {url}"))?;
+        let mut buf = Vec::new();
+        resp.into_reader()
+            .read_to_end(&mut buf)
+            .with_context(|| format!("downloading {url}"))?;
+        Ok(buf)
+    } else {
+        bail!("unsupported URL scheme in {url}: use file://, http:// or https://")
+    }
+}
+
+/// Downloads one package into `dest`, checking size and checksum against the repodata.
+pub fn download(repo: &RepoDef, pkg: &Solved, dest: &Path) -> Result<u64> {
+    let url = package_url(repo, pkg);
+    let data = read_url(&url)?;
+    if pkg.checksum_type != "sha256" {
+        bail!(
+            "{}: repo [{}] uses {} checksums; only sha256 repodata is supported",
+            nevra(pkg),
+            repo.id,
+            pkg.checksum_type
+        );
+    }
+    let got = hex::encode(Sha256::digest(&data));
+    if got != pkg.checksum {
+        bail!(
+            "{}: checksum mismatch for {url}: repodata says sha256:{} but the file has \
+             sha256:{got}; the repo metadata is stale or the file is corrupt",
+            nevra(pkg),
+            pkg.checksum
+        );
+    }
+    let tmp = dest.with_extension("part");
+    std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dest)?;
+    Ok(data.len() as u64)
+}
+
+/// Reads a repo's `gpgkey=` keys into one verifier.
+pub fn load_verifier(repo: &RepoDef) -> Result<rpm::signature::pgp::Verifier> {
+    let keys = repo.gpgkeys();
+    if keys.is_empty() {
+        bail!(
+            "{}:{}: repo [{}] has gpgcheck=1 but no gpgkey",
+            repo.file.display(),
+            repo.line,
+            repo.id
+        );
+    }
+    let mut verifier: Option<rpm::signature::pgp::Verifier> = None;
+    for k in keys {
+        let data = read_url(&k).with_context(|| format!("repo [{}] gpgkey", repo.id))?;
+        match &mut verifier {
+            None => {
+                verifier = Some(
+                    rpm::signature::pgp::Verifier::from_asc_bytes(&data)
+                        .with_context(|| format!("repo [{}]: reading gpgkey {k}", repo.id))?,
+                )
+            }
+            Some(v) => v
+                .load_from_asc_bytes(&data)
+                .with_context(|| format!("repo [{}]: reading gpgkey {k}", repo.id))?,
+        }
+    }
+    Ok(verifier.expect("at least one key"))
+}
+
+/// `name-[epoch:]version-release.arch`, as rpm prints it.
+pub fn nevra(p: &Solved) -> String {
+    if p.epoch > 0 {
+        format!(
+            "{}-{}:{}-{}.{}",
+            p.name, p.epoch, p.version, p.release, p.arch
+        )
+    } else {
+        format!("{}-{}-{}.{}", p.name, p.version, p.release, p.arch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repo_sections() {
+        let text = "# c\n[base]\nname=Base\nbaseurl=file:///srv/a\n  file:///srv/b\ngpgcheck=1\n\
+                    gpgkey=file:///k.asc\n\n[other]\nbaseurl=http://x/\n";
+        let repos = parse_repo_file(Path::new("f.repo"), text).unwrap();
+        assert_eq!(repos.len(), 2);
+        assert_eq!(repos[0].baseurl(), Some("file:///srv/a"));
+        assert!(repos[0].gpgcheck());
+        assert_eq!(repos[0].gpgkeys(), ["file:///k.asc"]);
+        assert_eq!(repos[1].line, 9);
+    }
+
+    #[test]
+    fn missing_repo_lists_known_ones() {
+        let repos = parse_repo_file(Path::new("f.repo"), "[a]\nbaseurl=file:///x\n").unwrap();
+        let err = select_repos(&repos, &["b".into()], Path::new("t.yaml")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("\"b\"") && msg.contains("found: a"), "{msg}");
+    }
+}

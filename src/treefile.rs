@@ -1,0 +1,592 @@
+//! Treefiles: rpm-ostree's YAML/JSON compose description, parsed strictly (unknown keys are
+//! errors with file and line), includes resolved, arch keys folded in, and flattened into the
+//! one document that is hashed and stored in the commit.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Deepest include chain accepted, as in rpm-ostree.
+const MAX_INCLUDE_DEPTH: usize = 50;
+
+/// A string or a list of strings, as rpm-ostree accepts for `include`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `check-passwd` / `check-groups`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CheckPasswd {
+    #[serde(rename = "type")]
+    pub kind: CheckPasswdType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckPasswdType {
+    None,
+    Previous,
+    File,
+    Data,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootLocation {
+    /// Kernel and initramfs only in `/usr/lib/modules/KVER` (rpm-ostree's default).
+    #[default]
+    Modules,
+    /// Also in `/boot` (rpm-ostree's deprecated `both`).
+    Both,
+    /// Deprecated name rpm-ostree still accepts; treated like `modules`.
+    New,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RpmdbBackend {
+    #[default]
+    Sqlite,
+    Bdb,
+    Ndb,
+    Target,
+}
+
+/// One treefile document exactly as written; all keys optional so includes can merge.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TreefileDoc {
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub treeref: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub include: Option<OneOrMany>,
+    #[serde(default, skip_serializing)]
+    pub arch_include: Option<BTreeMap<String, OneOrMany>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables: Option<BTreeMap<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub releasever: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repos: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Vec<String>>,
+    #[serde(rename = "packages-x86_64", default, skip_serializing)]
+    pub packages_x86_64: Option<Vec<String>>,
+    #[serde(rename = "packages-aarch64", default, skip_serializing)]
+    pub packages_aarch64: Option<Vec<String>>,
+    #[serde(rename = "packages-ppc64le", default, skip_serializing)]
+    pub packages_ppc64le: Option<Vec<String>>,
+    #[serde(rename = "packages-s390x", default, skip_serializing)]
+    pub packages_s390x: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_packages: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommends: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documentation: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_langs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_files: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_from_packages: Option<Vec<Vec<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_files: Option<Vec<(String, String)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postprocess: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postprocess_script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_commit_metadata: Option<BTreeMap<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_version_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutate_os_release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etc_group_members: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_passwd: Option<CheckPasswd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_groups: Option<CheckPasswd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_is_dir: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machineid_compat: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_location: Option<BootLocation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs_args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_initramfs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly_executables: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpmdb: Option<RpmdbBackend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<bool>,
+}
+
+/// A loaded treefile: the flattened document plus where it came from.
+#[derive(Debug, Clone)]
+pub struct Treefile {
+    /// The main treefile's path.
+    pub path: PathBuf,
+    /// Directory of the main treefile: repo files and relative paths resolve here.
+    pub dir: PathBuf,
+    pub basearch: String,
+    pub doc: TreefileDoc,
+    /// Every file read (main + includes), for error messages and hashing.
+    pub sources: Vec<PathBuf>,
+}
+
+/// The architecture names rpm-ostree uses for `packages-$basearch` and `arch-include`.
+pub fn host_basearch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "x86_64",
+        "aarch64" => "aarch64",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+/// The 1-based line where `key:` (YAML) or `"key":` (JSON) first appears, for messages.
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        let t = l.trim_start().trim_start_matches("- ");
+        t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\""))
+    })
+    .map(|i| i + 1)
+}
+
+fn parse_doc(path: &Path, text: &str) -> Result<TreefileDoc> {
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    if is_json {
+        serde_json::from_str(text).map_err(|e| {
+            anyhow!("{}:{}:{}: {}", path.display(), e.line(), e.column(), strip_loc(&e.to_string()))
+        })
+    } else {
+        serde_yaml::from_str(text).map_err(|e| match e.location() {
+            Some(loc) => anyhow!(
+                "{}:{}:{}: {}",
+                path.display(),
+                loc.line(),
+                loc.column(),
+                strip_loc(&e.to_string())
+            ),
+            None => anyhow!("{}: {}", path.display(), e),
+        })
+    }
+}
+
+/// serde's messages end in " at line X column Y"; we print the location up front instead.
+fn strip_loc(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn merge_list<T: Clone>(base: &mut Option<Vec<T>>, over: Option<Vec<T>>) {
+    if let Some(over) = over {
+        base.get_or_insert_with(Vec::new).extend(over);
+    }
+}
+
+fn merge_map<V>(base: &mut Option<BTreeMap<String, V>>, over: Option<BTreeMap<String, V>>) {
+    if let Some(over) = over {
+        base.get_or_insert_with(BTreeMap::new).extend(over);
+    }
+}
+
+macro_rules! merge_scalars {
+    ($base:expr, $over:expr, $($field:ident),*) => {
+        $( if $over.$field.is_some() { $base.$field = $over.$field; } )*
+    };
+}
+
+/// Merges `over` (the including file) onto `base` (what it included): lists concatenate with
+/// the includer's entries last, maps merge with the includer winning, scalars are overridden.
+fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
+    merge_scalars!(
+        base,
+        over,
+        treeref,
+        releasever,
+        recommends,
+        documentation,
+        postprocess_script,
+        default_target,
+        automatic_version_prefix,
+        mutate_os_release,
+        check_passwd,
+        check_groups,
+        tmp_is_dir,
+        machineid_compat,
+        boot_location,
+        no_initramfs,
+        readonly_executables,
+        rpmdb,
+        selinux
+    );
+    merge_map(&mut base.variables, over.variables);
+    merge_map(&mut base.add_commit_metadata, over.add_commit_metadata);
+    merge_list(&mut base.repos, over.repos);
+    merge_list(&mut base.packages, over.packages);
+    merge_list(&mut base.exclude_packages, over.exclude_packages);
+    merge_list(&mut base.install_langs, over.install_langs);
+    merge_list(&mut base.remove_files, over.remove_files);
+    merge_list(&mut base.remove_from_packages, over.remove_from_packages);
+    merge_list(&mut base.add_files, over.add_files);
+    merge_list(&mut base.postprocess, over.postprocess);
+    merge_list(&mut base.units, over.units);
+    merge_list(&mut base.etc_group_members, over.etc_group_members);
+    merge_list(&mut base.initramfs_args, over.initramfs_args);
+}
+
+struct Loader<'a> {
+    basearch: &'a str,
+    sources: Vec<PathBuf>,
+}
+
+impl Loader<'_> {
+    fn load(&mut self, path: &Path, stack: &mut Vec<PathBuf>) -> Result<TreefileDoc> {
+        let canon = path
+            .canonicalize()
+            .with_context(|| format!("reading treefile {}", path.display()))?;
+        if stack.contains(&canon) {
+            let chain: Vec<String> = stack.iter().map(|p| p.display().to_string()).collect();
+            bail!(
+                "{}: include cycle: {} -> {}",
+                path.display(),
+                chain.join(" -> "),
+                canon.display()
+            );
+        }
+        if stack.len() >= MAX_INCLUDE_DEPTH {
+            bail!(
+                "{}: includes nested deeper than {MAX_INCLUDE_DEPTH} levels",
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading treefile {}", path.display()))?;
+        let mut doc = parse_doc(path, &text)?;
+        self.sources.push(canon.clone());
+        stack.push(canon);
+
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut includes = doc.include.take().map(OneOrMany::into_vec).unwrap_or_default();
+        if let Some(arch_inc) = doc.arch_include.take() {
+            if let Some(v) = arch_inc.get(self.basearch) {
+                includes.extend(v.clone().into_vec());
+            }
+        }
+        let mut merged = TreefileDoc::default();
+        for inc in includes {
+            let inc_path = dir.join(&inc);
+            let sub = self.load(&inc_path, stack).with_context(|| {
+                let line = line_of_key(&text, "include")
+                    .or_else(|| line_of_key(&text, "arch-include"))
+                    .unwrap_or(1);
+                format!("{}:{line}: in include {inc:?}", path.display())
+            })?;
+            merge(&mut merged, sub);
+        }
+        stack.pop();
+
+        // Fold packages-$basearch into packages; other arches' lists are dropped.
+        let arch_pkgs = match self.basearch {
+            "x86_64" => doc.packages_x86_64.take(),
+            "aarch64" => doc.packages_aarch64.take(),
+            "ppc64le" => doc.packages_ppc64le.take(),
+            "s390x" => doc.packages_s390x.take(),
+            _ => None,
+        };
+        merge_list(&mut doc.packages, arch_pkgs);
+        doc.packages_x86_64 = None;
+        doc.packages_aarch64 = None;
+        doc.packages_ppc64le = None;
+        doc.packages_s390x = None;
+
+        validate(path, &text, &doc)?;
+        merge(&mut merged, doc);
+        Ok(merged)
+    }
+}
+
+/// Checks that serde cannot express; each error points at the key's line.
+fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
+    let at = |key: &str| format!("{}:{}", path.display(), line_of_key(text, key).unwrap_or(1));
+    if doc.selinux == Some(true) {
+        bail!(
+            "{}: selinux: true is not supported yet: hostforge composes without SELinux \
+             labels; set `selinux: false` or remove the key",
+            at("selinux")
+        );
+    }
+    if let Some(rfp) = &doc.remove_from_packages {
+        for entry in rfp {
+            if entry.len() < 2 {
+                bail!(
+                    "{}: remove-from-packages entries are [PACKAGE, REGEX, ...]; got {entry:?}",
+                    at("remove-from-packages")
+                );
+            }
+        }
+    }
+    if let Some(af) = &doc.add_files {
+        for (_, dest) in af {
+            if !dest.starts_with('/') {
+                bail!(
+                    "{}: add-files destination {dest:?} must be an absolute path",
+                    at("add-files")
+                );
+            }
+        }
+    }
+    if let Some(cp) = &doc.check_passwd {
+        if cp.kind == CheckPasswdType::File && cp.filename.is_none() {
+            bail!("{}: check-passwd type file needs `filename`", at("check-passwd"));
+        }
+    }
+    Ok(())
+}
+
+impl Treefile {
+    /// Loads `path` and everything it includes for the host's architecture.
+    pub fn load(path: &Path) -> Result<Treefile> {
+        Self::load_for_arch(path, host_basearch())
+    }
+
+    pub fn load_for_arch(path: &Path, basearch: &str) -> Result<Treefile> {
+        let mut loader = Loader {
+            basearch,
+            sources: Vec::new(),
+        };
+        let mut doc = loader.load(path, &mut Vec::new())?;
+        let dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        // Packages may be listed several to an entry, separated by spaces, as in rpm-ostree.
+        if let Some(pkgs) = doc.packages.take() {
+            doc.packages = Some(
+                pkgs.iter()
+                    .flat_map(|p| p.split_whitespace().map(str::to_string))
+                    .collect(),
+            );
+        }
+        let tf = Treefile {
+            path: path.to_path_buf(),
+            dir,
+            basearch: basearch.to_string(),
+            doc,
+            sources: loader.sources,
+        };
+        tf.check_complete()?;
+        Ok(tf)
+    }
+
+    fn check_complete(&self) -> Result<()> {
+        let p = self.path.display();
+        if self.doc.treeref.as_deref().unwrap_or("").is_empty() {
+            bail!("{p}: treefile has no `ref`: add e.g. `ref: myos/x86_64/node`");
+        }
+        if self.doc.repos.as_ref().is_none_or(|r| r.is_empty()) {
+            bail!("{p}: treefile has no `repos`: name the [sections] of *.repo files beside it");
+        }
+        if self.packages().is_empty() {
+            bail!("{p}: treefile lists no `packages`");
+        }
+        Ok(())
+    }
+
+    pub fn packages(&self) -> &[String] {
+        self.doc.packages.as_deref().unwrap_or_default()
+    }
+
+    pub fn releasever(&self) -> Option<String> {
+        self.doc.releasever.as_ref().map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    /// Replaces `${basearch}`, `${releasever}` and treefile `variables` in a string.
+    pub fn substitute(&self, s: &str) -> String {
+        let mut out = s.replace("${basearch}", &self.basearch);
+        if let Some(rv) = self.releasever() {
+            out = out.replace("${releasever}", &rv);
+        }
+        if let Some(vars) = &self.doc.variables {
+            for (k, v) in vars {
+                let val = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                out = out.replace(&format!("${{{k}}}"), &val);
+            }
+        }
+        out
+    }
+
+    /// The ref with variables substituted.
+    pub fn treeref(&self) -> String {
+        self.substitute(self.doc.treeref.as_deref().unwrap_or_default())
+    }
+
+    pub fn recommends(&self) -> bool {
+        self.doc.recommends.unwrap_or(true)
+    }
+
+    pub fn documentation(&self) -> bool {
+        self.doc.documentation.unwrap_or(true)
+    }
+
+    /// The flattened treefile as canonical JSON (sorted keys through serde's struct order).
+    pub fn flattened_json(&self) -> String {
+        serde_json::to_string_pretty(&self.doc).expect("treefile serializes")
+    }
+
+    /// Resolves a path written in the treefile relative to the main treefile's directory.
+    pub fn resolve(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: a/b\nrepos: [r]\npackages: [x]\nbogus-key: 1\n",
+        );
+        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(err.contains("bogus-key"), "{err}");
+        assert!(err.contains("t.yaml:4:"), "{err}");
+    }
+
+    #[test]
+    fn json_unknown_key_has_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "t.json",
+            "{\n \"ref\": \"a/b\",\n \"repos\": [\"r\"],\n \"packages\": [\"x\"],\n \"nope\": 1\n}\n",
+        );
+        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(err.contains("nope") && err.contains("t.json:5:"), "{err}");
+    }
+
+    #[test]
+    fn includes_merge_lists_and_override_scalars() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "base.yaml",
+            "ref: base/ref\nrepos: [r1]\npackages: [a b]\nrecommends: true\n",
+        );
+        let p = write(
+            d.path(),
+            "top.yaml",
+            "include: base.yaml\nref: top/${basearch}\nrepos: [r2]\npackages: [c]\n\
+             packages-x86_64: [xa]\npackages-aarch64: [aa]\nrecommends: false\n",
+        );
+        let tf = Treefile::load_for_arch(&p, "x86_64").unwrap();
+        assert_eq!(tf.treeref(), "top/x86_64");
+        assert_eq!(tf.packages(), ["a", "b", "c", "xa"]);
+        assert_eq!(tf.doc.repos.as_deref().unwrap(), ["r1", "r2"]);
+        assert!(!tf.recommends());
+        assert!(!tf.flattened_json().contains("include"));
+    }
+
+    #[test]
+    fn arch_include_only_for_matching_arch() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "x.yaml", "packages: [onlyx86]\n");
+        write(d.path(), "a.yaml", "packages: [onlyarm]\n");
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: r\nrepos: [r]\npackages: [p]\narch-include:\n  x86_64: x.yaml\n  aarch64: a.yaml\n",
+        );
+        let tf = Treefile::load_for_arch(&p, "x86_64").unwrap();
+        assert_eq!(tf.packages(), ["onlyx86", "p"]);
+    }
+
+    #[test]
+    fn include_cycle_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", "include: b.yaml\n");
+        write(d.path(), "b.yaml", "include: a.yaml\n");
+        let err = format!("{:#}", Treefile::load(&d.path().join("a.yaml")).unwrap_err());
+        assert!(err.contains("include cycle"), "{err}");
+    }
+
+    #[test]
+    fn include_depth_limited() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..60 {
+            write(d.path(), &format!("t{i}.yaml"), &format!("include: t{}.yaml\n", i + 1));
+        }
+        write(d.path(), "t60.yaml", "ref: r\n");
+        let err = format!("{:#}", Treefile::load(&d.path().join("t0.yaml")).unwrap_err());
+        assert!(err.contains("deeper than 50"), "{err}");
+    }
+
+    #[test]
+    fn selinux_true_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: r\nrepos: [r]\npackages: [p]\nselinux: true\n",
+        );
+        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(err.contains("t.yaml:4") && err.contains("not supported"), "{err}");
+    }
+
+    #[test]
+    fn missing_ref_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "t.yaml", "repos: [r]\npackages: [p]\n");
+        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(err.contains("no `ref`"), "{err}");
+    }
+}

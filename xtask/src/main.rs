@@ -1,0 +1,123 @@
+//! Chores: installing host packages, building fixtures, running the tests, the demo and the
+//! benchmarks. `cargo xtask help` lists them.
+
+mod fixtures;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Debian packages the project needs to build and test.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "ostree", "libostree-dev", "rpm", "librpm-dev", "libdnf-dev", "librepo-dev", "libsolv-dev",
+    "createrepo-c", "bubblewrap", "clang", "libclang-dev", "pkg-config", "dnf", "libglib2.0-dev",
+    "gnupg", "fuse3", "busybox-static",
+];
+
+fn top() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Installs the Debian packages that are missing (needs root on a fresh machine).
+fn deps() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    deps()?;
+    let fx = fixtures::build(&top())?;
+    run(cargo()
+        .current_dir(top())
+        .env("HOSTFORGE_FIXTURES", &fx)
+        .args(["test", "--workspace"])
+        .args(extra))
+}
+
+fn build_release() -> Result<PathBuf> {
+    run(cargo().current_dir(top()).args(["build", "--release", "--bin", "hostforge"]))?;
+    Ok(top().join("target/release/hostforge"))
+}
+
+/// Writes a treefile directory for the fixture distro: the example treefile and a .repo file
+/// pointing at the built fixture repos.
+fn demo_dir(fx: &Path, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(top().join("treefiles/fixture.yaml"), dir.join("fixture.yaml"))?;
+    std::fs::write(
+        dir.join("fixture.repo"),
+        format!("[fixture-base]\nname=hostforge fixture base\nbaseurl=file://{}\ngpgcheck=0\n", fx.join("base").display()),
+    )?;
+    Ok(dir.join("fixture.yaml"))
+}
+
+fn demo() -> Result<()> {
+    deps()?;
+    let fx = fixtures::build(&top())?;
+    let bin = build_release()?;
+    let work = top().join("target/demo");
+    let _ = std::fs::remove_dir_all(&work);
+    let treefile = demo_dir(&fx, &work.join("treefiles"))?;
+    let repo = work.join("repo");
+    run(Command::new("ostree").arg("init").arg(format!("--repo={}", repo.display())).arg("--mode=archive"))?;
+    for round in ["first compose", "again, nothing changed"] {
+        eprintln!("== {round}");
+        run(Command::new(&bin)
+            .args(["compose", "tree", "--repo"])
+            .arg(&repo)
+            .arg("--cachedir")
+            .arg(work.join("cache"))
+            .arg("--write-composejson-to")
+            .arg(work.join("compose.json"))
+            .arg(&treefile))?;
+    }
+    run(Command::new("ostree").arg(format!("--repo={}", repo.display())).args(["log", "hostforge/x86_64/fixture"]))?;
+    run(Command::new("ostree").arg(format!("--repo={}", repo.display())).args(["ls", "hostforge/x86_64/fixture", "/usr/bin"]))?;
+    eprintln!("compose.json: {}", work.join("compose.json").display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("deps") => deps(),
+        Some("fixtures") => {
+            deps()?;
+            println!("{}", fixtures::build(&top())?.display());
+            Ok(())
+        }
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(),
+        _ => {
+            eprintln!("usage: cargo xtask <deps|fixtures|test|demo>");
+            Ok(())
+        }
+    }
+}
