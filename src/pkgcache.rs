@@ -243,13 +243,17 @@ fn ensure_dirs(
 ) -> Result<ostree::MutableTree> {
     let mut cur = root.clone();
     for c in comps {
-        let next = cur
-            .ensure_dir(c)
-            .map_err(|e| anyhow!("creating directory {c:?}: {e}"))?;
-        if next.metadata_checksum().is_empty() {
-            next.set_metadata_checksum(&dirmeta.get(repo, 0, 0, 0o755)?);
-        }
-        cur = next;
+        cur = match cur.lookup(c) {
+            Ok((_, Some(sub))) => sub,
+            Ok((Some(_), None)) => bail!("{c:?} is a file, not a directory"),
+            _ => {
+                let next = cur
+                    .ensure_dir(c)
+                    .map_err(|e| anyhow!("creating directory {c:?}: {e}"))?;
+                next.set_metadata_checksum(&dirmeta.get(repo, 0, 0, 0o755)?);
+                next
+            }
+        };
     }
     Ok(cur)
 }

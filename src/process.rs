@@ -54,8 +54,13 @@ fn describe(cmd: &Command) -> String {
 /// Runs `cmd` to completion; returns stdout. On failure the error names the command, its exit
 /// status (or signal) and the last lines of stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {
+    run_with_stdin(cmd, Stdio::null())
+}
+
+/// Like [`run`], with `stdin` as the program's standard input.
+pub fn run_with_stdin(cmd: &mut Command, stdin: impl Into<Stdio>) -> Result<String> {
     let out = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()

@@ -66,6 +66,8 @@ struct Ctx {
     changed: bool,
     stats: Stats,
     steps: Vec<(String, f64)>,
+    /// (device, inode) -> checksum of every file the assemble step hardlinked from the cache.
+    devino: ostree::RepoDevInoCache,
 }
 
 /// Whether the pipeline goes on after a step.
@@ -104,6 +106,9 @@ pub fn compose_tree(opts: Options) -> Result<serde_json::Value> {
     };
     std::fs::create_dir_all(&opts.cachedir)
         .with_context(|| format!("creating cachedir {}", opts.cachedir.display()))?;
+    // Programs we run get absolute paths (rpmdb --dbpath insists).
+    let mut opts = opts;
+    opts.cachedir = opts.cachedir.canonicalize()?;
     let lock = std::fs::File::create(opts.cachedir.join("lock"))?;
     if lock.try_lock().is_err() {
         progress.info("waiting for another compose using this cachedir");
@@ -138,6 +143,7 @@ pub fn compose_tree(opts: Options) -> Result<serde_json::Value> {
         changed: false,
         stats: Stats::default(),
         steps: Vec::new(),
+        devino: ostree::RepoDevInoCache::new(),
     };
     for (name, step) in STEPS {
         let t = Timer::start();
@@ -373,7 +379,7 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
     clean_work_root(ctx)?;
     let r = root(ctx);
     std::fs::create_dir_all(&r)?;
-    let devino = ostree::RepoDevInoCache::new();
+    let devino = ctx.devino.clone();
     let bar = ctx.progress.bar("assemble", ctx.pkg_commits.len() as u64);
     for (commit, info) in ctx.pkg_commits.iter().zip(&ctx.infos) {
         let opts = ostree::RepoCheckoutAtOptions {
@@ -532,12 +538,12 @@ fn write_rpmdb(ctx: &mut Ctx) -> Result<Flow> {
     }
     let export = ctx.work.join("headers.rpmdb");
     std::fs::write(&export, &headers)?;
-    process::run(
+    process::run_with_stdin(
         Command::new("rpmdb")
             .arg("--dbpath")
             .arg(&dbpath)
-            .args(["--define", "_db_backend sqlite", "--importdb"])
-            .stdin(std::fs::File::open(&export)?),
+            .args(["--define", "_db_backend sqlite", "--importdb"]),
+        std::fs::File::open(&export)?,
     )
     .context("writing the rpmdb")?;
     for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
@@ -564,12 +570,21 @@ pub fn next_version(prefix: &str, previous: Option<&str>) -> String {
 }
 
 fn read_parent_file(ctx: &Ctx, path: &str) -> Option<String> {
+    use std::io::Read;
     let target = ctx.target.as_ref()?;
     let parent = ctx.parent.as_ref()?;
     let (root, _) = target.read_commit(parent, gio::Cancellable::NONE).ok()?;
-    let f = root.resolve_relative_path(path);
-    let (bytes, _) = f.load_contents(gio::Cancellable::NONE).ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    let f = root
+        .resolve_relative_path(path)
+        .downcast::<ostree::RepoFile>()
+        .ok()?;
+    f.ensure_resolved().ok()?;
+    let (stream, _, _) = target
+        .load_file(&f.checksum(), gio::Cancellable::NONE)
+        .ok()?;
+    let mut text = String::new();
+    stream?.into_read().read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
@@ -681,8 +696,8 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
     std::fs::create_dir_all(&share)?;
     std::fs::write(share.join("treefile.json"), tf.flattened_json() + "\n")?;
 
-    // Files owned by non-root users: break the cache hardlink so the commit filter's owner
-    // applies to a fresh object.
+    // Files owned by non-root users get their ids from the composed passwd/group; the commit
+    // filter applies them (libostree skips the devino shortcut for files a filter changed).
     let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap_or_default();
     let group = std::fs::read_to_string(r.join("etc/group")).unwrap_or_default();
     let (uids, gids) = (name_ids(&passwd), name_ids(&group));
@@ -706,12 +721,6 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
                     info.nevra
                 )
             })?;
-            let on_disk = r.join(path.trim_start_matches('/'));
-            if on_disk.is_file() && !on_disk.is_symlink() {
-                let tmp = on_disk.with_extension("hostforge-copy");
-                std::fs::copy(&on_disk, &tmp)?;
-                std::fs::rename(&tmp, &on_disk)?;
-            }
             let committed = match path.strip_prefix("/etc/") {
                 Some(rest) => format!("/usr/etc/{rest}"),
                 None => path.clone(),
@@ -762,11 +771,9 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
     let modifier =
         ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, Some(Box::new(filter)));
     // Reuse checksums of files still hardlinked to the package cache.
-    let devino = ostree::RepoDevInoCache::new();
-    modifier.set_devino_cache(&devino);
+    modifier.set_devino_cache(&ctx.devino);
     let cancellable = gio::Cancellable::NONE;
     let cache = &ctx.cache;
-    cache.scan_hardlinks(cancellable)?;
     cache.prepare_transaction(cancellable)?;
     let built = (|| -> Result<String> {
         let mtree = ostree::MutableTree::new();

@@ -227,9 +227,21 @@ fn var_to_tmpfiles(root: &Path) -> Result<Vec<String>> {
         }
         Ok(())
     }
+    // Paths a package already declared keep the package's line (its mode and owner).
+    let mut declared = std::collections::HashSet::new();
+    if let Ok(rd) = std::fs::read_dir(root.join("usr/lib/tmpfiles.d")) {
+        for e in rd.flatten() {
+            for l in std::fs::read_to_string(e.path()).unwrap_or_default().lines() {
+                if let Some(p) = l.split_whitespace().nth(1) {
+                    declared.insert(p.to_string());
+                }
+            }
+        }
+    }
     let var = root.join("var");
     if var.is_dir() {
         walk(root, &var, &mut lines)?;
+        lines.retain(|l| l.split_whitespace().nth(1).is_some_and(|p| !declared.contains(p)));
         std::fs::remove_dir_all(&var)?;
     }
     std::fs::create_dir_all(&var)?;

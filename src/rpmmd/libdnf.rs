@@ -119,10 +119,10 @@ pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
         sys::dnf_context_set_lock_dir(c, lock.as_ptr());
         sys::dnf_context_set_vars_dir(c, [vars.as_ptr(), std::ptr::null()].as_ptr());
         sys::dnf_context_set_install_root(c, root.as_ptr());
-        if let Some(rv) = req.releasever {
-            let rv = cstr(rv);
-            sys::dnf_context_set_release_ver(c, rv.as_ptr());
-        }
+        // Without a release version libdnf reads os-release from the install root, which
+        // is empty here; $releasever only matters to repos that use it.
+        let rv = cstr(req.releasever.unwrap_or("0"));
+        sys::dnf_context_set_release_ver(c, rv.as_ptr());
         sys::dnf_context_set_check_disk_space(c, 0);
         sys::dnf_context_set_check_transaction(c, 0);
         sys::dnf_context_set_keep_cache(c, 1);

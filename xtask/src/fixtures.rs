@@ -173,7 +173,15 @@ fn hostile_packages() -> Result<Vec<Built>> {
     out.push(("evil-symlink".into(), b.build()?));
 
     let mut b = pkg("evil-corrupt", "1.0", "noarch");
-    b.with_file_contents(vec![b'z'; 64 * 1024], f("/usr/share/evil/blob"))?;
+    // Incompressible bytes, so the payload is large and the damage lands inside it.
+    let mut x: u32 = 12345;
+    let noise: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    b.with_file_contents(noise, f("/usr/share/evil/blob"))?;
     out.push(("evil-corrupt".into(), b.build()?));
     Ok(out)
 }
@@ -203,7 +211,7 @@ fn createrepo(dir: &Path) -> Result<()> {
 fn corrupt_payload(path: &Path) -> Result<()> {
     let mut data = std::fs::read(path)?;
     let n = data.len();
-    for b in &mut data[n - 200..n - 100] {
+    for b in &mut data[n - 2000..n - 1900] {
         *b ^= 0x5a;
     }
     std::fs::write(path, data)?;
