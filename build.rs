@@ -23,5 +23,7 @@ fn main() {
     }
     let bindings = builder.generate().expect("generating libdnf bindings");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("libdnf_bindings.rs");
-    bindings.write_to_file(out).expect("writing libdnf bindings");
+    bindings
+        .write_to_file(out)
+        .expect("writing libdnf bindings");
 }

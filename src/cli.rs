@@ -92,7 +92,10 @@ pub fn run() -> Result<()> {
             let json = opts.json;
             let doc = compose::compose_tree(opts)?;
             if json {
-                println!("{}", serde_json::json!({"event": "summary", "compose": doc}));
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "summary", "compose": doc})
+                );
             }
             Ok(())
         }
@@ -127,7 +130,10 @@ mod tests {
         let Command::Compose(ComposeCmd::Tree(a)) = cli.command;
         assert_eq!(a.repo.as_deref(), Some(std::path::Path::new("/r")));
         assert!(a.dry_run);
-        assert_eq!(parse_kv(&a.add_metadata_string[0]).unwrap(), ("a".into(), "b".into()));
+        assert_eq!(
+            parse_kv(&a.add_metadata_string[0]).unwrap(),
+            ("a".into(), "b".into())
+        );
     }
 
     #[test]

@@ -56,7 +56,12 @@ impl DirMetaCache {
         info.set_attribute_uint32("unix::mode", mode);
         let v = ostree::create_directory_metadata(&info, None);
         let csum = repo
-            .write_metadata(ostree::ObjectType::DirMeta, None, &v, gio::Cancellable::NONE)
+            .write_metadata(
+                ostree::ObjectType::DirMeta,
+                None,
+                &v,
+                gio::Cancellable::NONE,
+            )
             .context("writing directory metadata")?;
         let hex = csum.to_hex();
         self.cache.insert((uid, gid, mode), hex.clone());
@@ -78,16 +83,6 @@ impl MetaBuilder {
     }
 
     pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
-        self.dict.as_ref().unwrap().insert(k, v);
-        self
-    }
-
-    pub fn bool(&mut self, k: &str, v: bool) -> &mut Self {
-        self.dict.as_ref().unwrap().insert(k, v);
-        self
-    }
-
-    pub fn u64(&mut self, k: &str, v: u64) -> &mut Self {
         self.dict.as_ref().unwrap().insert(k, v);
         self
     }
@@ -131,7 +126,11 @@ pub fn meta_str(dict: &glib::VariantDict, key: &str) -> Option<String> {
 
 pub fn meta_bytes(dict: &glib::VariantDict, key: &str) -> Option<Vec<u8>> {
     dict.lookup_value(key, Some(glib::VariantTy::BYTE_STRING))
-        .map(|v| v.fixed_array::<u8>().map(|s| s.to_vec()).unwrap_or_default())
+        .map(|v| {
+            v.fixed_array::<u8>()
+                .map(|s| s.to_vec())
+                .unwrap_or_default()
+        })
 }
 
 /// The parent recorded in a commit object, if any.

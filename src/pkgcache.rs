@@ -258,19 +258,13 @@ fn ensure_dirs(
     Ok(cur)
 }
 
-/// The outcome of importing one package.
-pub struct Imported {
-    pub commit: String,
-    pub files: usize,
-}
-
 /// Imports the RPM at `rpm_path` (already checksum-verified) into the cache repo.
 pub fn import(
     repo: &ostree::Repo,
     rpm_path: &Path,
     pkg: &Solved,
     verifier: Option<&rpm::signature::pgp::Verifier>,
-) -> Result<Imported> {
+) -> Result<String> {
     let nv = nevra(pkg);
     let rpm_pkg = rpm::Package::open(rpm_path)
         .map_err(|e| anyhow!("{nv}: reading RPM {}: {e}", rpm_path.display()))?;
@@ -278,7 +272,12 @@ pub fn import(
         .verify_digests()
         .map_err(|e| anyhow!("{nv}: RPM digest check failed, the package is corrupt: {e}"))?;
     if let Some(v) = verifier {
-        if rpm_pkg.metadata.signatures().map(|s| s.is_empty()).unwrap_or(true) {
+        if rpm_pkg
+            .metadata
+            .signatures()
+            .map(|s| s.is_empty())
+            .unwrap_or(true)
+        {
             bail!(
                 "{nv}: package is not signed, but its repo [{}] has gpgcheck=1",
                 pkg.repo_id
@@ -309,12 +308,9 @@ pub fn import(
             ghost: m.flags().contains(rpm::FileFlags::GHOST),
             content: None,
         });
-        let owner = (m.user().to_string(), m.group().to_string());
-        let last = entries.last_mut().unwrap();
-        last.content = f.into_content();
-        let _ = owner;
+        entries.last_mut().unwrap().content = f.into_content();
     }
-    // Re-read the per-file metadata we keep beside the tree (owners, docs, languages).
+    // Per-file facts kept beside the tree: owners, docs, languages.
     let mut info = PkgInfo {
         nevra: nv.clone(),
         name: pkg.name.clone(),
@@ -389,7 +385,15 @@ pub fn import(
                     // Content in /var is shipped in /usr/share/factory and copied at boot.
                     let mut fac = vec!["usr", "share", "factory"];
                     fac.extend(&comps);
-                    write_regular(repo, &mtree, &fac, e, &mut by_digest, &mut dirmeta, &mut deferred_hardlinks)?;
+                    write_regular(
+                        repo,
+                        &mtree,
+                        &fac,
+                        e,
+                        &mut by_digest,
+                        &mut dirmeta,
+                        &mut deferred_hardlinks,
+                    )?;
                 }
                 continue;
             }
@@ -402,7 +406,15 @@ pub fn import(
                     d.set_metadata_checksum(&dirmeta.get(repo, 0, 0, e.mode)?);
                 }
                 FileType::Regular => {
-                    write_regular(repo, &mtree, &comps, e, &mut by_digest, &mut dirmeta, &mut deferred_hardlinks)?;
+                    write_regular(
+                        repo,
+                        &mtree,
+                        &comps,
+                        e,
+                        &mut by_digest,
+                        &mut dirmeta,
+                        &mut deferred_hardlinks,
+                    )?;
                 }
                 FileType::SymbolicLink => {
                     let (name, parent) = comps.split_last().unwrap();
@@ -479,14 +491,12 @@ pub fn import(
         let commit =
             repo.write_commit_with_time(None, Some(&nv), None, Some(&meta), &root, 0, cancellable)?;
         repo.transaction_set_ref(None, &pkg_ref(&nv), Some(&commit));
+        crate::process::fault_point("import");
         repo.commit_transaction(cancellable)?;
         Ok(commit.to_string())
     })();
     match result {
-        Ok(commit) => Ok(Imported {
-            commit,
-            files: entries.len(),
-        }),
+        Ok(commit) => Ok(commit),
         Err(e) => {
             let _ = repo.abort_transaction(cancellable);
             Err(e.context(format!("importing {nv} into the package cache")))
@@ -495,7 +505,10 @@ pub fn import(
 }
 
 /// Regular files keyed by path with their checksums (content files and their hardlinks).
-fn by_digest_paths(entries: &[Entry], by_digest: &HashMap<String, String>) -> Vec<(String, String)> {
+fn by_digest_paths(
+    entries: &[Entry],
+    by_digest: &HashMap<String, String>,
+) -> Vec<(String, String)> {
     entries
         .iter()
         .filter(|e| e.ftype == FileType::Regular && !e.ghost)
@@ -531,7 +544,8 @@ fn write_regular(
         }
         bail!("{} has no content in the payload", e.path);
     };
-    let xattrs = caps_variant(e.caps.as_deref()).with_context(|| format!("{}: file capabilities", e.path))?;
+    let xattrs = caps_variant(e.caps.as_deref())
+        .with_context(|| format!("{}: file capabilities", e.path))?;
     let csum = repo.write_regfile_inline(
         None,
         0,
@@ -557,9 +571,7 @@ fn tmpfiles_line(e: &Entry, comps: &[&str]) -> Option<String> {
             "L {path} - - - - {}",
             e.linkto.as_deref().unwrap_or_default()
         )),
-        FileType::Regular if !e.ghost => Some(format!(
-            "C {path} - - - - /usr/share/factory{path}"
-        )),
+        FileType::Regular if !e.ghost => Some(format!("C {path} - - - - /usr/share/factory{path}")),
         _ => None,
     }
 }
@@ -580,7 +592,10 @@ mod tests {
     fn dotdot_paths_are_refused() {
         assert!(checked_components("/usr/../../etc/shadow").is_err());
         assert!(checked_components("usr/bin/x").is_err());
-        assert_eq!(checked_components("/usr//bin/x").unwrap(), ["usr", "bin", "x"]);
+        assert_eq!(
+            checked_components("/usr//bin/x").unwrap(),
+            ["usr", "bin", "x"]
+        );
     }
 
     #[test]
@@ -599,12 +614,18 @@ mod tests {
         assert_eq!(u32::from_le_bytes(v[4..8].try_into().unwrap()), 1 << 13);
         let v = caps_to_xattr("cap_net_admin,cap_net_raw+p").unwrap();
         assert_eq!(u32::from_le_bytes(v[0..4].try_into().unwrap()), 0x0200_0000);
-        assert_eq!(u32::from_le_bytes(v[4..8].try_into().unwrap()), (1 << 12) | (1 << 13));
+        assert_eq!(
+            u32::from_le_bytes(v[4..8].try_into().unwrap()),
+            (1 << 12) | (1 << 13)
+        );
         assert!(caps_to_xattr("cap_bogus=ep").is_err());
     }
 
     #[test]
     fn refs_are_escaped() {
-        assert_eq!(pkg_ref("foo-1:2.0-1.x86_64"), "hostforge/pkg/foo-1_3A2.0-1.x86_64");
+        assert_eq!(
+            pkg_ref("foo-1:2.0-1.x86_64"),
+            "hostforge/pkg/foo-1_3A2.0-1.x86_64"
+        );
     }
 }

@@ -68,7 +68,11 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: impl Into<Stdio>) -> Result<Stri
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let detail = if stderr.trim().is_empty() { stdout } else { stderr };
+        let detail = if stderr.trim().is_empty() {
+            stdout
+        } else {
+            stderr
+        };
         bail!(
             "{} failed ({}):\n{}",
             describe(cmd),
@@ -86,5 +90,14 @@ pub fn status_text(status: &std::process::ExitStatus) -> String {
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("killed by signal {s}"),
         _ => "unknown status".into(),
+    }
+}
+
+/// Crash-test hook: when `HOSTFORGE_FAULT` names this point, the process aborts here, as a
+/// kill or power loss would stop it. The interruption tests use it; it costs one env lookup.
+pub fn fault_point(name: &str) {
+    if std::env::var("HOSTFORGE_FAULT").is_ok_and(|v| v == name) {
+        eprintln!("HOSTFORGE_FAULT: aborting at {name}");
+        std::process::abort();
     }
 }

@@ -175,18 +175,25 @@ pub fn host_basearch() -> &'static str {
 
 /// The 1-based line where `key:` (YAML) or `"key":` (JSON) first appears, for messages.
 pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let t = l.trim_start().trim_start_matches("- ");
-        t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\""))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\""))
+        })
+        .map(|i| i + 1)
 }
 
 fn parse_doc(path: &Path, text: &str) -> Result<TreefileDoc> {
     let is_json = path.extension().is_some_and(|e| e == "json");
     if is_json {
         serde_json::from_str(text).map_err(|e| {
-            anyhow!("{}:{}:{}: {}", path.display(), e.line(), e.column(), strip_loc(&e.to_string()))
+            anyhow!(
+                "{}:{}:{}: {}",
+                path.display(),
+                e.line(),
+                e.column(),
+                strip_loc(&e.to_string())
+            )
         })
     } else {
         serde_yaml::from_str(text).map_err(|e| match e.location() {
@@ -299,7 +306,11 @@ impl Loader<'_> {
         stack.push(canon);
 
         let dir = path.parent().unwrap_or(Path::new("."));
-        let mut includes = doc.include.take().map(OneOrMany::into_vec).unwrap_or_default();
+        let mut includes = doc
+            .include
+            .take()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
         if let Some(arch_inc) = doc.arch_include.take() {
             if let Some(v) = arch_inc.get(self.basearch) {
                 includes.extend(v.clone().into_vec());
@@ -370,7 +381,10 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
     }
     if let Some(cp) = &doc.check_passwd {
         if cp.kind == CheckPasswdType::File && cp.filename.is_none() {
-            bail!("{}: check-passwd type file needs `filename`", at("check-passwd"));
+            bail!(
+                "{}: check-passwd type file needs `filename`",
+                at("check-passwd")
+            );
         }
     }
     Ok(())
@@ -390,7 +404,13 @@ impl Treefile {
         let mut doc = loader.load(path, &mut Vec::new())?;
         let dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         // Packages may be listed several to an entry, separated by spaces, as in rpm-ostree.
@@ -555,7 +575,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "a.yaml", "include: b.yaml\n");
         write(d.path(), "b.yaml", "include: a.yaml\n");
-        let err = format!("{:#}", Treefile::load(&d.path().join("a.yaml")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Treefile::load(&d.path().join("a.yaml")).unwrap_err()
+        );
         assert!(err.contains("include cycle"), "{err}");
     }
 
@@ -563,10 +586,17 @@ mod tests {
     fn include_depth_limited() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..60 {
-            write(d.path(), &format!("t{i}.yaml"), &format!("include: t{}.yaml\n", i + 1));
+            write(
+                d.path(),
+                &format!("t{i}.yaml"),
+                &format!("include: t{}.yaml\n", i + 1),
+            );
         }
         write(d.path(), "t60.yaml", "ref: r\n");
-        let err = format!("{:#}", Treefile::load(&d.path().join("t0.yaml")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Treefile::load(&d.path().join("t0.yaml")).unwrap_err()
+        );
         assert!(err.contains("deeper than 50"), "{err}");
     }
 
@@ -579,7 +609,10 @@ mod tests {
             "ref: r\nrepos: [r]\npackages: [p]\nselinux: true\n",
         );
         let err = format!("{:#}", Treefile::load(&p).unwrap_err());
-        assert!(err.contains("t.yaml:4") && err.contains("not supported"), "{err}");
+        assert!(
+            err.contains("t.yaml:4") && err.contains("not supported"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -198,7 +198,12 @@ fn resolve(ctx: &mut Ctx) -> Result<Flow> {
                 .join(", ")
         )
     })?;
-    step_note(ctx, "resolve", &t, &format!("{} packages", ctx.solved.len()));
+    step_note(
+        ctx,
+        "resolve",
+        &t,
+        &format!("{} packages", ctx.solved.len()),
+    );
     if ctx.opts.dry_run {
         if !ctx.opts.json {
             for p in &ctx.solved {
@@ -224,33 +229,54 @@ fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
         .map(|(src, _)| src.clone())
         .collect();
     files.extend(ctx.tf.doc.postprocess_script.clone());
-    if let Some(cp) = ctx.tf.doc.check_passwd.as_ref().and_then(|c| c.filename.clone()) {
+    if let Some(cp) = ctx
+        .tf
+        .doc
+        .check_passwd
+        .as_ref()
+        .and_then(|c| c.filename.clone())
+    {
         files.push(cp);
     }
-    if let Some(cg) = ctx.tf.doc.check_groups.as_ref().and_then(|c| c.filename.clone()) {
+    if let Some(cg) = ctx
+        .tf
+        .doc
+        .check_groups
+        .as_ref()
+        .and_then(|c| c.filename.clone())
+    {
         files.push(cg);
     }
     for f in files {
         let p = ctx.tf.resolve(&f);
         let data = std::fs::read(&p).with_context(|| {
-            format!("{}: reading {} referenced by the treefile", ctx.tf.path.display(), p.display())
+            format!(
+                "{}: reading {} referenced by the treefile",
+                ctx.tf.path.display(),
+                p.display()
+            )
         })?;
         h.update(format!("\nfile {f} {}\n", data.len()));
         h.update(&data);
     }
     for p in &ctx.solved {
-        h.update(format!("\npkg {} {}:{}", rpmmd::nevra(p), p.checksum_type, p.checksum));
+        h.update(format!(
+            "\npkg {} {}:{}",
+            rpmmd::nevra(p),
+            p.checksum_type,
+            p.checksum
+        ));
     }
     ctx.inputhash = hex::encode(h.finalize());
     let target = ctx.target.as_ref().expect("target repo outside dry-run");
     ctx.parent = ostreeutil::resolve(target, &ctx.treeref)?;
     if let (Some(parent), false) = (&ctx.parent, ctx.opts.force_nocache) {
         let meta = ostreeutil::commit_meta(target, parent)?;
-        if ostreeutil::meta_str(&meta, "hostforge.inputhash").as_deref() == Some(&ctx.inputhash)
-        {
+        if ostreeutil::meta_str(&meta, "hostforge.inputhash").as_deref() == Some(&ctx.inputhash) {
             ctx.commit = Some(parent.clone());
             ctx.version = ostreeutil::meta_str(&meta, "version");
-            ctx.progress.info(&format!("no changes: {} is {parent}", ctx.treeref));
+            ctx.progress
+                .info(&format!("no changes: {} is {parent}", ctx.treeref));
             return Ok(Flow::Stop);
         }
     }
@@ -265,7 +291,9 @@ fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
     for p in &ctx.solved {
         commits.push(pkgcache::lookup(&ctx.cache, p)?);
     }
-    let missing: Vec<usize> = (0..ctx.solved.len()).filter(|&i| commits[i].is_none()).collect();
+    let missing: Vec<usize> = (0..ctx.solved.len())
+        .filter(|&i| commits[i].is_none())
+        .collect();
     ctx.stats.cache_hits = ctx.solved.len() - missing.len();
     let dl_dir = ctx.opts.cachedir.join("downloads");
     std::fs::create_dir_all(&dl_dir)?;
@@ -275,7 +303,9 @@ fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
     }
     let bar = ctx.progress.bar("fetch", missing.len() as u64);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
     let results: Vec<Result<Vec<(usize, String, u64)>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads.min(missing.len().max(1)))
             .map(|_| {
@@ -294,20 +324,27 @@ fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
                             .ok_or_else(|| anyhow!("package from unknown repo {}", pkg.repo_id))?;
                         let dest = dl_dir.join(format!("{}.rpm", pkg.checksum));
                         let size = rpmmd::download(repodef, pkg, &dest).with_context(|| {
-                            format!("downloading {} from repo [{}]", rpmmd::nevra(pkg), pkg.repo_id)
+                            format!(
+                                "downloading {} from repo [{}]",
+                                rpmmd::nevra(pkg),
+                                pkg.repo_id
+                            )
                         })?;
                         let imported =
                             pkgcache::import(&repo, &dest, pkg, verifiers.get(&pkg.repo_id));
                         let _ = std::fs::remove_file(&dest);
                         let imported = imported?;
                         bar.inc(&pkg.name);
-                        done.push((i, imported.commit, size));
+                        done.push((i, imported, size));
                     }
                     Ok(done)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("import thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("import thread panicked"))
+            .collect()
     });
     drop(bar);
     for r in results {
@@ -317,7 +354,10 @@ fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
             ctx.stats.bytes_downloaded += size;
         }
     }
-    ctx.pkg_commits = commits.into_iter().map(|c| c.expect("every package imported")).collect();
+    ctx.pkg_commits = commits
+        .into_iter()
+        .map(|c| c.expect("every package imported"))
+        .collect();
     ctx.infos = ctx
         .pkg_commits
         .iter()
@@ -390,7 +430,13 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
             ..Default::default()
         };
         ctx.cache
-            .checkout_at(Some(&opts), libc::AT_FDCWD, &r, commit, gio::Cancellable::NONE)
+            .checkout_at(
+                Some(&opts),
+                libc::AT_FDCWD,
+                &r,
+                commit,
+                gio::Cancellable::NONE,
+            )
             .with_context(|| format!("checking out {}", info.nevra))?;
         bar.inc(&info.name);
     }
@@ -415,7 +461,12 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
             }
         }
     }
-    step_note(ctx, "assemble", &t, &format!("{} packages", ctx.pkg_commits.len()));
+    step_note(
+        ctx,
+        "assemble",
+        &t,
+        &format!("{} packages", ctx.pkg_commits.len()),
+    );
     Ok(Flow::Continue)
 }
 
@@ -442,7 +493,11 @@ fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
     let phases: [(&str, Getter, &str); 3] = [
         ("%pre", rpm::PackageMetadata::get_pre_install_script, "1"),
         ("%post", rpm::PackageMetadata::get_post_install_script, "1"),
-        ("%posttrans", rpm::PackageMetadata::get_post_trans_script, "0"),
+        (
+            "%posttrans",
+            rpm::PackageMetadata::get_post_trans_script,
+            "0",
+        ),
     ];
     let bar = ctx.progress.bar("scripts", metas.len() as u64 * 3);
     for (phase, get, arg) in phases {
@@ -464,6 +519,7 @@ fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
                 stdin: None,
             };
             scripts::run_in_root(protected.path(), &scratch, &script)?;
+            process::fault_point("scripts");
             count += 1;
         }
     }
@@ -488,7 +544,9 @@ fn run_trans_file_triggers(
     all_files.sort();
     let mut count = 0;
     for (meta, info) in metas.iter().zip(&ctx.infos) {
-        let Ok(triggers) = meta.get_trans_file_triggers() else { continue };
+        let Ok(triggers) = meta.get_trans_file_triggers() else {
+            continue;
+        };
         for trig in triggers {
             // Only the "in" kind fires on install.
             if !trig
@@ -539,17 +597,23 @@ fn write_rpmdb(ctx: &mut Ctx) -> Result<Flow> {
     let export = ctx.work.join("headers.rpmdb");
     std::fs::write(&export, &headers)?;
     process::run_with_stdin(
-        Command::new("rpmdb")
-            .arg("--dbpath")
-            .arg(&dbpath)
-            .args(["--define", "_db_backend sqlite", "--importdb"]),
+        Command::new("rpmdb").arg("--dbpath").arg(&dbpath).args([
+            "--define",
+            "_db_backend sqlite",
+            "--importdb",
+        ]),
         std::fs::File::open(&export)?,
     )
     .context("writing the rpmdb")?;
     for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
         let _ = std::fs::remove_file(dbpath.join(f));
     }
-    step_note(ctx, "rpmdb", &t, &format!("{} headers", ctx.pkg_commits.len()));
+    step_note(
+        ctx,
+        "rpmdb",
+        &t,
+        &format!("{} headers", ctx.pkg_commits.len()),
+    );
     Ok(Flow::Continue)
 }
 
@@ -623,7 +687,10 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
             .iter()
             .map(|p| {
                 regex::Regex::new(p).with_context(|| {
-                    format!("{}: remove-from-packages: bad regex {p:?}", tf.path.display())
+                    format!(
+                        "{}: remove-from-packages: bad regex {p:?}",
+                        tf.path.display()
+                    )
                 })
             })
             .collect::<Result<_>>()?;
@@ -768,8 +835,10 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
         }
         ostree::RepoCommitFilterResult::Allow
     };
-    let modifier =
-        ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, Some(Box::new(filter)));
+    let modifier = ostree::RepoCommitModifier::new(
+        ostree::RepoCommitModifierFlags::NONE,
+        Some(Box::new(filter)),
+    );
     // Reuse checksums of files still hardlinked to the package cache.
     modifier.set_devino_cache(&ctx.devino);
     let cancellable = gio::Cancellable::NONE;
@@ -786,8 +855,22 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
             .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
         let meta = commit_metadata(ctx)?;
         let subject = match &ctx.version {
-            Some(v) => format!("{} {v}", ctx.tf.path.file_name().unwrap_or_default().to_string_lossy()),
-            None => format!("{}", ctx.tf.path.file_name().unwrap_or_default().to_string_lossy()),
+            Some(v) => format!(
+                "{} {v}",
+                ctx.tf
+                    .path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            ),
+            None => format!(
+                "{}",
+                ctx.tf
+                    .path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            ),
         };
         let time = source_date_epoch()?;
         let c = cache.write_commit_with_time(
@@ -810,7 +893,8 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
         }
     };
     let stats = cache.commit_transaction(cancellable)?;
-    ctx.stats.objects_written = stats.get_content_objects_written() as u64 + stats.get_metadata_objects_written() as u64;
+    ctx.stats.objects_written =
+        stats.get_content_objects_written() as u64 + stats.get_metadata_objects_written() as u64;
     ctx.stats.bytes_written = stats.get_content_bytes_written();
 
     // Copy the objects into the user's repo, then (and only then) move the ref.
@@ -822,17 +906,13 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
     target
         .pull_with_options(&url, &opts.end(), None, cancellable)
         .with_context(|| format!("copying commit {built} into the target repo"))?;
+    process::fault_point("commit");
     target.prepare_transaction(cancellable)?;
     target.transaction_set_ref(None, &ctx.treeref, Some(&built));
     target.commit_transaction(cancellable)?;
     ctx.commit = Some(built.clone());
     clean_work_root(ctx)?;
-    step_note(
-        ctx,
-        "commit",
-        &t,
-        &format!("{} => {built}", ctx.treeref),
-    );
+    step_note(ctx, "commit", &t, &format!("{} => {built}", ctx.treeref));
     Ok(Flow::Continue)
 }
 
@@ -910,10 +990,22 @@ fn package_diff(ctx: &Ctx) -> Result<serde_json::Value> {
                 .map(|nevra| (name_of_nevra(&nevra).to_string(), nevra))
                 .collect()
         }
-        _ => return Ok(json!({"total": ctx.solved.len(), "added": [], "removed": [], "changed": []})),
+        _ => {
+            return Ok(
+                json!({"total": ctx.solved.len(), "added": [], "removed": [], "changed": []}),
+            )
+        }
     };
-    let added: Vec<&String> = now.iter().filter(|(n, _)| !before.contains_key(*n)).map(|(_, v)| v).collect();
-    let removed: Vec<&String> = before.iter().filter(|(n, _)| !now.contains_key(*n)).map(|(_, v)| v).collect();
+    let added: Vec<&String> = now
+        .iter()
+        .filter(|(n, _)| !before.contains_key(*n))
+        .map(|(_, v)| v)
+        .collect();
+    let removed: Vec<&String> = before
+        .iter()
+        .filter(|(n, _)| !now.contains_key(*n))
+        .map(|(_, v)| v)
+        .collect();
     let changed: Vec<[&String; 2]> = now
         .iter()
         .filter_map(|(n, v)| before.get(n).filter(|b| *b != v).map(|b| [b, v]))
@@ -937,6 +1029,7 @@ fn compose_json(ctx: &Ctx) -> Result<serde_json::Value> {
         .collect();
     Ok(json!({
         "ref": ctx.treeref,
+        "treefiles": ctx.tf.sources,
         "commit": ctx.commit,
         "parent": if ctx.changed { ctx.parent.clone() } else { ctx.parent.as_ref().and_then(|p| ctx.target.as_ref().and_then(|t| ostreeutil::commit_parent(t, p).ok().flatten())) },
         "version": ctx.version,

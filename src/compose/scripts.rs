@@ -60,7 +60,9 @@ pub fn run_in_root(root: &Path, scratch: &Path, script: &Script) -> Result<Strin
     cmd.arg("--bind")
         .arg(root)
         .arg("/")
-        .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"])
+        .args([
+            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",
+        ])
         .arg("--ro-bind")
         .arg(&file)
         .arg("/tmp/.hostforge-script")

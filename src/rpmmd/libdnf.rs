@@ -149,7 +149,12 @@ pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
         for name in req.excludes {
             let n = cstr(name);
             let q = sys::hy_query_create(sack);
-            sys::hy_query_filter(q, sys::_hy_key_name_e_HY_PKG_NAME as i32, sys::_hy_comparison_type_e_HY_EQ as i32, n.as_ptr());
+            sys::hy_query_filter(
+                q,
+                sys::_hy_key_name_e_HY_PKG_NAME as i32,
+                sys::_hy_comparison_type_e_HY_EQ as i32,
+                n.as_ptr(),
+            );
             let set = sys::hy_query_run_set(q);
             sys::dnf_sack_add_excludes(sack, set);
             sys::dnf_packageset_free(set);

@@ -24,7 +24,13 @@ fn config() -> rpm::BuildConfig {
 }
 
 fn pkg(name: &str, version: &str, arch: &str) -> PackageBuilder {
-    let mut b = PackageBuilder::new(name, version, "MIT", arch, &format!("hostforge fixture {name}"));
+    let mut b = PackageBuilder::new(
+        name,
+        version,
+        "MIT",
+        arch,
+        &format!("hostforge fixture {name}"),
+    );
     b.using_config(config())
         .release("1")
         .build_host("fixtures.hostforge.invalid")
@@ -54,7 +60,19 @@ fn base_packages(busybox: &[u8]) -> Result<Vec<Built>> {
     let mut out = Vec::new();
 
     let mut b = pkg("filesystem", "1.0", "noarch");
-    for d in ["/usr", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/usr/share", "/etc", "/var", "/var/lib", "/var/log", "/usr/lib/systemd/system"] {
+    for d in [
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/share",
+        "/etc",
+        "/var",
+        "/var/lib",
+        "/var/log",
+        "/usr/lib/systemd/system",
+    ] {
         b.with_dir_entry(FileOptions::dir(d).permissions(0o755))?;
     }
     b.with_dir_entry(FileOptions::dir("/var/tmp").permissions(0o1777))?;
@@ -66,8 +84,14 @@ fn base_packages(busybox: &[u8]) -> Result<Vec<Built>> {
 
     // A real shell (static busybox) so scriptlets run in the composed root.
     let mut b = pkg("busybox", "1.35.0", "x86_64");
-    b.with_file_contents(busybox.to_vec(), f("/usr/bin/busybox").mode(FileMode::regular(0o755)))?;
-    for tool in ["sh", "cat", "cp", "mv", "grep", "echo", "mkdir", "ls", "sort", "rm", "sed", "touch", "chmod", "id", "tr", "wc", "head"] {
+    b.with_file_contents(
+        busybox.to_vec(),
+        f("/usr/bin/busybox").mode(FileMode::regular(0o755)),
+    )?;
+    for tool in [
+        "sh", "cat", "cp", "mv", "grep", "echo", "mkdir", "ls", "sort", "rm", "sed", "touch",
+        "chmod", "id", "tr", "wc", "head",
+    ] {
         b.with_symlink(FileOptions::symlink(format!("/usr/bin/{tool}"), "busybox"))?;
     }
     b.provides(Dependency::any("/bin/sh"));
@@ -75,45 +99,95 @@ fn base_packages(busybox: &[u8]) -> Result<Vec<Built>> {
     out.push(("busybox".into(), b.build()?));
 
     let mut b = pkg("setup", "2.14", "noarch");
-    b.with_file_contents("root:x:0:0:root:/root:/bin/sh\n", f("/etc/passwd").config().noreplace().mode(FileMode::regular(0o644)))?;
-    b.with_file_contents("root:x:0:\nwheel:x:10:\n", f("/etc/group").config().noreplace().mode(FileMode::regular(0o644)))?;
+    b.with_file_contents(
+        "root:x:0:0:root:/root:/bin/sh\n",
+        f("/etc/passwd")
+            .config()
+            .noreplace()
+            .mode(FileMode::regular(0o644)),
+    )?;
+    b.with_file_contents(
+        "root:x:0:\nwheel:x:10:\n",
+        f("/etc/group")
+            .config()
+            .noreplace()
+            .mode(FileMode::regular(0o644)),
+    )?;
     b.with_file_contents("NAME=\"Forge Fixture\"\nID=forgefixture\nVERSION=\"1 (Anvil)\"\nVERSION_ID=1\nPRETTY_NAME=\"Forge Fixture 1 (Anvil)\"\n", f("/usr/lib/os-release").mode(FileMode::regular(0o644)))?;
-    b.with_symlink(FileOptions::symlink("/etc/os-release", "../usr/lib/os-release"))?;
+    b.with_symlink(FileOptions::symlink(
+        "/etc/os-release",
+        "../usr/lib/os-release",
+    ))?;
     b.with_file_contents("", f("/etc/machine-id").mode(FileMode::regular(0o444)))?;
     b.requires(Dependency::any("filesystem"));
     out.push(("setup".into(), b.build()?));
 
     let mut b = pkg("libfoo", "1.2", "x86_64");
-    b.with_file_contents("libfoo shared object (fixture)\n", f("/usr/lib64/libfoo.so.1.2").mode(FileMode::regular(0o755)))?;
-    b.with_symlink(FileOptions::symlink("/usr/lib64/libfoo.so.1", "libfoo.so.1.2"))?;
+    b.with_file_contents(
+        "libfoo shared object (fixture)\n",
+        f("/usr/lib64/libfoo.so.1.2").mode(FileMode::regular(0o755)),
+    )?;
+    b.with_symlink(FileOptions::symlink(
+        "/usr/lib64/libfoo.so.1",
+        "libfoo.so.1.2",
+    ))?;
     b.provides(Dependency::any("libfoo.so.1()(64bit)"));
     b.requires(Dependency::any("filesystem"));
     out.push(("libfoo".into(), b.build()?));
 
     for (ver, text) in [("1.0", "config-tool one\n"), ("2.0", "config-tool two\n")] {
         let mut b = pkg("config-tool", ver, "noarch");
-        b.with_file_contents(format!("#!/bin/sh\necho '{}'\n", text.trim()), f("/usr/bin/config-tool").mode(FileMode::regular(0o755)))?;
+        b.with_file_contents(
+            format!("#!/bin/sh\necho '{}'\n", text.trim()),
+            f("/usr/bin/config-tool").mode(FileMode::regular(0o755)),
+        )?;
         b.requires(Dependency::any("/bin/sh"));
         out.push((format!("config-tool-{ver}"), b.build()?));
     }
 
     let mut b = pkg("app", "1.0", "x86_64");
-    b.with_file_contents("#!/bin/sh\necho app\n", f("/usr/bin/app").mode(FileMode::regular(0o755)))?;
-    b.with_file_contents("ping\n", f("/usr/bin/app-ping").mode(FileMode::regular(0o755)).caps("cap_net_raw=ep")?)?;
+    b.with_file_contents(
+        "#!/bin/sh\necho app\n",
+        f("/usr/bin/app").mode(FileMode::regular(0o755)),
+    )?;
+    b.with_file_contents(
+        "ping\n",
+        f("/usr/bin/app-ping")
+            .mode(FileMode::regular(0o755))
+            .caps("cap_net_raw=ep")?,
+    )?;
     b.with_file_contents("su\n", f("/usr/bin/app-su").mode(FileMode::regular(0o4755)))?;
     b.with_symlink(FileOptions::symlink("/usr/bin/app-link", "app"))?;
-    b.with_file_contents("shared inode\n", f("/usr/share/app/hard-a").hardlink("app-hard"))?;
-    b.with_file_contents("shared inode\n", f("/usr/share/app/hard-b").hardlink("app-hard"))?;
+    b.with_file_contents(
+        "shared inode\n",
+        f("/usr/share/app/hard-a").hardlink("app-hard"),
+    )?;
+    b.with_file_contents(
+        "shared inode\n",
+        f("/usr/share/app/hard-b").hardlink("app-hard"),
+    )?;
     b.with_file_contents("listen=8080\n", f("/etc/app.conf").config().noreplace())?;
     b.with_dir_entry(FileOptions::dir("/var/lib/app").permissions(0o750))?;
     b.with_file_contents("seed\n", f("/var/lib/app/seed.db"))?;
     b.with_file_contents("docs\n", f("/usr/share/doc/app/README").doc())?;
-    b.with_file_contents("de\n", f("/usr/share/locale/de/LC_MESSAGES/app.mo").language("de"))?;
-    b.with_file_contents("fr\n", f("/usr/share/locale/fr/LC_MESSAGES/app.mo").language("fr"))?;
-    b.with_file_contents("owned\n", f("/usr/share/app/owned").user("appuser").group("appgroup"))?;
+    b.with_file_contents(
+        "de\n",
+        f("/usr/share/locale/de/LC_MESSAGES/app.mo").language("de"),
+    )?;
+    b.with_file_contents(
+        "fr\n",
+        f("/usr/share/locale/fr/LC_MESSAGES/app.mo").language("fr"),
+    )?;
+    b.with_file_contents(
+        "owned\n",
+        f("/usr/share/app/owned").user("appuser").group("appgroup"),
+    )?;
     b.with_file_contents("[Unit]\nDescription=app\n[Service]\nExecStart=/usr/bin/app\n[Install]\nWantedBy=multi-user.target\n", f("/usr/lib/systemd/system/app.service"))?;
-    b.pre_install_script(sh(&(append_etc("group", "appgroup:x:990:") + &append_etc("passwd", "appuser:x:990:990:app:/var/lib/app:/bin/sh"))));
-    b.post_install_script(sh("echo \"post ran with $1\" > /usr/share/app/post-marker\nmkdir -p /var/lib/app/cache\n"));
+    b.pre_install_script(sh(&(append_etc("group", "appgroup:x:990:")
+        + &append_etc("passwd", "appuser:x:990:990:app:/var/lib/app:/bin/sh"))));
+    b.post_install_script(sh(
+        "echo \"post ran with $1\" > /usr/share/app/post-marker\nmkdir -p /var/lib/app/cache\n",
+    ));
     b.post_trans_script(sh("echo posttrans > /usr/share/app/posttrans-marker\n"));
     b.requires(Dependency::any("libfoo.so.1()(64bit)"));
     b.requires(Dependency::any("/bin/sh"));
@@ -169,7 +243,10 @@ fn hostile_packages() -> Result<Vec<Built>> {
     out.push(("evil-dotdot".into(), b.build()?));
 
     let mut b = pkg("evil-symlink", "1.0", "noarch");
-    b.with_symlink(FileOptions::symlink("/usr/share/evil/escape", "../../../../../etc/shadow"))?;
+    b.with_symlink(FileOptions::symlink(
+        "/usr/share/evil/escape",
+        "../../../../../etc/shadow",
+    ))?;
     out.push(("evil-symlink".into(), b.build()?));
 
     let mut b = pkg("evil-corrupt", "1.0", "noarch");
@@ -197,7 +274,14 @@ fn write_repo(dir: &Path, pkgs: &[Built]) -> Result<()> {
 
 fn createrepo(dir: &Path) -> Result<()> {
     let st = Command::new("createrepo_c")
-        .args(["--quiet", "--no-database", "--simple-md-filenames", "--revision", &BUILD_TIME.to_string(), "--set-timestamp-to-revision"])
+        .args([
+            "--quiet",
+            "--no-database",
+            "--simple-md-filenames",
+            "--revision",
+            &BUILD_TIME.to_string(),
+            "--set-timestamp-to-revision",
+        ])
         .arg(dir)
         .status()
         .context("running createrepo_c (apt-get install createrepo-c)")?;
@@ -223,12 +307,22 @@ fn gen_key(home: &Path, uid: &str) -> Result<(String, String)> {
     let gpg = |args: &[&str]| -> Result<Vec<u8>> {
         let out = Command::new("gpg")
             .env("GNUPGHOME", home)
-            .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args([
+                "--batch",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
             .args(args)
             .output()
             .context("running gpg (apt-get install gnupg)")?;
         if !out.status.success() {
-            bail!("gpg {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "gpg {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(out.stdout)
     };
@@ -240,8 +334,14 @@ fn gen_key(home: &Path, uid: &str) -> Result<(String, String)> {
 
 fn signed_repo(out: &Path) -> Result<()> {
     let dir = out.join("signed");
-    let (public, secret) = gen_key(&out.join("gnupg"), "hostforge fixtures <fixtures@hostforge.invalid>")?;
-    let (_, other_secret) = gen_key(&out.join("gnupg-other"), "someone else <other@hostforge.invalid>")?;
+    let (public, secret) = gen_key(
+        &out.join("gnupg"),
+        "hostforge fixtures <fixtures@hostforge.invalid>",
+    )?;
+    let (_, other_secret) = gen_key(
+        &out.join("gnupg-other"),
+        "someone else <other@hostforge.invalid>",
+    )?;
     std::fs::create_dir_all(&dir)?;
     std::fs::write(out.join("RPM-GPG-KEY-hostforge-fixtures"), &public)?;
     let signer = rpm::signature::pgp::Signer::from_asc_bytes(secret.as_bytes())?;
@@ -285,6 +385,10 @@ pub fn build(top: &Path) -> Result<PathBuf> {
     createrepo(&out.join("hostile"))?;
     signed_repo(&out)?;
     std::fs::write(out.join("stamp"), "ok\n")?;
-    eprintln!("fixtures built in {:.1}s: {}", t.elapsed().as_secs_f64(), out.display());
+    eprintln!(
+        "fixtures built in {:.1}s: {}",
+        t.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(out)
 }

@@ -9,13 +9,30 @@ use std::process::Command;
 
 /// Debian packages the project needs to build and test.
 const DEBIAN_PACKAGES: &[&str] = &[
-    "ostree", "libostree-dev", "rpm", "librpm-dev", "libdnf-dev", "librepo-dev", "libsolv-dev",
-    "createrepo-c", "bubblewrap", "clang", "libclang-dev", "pkg-config", "dnf", "libglib2.0-dev",
-    "gnupg", "fuse3", "busybox-static",
+    "ostree",
+    "libostree-dev",
+    "rpm",
+    "librpm-dev",
+    "libdnf-dev",
+    "librepo-dev",
+    "libsolv-dev",
+    "createrepo-c",
+    "bubblewrap",
+    "clang",
+    "libclang-dev",
+    "pkg-config",
+    "dnf",
+    "libglib2.0-dev",
+    "gnupg",
+    "fuse3",
+    "busybox-static",
 ];
 
 fn top() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -62,7 +79,9 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 fn build_release() -> Result<PathBuf> {
-    run(cargo().current_dir(top()).args(["build", "--release", "--bin", "hostforge"]))?;
+    run(cargo()
+        .current_dir(top())
+        .args(["build", "--release", "--bin", "hostforge"]))?;
     Ok(top().join("target/release/hostforge"))
 }
 
@@ -70,10 +89,16 @@ fn build_release() -> Result<PathBuf> {
 /// pointing at the built fixture repos.
 fn demo_dir(fx: &Path, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    std::fs::copy(top().join("treefiles/fixture.yaml"), dir.join("fixture.yaml"))?;
+    std::fs::copy(
+        top().join("treefiles/fixture.yaml"),
+        dir.join("fixture.yaml"),
+    )?;
     std::fs::write(
         dir.join("fixture.repo"),
-        format!("[fixture-base]\nname=hostforge fixture base\nbaseurl=file://{}\ngpgcheck=0\n", fx.join("base").display()),
+        format!(
+            "[fixture-base]\nname=hostforge fixture base\nbaseurl=file://{}\ngpgcheck=0\n",
+            fx.join("base").display()
+        ),
     )?;
     Ok(dir.join("fixture.yaml"))
 }
@@ -86,7 +111,10 @@ fn demo() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     let treefile = demo_dir(&fx, &work.join("treefiles"))?;
     let repo = work.join("repo");
-    run(Command::new("ostree").arg("init").arg(format!("--repo={}", repo.display())).arg("--mode=archive"))?;
+    run(Command::new("ostree")
+        .arg("init")
+        .arg(format!("--repo={}", repo.display()))
+        .arg("--mode=archive"))?;
     for round in ["first compose", "again, nothing changed"] {
         eprintln!("== {round}");
         run(Command::new(&bin)
@@ -98,8 +126,12 @@ fn demo() -> Result<()> {
             .arg(work.join("compose.json"))
             .arg(&treefile))?;
     }
-    run(Command::new("ostree").arg(format!("--repo={}", repo.display())).args(["log", "hostforge/x86_64/fixture"]))?;
-    run(Command::new("ostree").arg(format!("--repo={}", repo.display())).args(["ls", "hostforge/x86_64/fixture", "/usr/bin"]))?;
+    run(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["log", "hostforge/x86_64/fixture"]))?;
+    run(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["ls", "hostforge/x86_64/fixture", "/usr/bin"]))?;
     eprintln!("compose.json: {}", work.join("compose.json").display());
     Ok(())
 }

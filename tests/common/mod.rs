@@ -1,0 +1,165 @@
+//! Shared helpers for the integration tests: a scratch dir with a treefile, a .repo file
+//! pointing at the fixture repos, an ostree repo, and runners for hostforge and ostree.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The fixture repos built by `cargo xtask fixtures`; `cargo xtask test` sets the variable.
+pub fn fixtures() -> PathBuf {
+    let p = std::env::var("HOSTFORGE_FIXTURES").expect(
+        "HOSTFORGE_FIXTURES is not set: run the tests with `cargo xtask test`, which builds \
+         the fixture repos first",
+    );
+    let p = PathBuf::from(p);
+    assert!(
+        p.join("stamp").exists(),
+        "fixtures at {} are incomplete",
+        p.display()
+    );
+    p
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A scratch dir with `tf/` (treefile + fixtures.repo), an archive repo and a cachedir.
+    pub fn new() -> Env {
+        let fx = fixtures();
+        let dir = tempfile::tempdir().unwrap();
+        let tf = dir.path().join("tf");
+        std::fs::create_dir_all(&tf).unwrap();
+        let repo = format!(
+            "[base]\nname=fixture base\nbaseurl=file://{base}\ngpgcheck=0\n\n\
+             [hostile]\nbaseurl=file://{hostile}\n\n\
+             [signed]\nbaseurl=file://{signed}\ngpgcheck=1\ngpgkey=file://{key}\n",
+            base = fx.join("base").display(),
+            hostile = fx.join("hostile").display(),
+            signed = fx.join("signed").display(),
+            key = fx.join("RPM-GPG-KEY-hostforge-fixtures").display(),
+        );
+        std::fs::write(tf.join("fixtures.repo"), repo).unwrap();
+        let env = Env { dir };
+        let st = Command::new("ostree")
+            .arg(format!("--repo={}", env.repo().display()))
+            .args(["init", "--mode=archive"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        env
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn repo(&self) -> PathBuf {
+        self.path().join("repo")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+    pub fn compose_json(&self) -> PathBuf {
+        self.path().join("compose.json")
+    }
+
+    /// Writes `tf/NAME` and returns its path.
+    pub fn treefile(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join("tf").join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Runs `hostforge compose tree` on `treefile` with this env's repo and cache.
+    pub fn compose(&self, treefile: &Path, extra: &[&str]) -> Output {
+        self.compose_env(treefile, extra, &[])
+    }
+
+    pub fn compose_env(&self, treefile: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
+        cmd.args(["compose", "tree", "--repo"])
+            .arg(self.repo())
+            .arg("--cachedir")
+            .arg(self.cache())
+            .arg("--write-composejson-to")
+            .arg(self.compose_json())
+            .args(extra)
+            .arg(treefile)
+            .env_remove("HOSTFORGE_FAULT")
+            .env("SOURCE_DATE_EPOCH", "1700000000");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    pub fn ostree(&self, args: &[&str]) -> String {
+        ostree_at(&self.repo(), args)
+    }
+
+    /// The commit `r` points at, if any.
+    pub fn rev(&self, r: &str) -> Option<String> {
+        let out = Command::new("ostree")
+            .arg(format!("--repo={}", self.repo().display()))
+            .args(["rev-parse", r])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.compose_json()).unwrap()).unwrap()
+    }
+
+    /// Checks out `r` into a fresh dir and returns it.
+    pub fn checkout(&self, r: &str) -> PathBuf {
+        let dest = self.path().join(format!("co-{}", r.replace('/', "_")));
+        let _ = std::fs::remove_dir_all(&dest);
+        self.ostree(&["checkout", "-U", r, dest.to_str().unwrap()]);
+        dest
+    }
+}
+
+pub fn ostree_at(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ostree {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the compose failed (exit 1, not a signal) with all `needles` in its message.
+pub fn assert_fails_with(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit 1, got {:?}: {err}",
+        o.status
+    );
+    for n in needles {
+        assert!(err.contains(n), "error lacks {n:?}:\n{err}");
+    }
+}
+
+pub fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "compose failed: {}", stderr(o));
+}
+
+/// The base fixture node that composes cleanly.
+pub const GOOD: &str =
+    "ref: test/node\nrepos: [base]\npackages: [filesystem, busybox, setup, app, triggerer]\n\
+automatic-version-prefix: \"1\"\n";

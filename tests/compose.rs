@@ -1,0 +1,280 @@
+//! Integration tests: the built `hostforge` binary composes the fixture repos; results are
+//! checked with ostree, rpm and the files a user would look at.
+
+mod common;
+use common::*;
+
+#[test]
+fn composes_fixture_node_into_a_valid_commit() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}units: [app.service]\ndefault-target: multi-user.target\nadd-commit-metadata:\n  team: platform\n"),
+    );
+    let out = env.compose(&tf, &["--add-metadata-string", "build=42"]);
+    assert_ok(&out);
+    let commit = env.rev("test/node").expect("ref written");
+    env.ostree(&["fsck"]);
+
+    // Exactly the resolved set is in the rpmdb, dependencies included.
+    let co = env.checkout("test/node");
+    let rpm = std::process::Command::new("rpm")
+        .arg("-qa")
+        .arg("--dbpath")
+        .arg(co.join("usr/share/rpm"))
+        .output()
+        .unwrap();
+    let mut listed: Vec<String> = String::from_utf8_lossy(&rpm.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "app-1.0-1.x86_64",
+            "app-extras-1.0-1.noarch",
+            "busybox-1.35.0-1.x86_64",
+            "config-tool-2.0-1.noarch",
+            "filesystem-1.0-1.noarch",
+            "libfoo-1.2-1.x86_64",
+            "setup-2.14-1.noarch",
+            "triggerer-1.0-1.noarch"
+        ]
+    );
+
+    // Modes, owners, capabilities, symlinks and hardlinks as the RPMs declare them.
+    let ls = env.ostree(&[
+        "ls",
+        "-X",
+        "test/node",
+        "/usr/bin/app-su",
+        "/usr/bin/app-ping",
+        "/usr/share/app/owned",
+        "/usr/bin/app-link",
+    ]);
+    assert!(ls.contains("-04755 0 0"), "{ls}");
+    assert!(ls.contains("security.capability"), "{ls}");
+    assert!(ls.contains("-00644 990 990"), "{ls}");
+    assert!(ls.contains("/usr/bin/app-link -> app"), "{ls}");
+    let ls = env.ostree(&[
+        "ls",
+        "-C",
+        "test/node",
+        "/usr/share/app/hard-a",
+        "/usr/share/app/hard-b",
+    ]);
+    let sums: Vec<&str> = ls
+        .lines()
+        .map(|l| l.split_whitespace().nth(4).unwrap())
+        .collect();
+    assert_eq!(sums[0], sums[1], "{ls}");
+
+    // Scriptlets ran in the root, in order, with their arguments.
+    assert_eq!(
+        std::fs::read_to_string(co.join("usr/share/app/post-marker")).unwrap(),
+        "post ran with 1\n"
+    );
+    assert!(co.join("usr/share/app/posttrans-marker").exists());
+    let seen = std::fs::read_to_string(co.join("usr/share/triggerer/seen")).unwrap();
+    assert!(seen.contains("/usr/lib64/libfoo.so.1.2"), "{seen}");
+    assert!(std::fs::read_to_string(co.join("usr/etc/passwd"))
+        .unwrap()
+        .contains("appuser:x:990"));
+
+    // The ostree layout: /etc in /usr/etc, /var empty with tmpfiles.d entries.
+    assert!(!co.join("etc").exists());
+    assert!(co.join("usr/etc/app.conf").exists());
+    assert_eq!(std::fs::read_dir(co.join("var")).unwrap().count(), 0);
+    let tmpfiles = std::fs::read_to_string(co.join("usr/lib/tmpfiles.d/pkg-app.conf")).unwrap();
+    assert!(
+        tmpfiles.contains("d /var/lib/app 0750 root root"),
+        "{tmpfiles}"
+    );
+    assert!(tmpfiles.contains("C /var/lib/app/seed.db"), "{tmpfiles}");
+    assert!(co.join("usr/share/factory/var/lib/app/seed.db").exists());
+    assert_eq!(
+        std::fs::read_link(co.join("home")).unwrap().to_str(),
+        Some("var/home")
+    );
+    assert_eq!(
+        std::fs::read_link(co.join("usr/etc/systemd/system/multi-user.target.wants/app.service"))
+            .unwrap()
+            .to_str(),
+        Some("/usr/lib/systemd/system/app.service")
+    );
+    assert!(co
+        .join("usr/etc/systemd/system/default.target")
+        .is_symlink());
+    let flat = std::fs::read_to_string(co.join("usr/share/hostforge/treefile.json")).unwrap();
+    assert!(flat.contains("\"ref\": \"test/node\""), "{flat}");
+
+    // Commit metadata and compose.json.
+    let show = env.ostree(&["show", "--print-metadata-key=version", "test/node"]);
+    assert_eq!(show.trim(), "'1'");
+    let team = env.ostree(&["show", "--print-metadata-key=team", "test/node"]);
+    assert_eq!(team.trim(), "'platform'");
+    let build = env.ostree(&["show", "--print-metadata-key=build", "test/node"]);
+    assert_eq!(build.trim(), "'42'");
+    let j = env.json();
+    assert_eq!(j["commit"], commit.as_str());
+    assert_eq!(j["changed"], true);
+    assert_eq!(j["packages"]["total"], 8);
+    assert!(j["seconds"]["commit"].is_number());
+    assert_eq!(j["downloaded"], 8);
+}
+
+#[test]
+fn unchanged_inputs_skip_all_work() {
+    let env = Env::new();
+    let tf = env.treefile("node.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &[]));
+    let first = env.rev("test/node").unwrap();
+    let out = env.compose(&tf, &[]);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("no changes"), "{}", stderr(&out));
+    assert_eq!(env.rev("test/node").unwrap(), first);
+    let j = env.json();
+    assert_eq!(j["changed"], false);
+    assert_eq!(j["commit"], first.as_str());
+    // Every step after the input hash was skipped.
+    assert!(j["seconds"].get("fetch").is_none(), "{j}");
+
+    // A changed input composes again, with the old commit as parent and the version bumped.
+    let tf2 = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}remove-files: [usr/share/app/extras]\n"),
+    );
+    assert_ok(&env.compose(&tf2, &[]));
+    let j = env.json();
+    assert_eq!(j["changed"], true);
+    assert_eq!(j["parent"], first.as_str());
+    assert_eq!(j["version"], "1.1");
+    assert_eq!(j["cache_hits"], 8);
+    assert_eq!(j["downloaded"], 0);
+}
+
+#[test]
+fn same_inputs_give_the_same_commit_from_cold_and_warm_caches() {
+    let a = Env::new();
+    let b = Env::new();
+    let tf_a = a.treefile("node.yaml", GOOD);
+    let tf_b = b.treefile("node.yaml", GOOD);
+    assert_ok(&a.compose(&tf_a, &[]));
+    assert_ok(&b.compose(&tf_b, &[]));
+    let ca = a.rev("test/node").unwrap();
+    assert_eq!(ca, b.rev("test/node").unwrap());
+    // Warm cache, fresh target repo: still the same checksum.
+    let repo2 = a.path().join("repo2");
+    common::ostree_at(&repo2, &["init", "--mode=bare-user"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostforge"))
+        .args(["compose", "tree", "--repo"])
+        .arg(&repo2)
+        .arg("--cachedir")
+        .arg(a.cache())
+        .arg(&tf_a)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(
+        common::ostree_at(&repo2, &["rev-parse", "test/node"]).trim(),
+        ca
+    );
+}
+
+#[test]
+fn dry_run_prints_the_package_set_and_writes_nothing() {
+    let env = Env::new();
+    let tf = env.treefile("node.yaml", GOOD);
+    let out = env.compose(&tf, &["--dry-run"]);
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("libfoo-1.2-1.x86_64"), "{stdout}");
+    assert!(stdout.contains("config-tool-2.0-1.noarch"), "{stdout}");
+    assert_eq!(env.rev("test/node"), None);
+    assert!(!env.cache().join("repo/refs/heads/hostforge/pkg").exists());
+}
+
+#[test]
+fn treefile_options_shape_the_tree() {
+    let env = Env::new();
+    std::fs::write(env.path().join("tf/motd"), "hello node\n").unwrap();
+    std::fs::write(
+        env.path().join("tf/post.sh"),
+        "#!/bin/sh\necho from-script > /usr/share/post-script\n",
+    )
+    .unwrap();
+    let tf = env.treefile(
+        "node.yaml",
+        "ref: test/opts\nrepos: [base]\npackages: [filesystem busybox setup, app, config-tool-1.0]\n\
+         recommends: false\ndocumentation: false\ninstall-langs: [de]\n\
+         remove-files: [usr/bin/app-link]\nremove-from-packages: [[app, \"/usr/share/app/hard-.*\"]]\n\
+         add-files: [[motd, /etc/motd]]\npostprocess-script: post.sh\n\
+         postprocess: [\"echo inline > /usr/share/inline\"]\ntmp-is-dir: true\n\
+         mutate-os-release: \"1 (Anvil)\"\nautomatic-version-prefix: \"7\"\n",
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    let co = env.checkout("test/opts");
+    assert!(
+        !co.join("usr/share/app/extras").exists(),
+        "recommends: false"
+    );
+    assert!(
+        !co.join("usr/share/doc/app/README").exists(),
+        "documentation: false"
+    );
+    assert!(co.join("usr/share/locale/de/LC_MESSAGES/app.mo").exists());
+    assert!(!co.join("usr/share/locale/fr/LC_MESSAGES/app.mo").exists());
+    assert!(!co.join("usr/bin/app-link").exists());
+    assert!(!co.join("usr/share/app/hard-a").exists());
+    assert_eq!(
+        std::fs::read_to_string(co.join("usr/etc/motd")).unwrap(),
+        "hello node\n"
+    );
+    assert!(co.join("usr/share/post-script").exists());
+    assert!(co.join("usr/share/inline").exists());
+    assert!(co.join("tmp").is_dir() && !co.join("tmp").is_symlink());
+    assert!(std::fs::read_to_string(co.join("usr/bin/config-tool"))
+        .unwrap()
+        .contains("one"));
+    let osr = std::fs::read_to_string(co.join("usr/lib/os-release")).unwrap();
+    assert!(
+        osr.contains("VERSION=\"7\"") && osr.contains("OSTREE_VERSION='7'"),
+        "{osr}"
+    );
+}
+
+#[test]
+fn exclude_packages_keeps_a_package_out() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}exclude-packages: [app-extras]\n"),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    let co = env.checkout("test/node");
+    assert!(!co.join("usr/share/app/extras").exists());
+    let tf = env.treefile(
+        "x.yaml",
+        "ref: test/x\nrepos: [base]\npackages: [app-extras]\nexclude-packages: [app-extras]\n",
+    );
+    let out = env.compose(&tf, &[]);
+    assert_fails_with(&out, &["app-extras", "exclude-packages"]);
+}
+
+#[test]
+fn package_version_change_is_reported() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "node.yaml",
+        &GOOD.replace("triggerer]", "triggerer, config-tool-1.0]"),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    let tf = env.treefile("node.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &[]));
+    let j = env.json();
+    assert_eq!(j["packages"]["changed"][0][0], "config-tool-1.0-1.noarch");
+    assert_eq!(j["packages"]["changed"][0][1], "config-tool-2.0-1.noarch");
+    assert_eq!(j["downloaded"], 1);
+}

@@ -1,0 +1,276 @@
+//! Bad input: hostile packages, bad treefiles, failing scriptlets and interrupted composes.
+//! Each checks the exit code, that the message names what to fix, and that the ref did not
+//! move (a good commit is made first on the same ref).
+
+mod common;
+use common::*;
+
+/// Composes GOOD so the ref exists, then returns the commit it points at.
+fn good_first(env: &Env) -> String {
+    let tf = env.treefile("good.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &[]));
+    env.rev("test/node").unwrap()
+}
+
+/// A treefile on the same ref as GOOD with extra packages and repos.
+fn bad(env: &Env, repos: &str, extra_pkgs: &str) -> std::path::PathBuf {
+    env.treefile(
+        "bad.yaml",
+        &format!(
+            "ref: test/node\nrepos: [{repos}]\npackages: [filesystem, busybox, setup, app, triggerer, {extra_pkgs}]\n"
+        ),
+    )
+}
+
+fn check_refused(repos: &str, pkg: &str, needles: &[&str]) {
+    let env = Env::new();
+    let before = good_first(&env);
+    let out = env.compose(&bad(&env, repos, pkg), &[]);
+    assert_fails_with(&out, needles);
+    assert_eq!(env.rev("test/node").unwrap(), before, "ref moved");
+    // The cache is still usable: the good treefile composes (nothing changed).
+    let out = env.compose(&env.path().join("tf/good.yaml"), &[]);
+    assert_ok(&out);
+}
+
+#[test]
+fn dotdot_path_is_refused() {
+    check_refused(
+        "base, hostile",
+        "evil-dotdot",
+        &["evil-dotdot-1.0-1.noarch", "refusing", ".."],
+    );
+}
+
+#[test]
+fn symlink_out_of_root_is_refused() {
+    check_refused(
+        "base, hostile",
+        "evil-symlink",
+        &[
+            "evil-symlink-1.0-1.noarch",
+            "/usr/share/evil/escape",
+            "outside the root",
+        ],
+    );
+}
+
+#[test]
+fn corrupted_payload_is_refused() {
+    check_refused(
+        "base, hostile",
+        "evil-corrupt",
+        &["evil-corrupt-1.0-1.noarch", "corrupt"],
+    );
+}
+
+#[test]
+fn unsigned_package_in_gpgcheck_repo_is_refused() {
+    check_refused(
+        "base, signed",
+        "signed-unsigned",
+        &["signed-unsigned-1.0-1.noarch", "not signed", "[signed]"],
+    );
+}
+
+#[test]
+fn package_signed_by_another_key_is_refused() {
+    check_refused(
+        "base, signed",
+        "signed-wrongkey",
+        &["signed-wrongkey-1.0-1.noarch", "signature"],
+    );
+}
+
+#[test]
+fn signed_package_with_the_right_key_is_accepted() {
+    let env = Env::new();
+    let out = env.compose(&bad(&env, "base, signed", "signed-ok"), &[]);
+    assert_ok(&out);
+    let co = env.checkout("test/node");
+    assert!(co.join("usr/share/signed/ok").exists());
+}
+
+#[test]
+fn conflicting_files_name_both_packages() {
+    check_refused(
+        "base",
+        "clash-a, clash-b",
+        &[
+            "file conflict",
+            "/usr/share/clash/file",
+            "clash-a-1.0-1.noarch",
+            "clash-b-1.0-1.noarch",
+        ],
+    );
+}
+
+#[test]
+fn unsatisfiable_dependency_names_package_and_requirement() {
+    check_refused(
+        "base",
+        "needs-missing",
+        &["needs-missing", "does-not-exist"],
+    );
+}
+
+#[test]
+fn unknown_package_is_named() {
+    check_refused("base", "no-such-package", &["no-such-package", "not found"]);
+}
+
+#[test]
+fn failing_scriptlet_names_package_scriptlet_and_output() {
+    check_refused(
+        "base",
+        "failing-post",
+        &[
+            "failing-post-1.0-1.noarch %post scriptlet",
+            "exit code 3",
+            "disk on fire",
+        ],
+    );
+}
+
+#[test]
+fn scriptlet_cannot_write_through_cache_hardlinks() {
+    let env = Env::new();
+    let before = good_first(&env);
+    let out = env.compose(&bad(&env, "base", "inplace-writer"), &[]);
+    assert_fails_with(
+        &out,
+        &[
+            "inplace-writer-1.0-1.noarch %post scriptlet",
+            "Read-only file system",
+        ],
+    );
+    assert_eq!(env.rev("test/node").unwrap(), before);
+    // The cached /usr/bin/app is untouched: a fresh compose has the packaged content.
+    common::ostree_at(&env.cache().join("repo"), &["fsck", "--quiet"]);
+    let out = env.compose(&env.path().join("tf/good.yaml"), &["--force-nocache"]);
+    assert_ok(&out);
+    let co = env.checkout("test/node");
+    assert_eq!(
+        std::fs::read_to_string(co.join("usr/bin/app")).unwrap(),
+        "#!/bin/sh\necho app\n"
+    );
+}
+
+#[test]
+fn unknown_treefile_key_names_key_file_and_line() {
+    let env = Env::new();
+    let before = good_first(&env);
+    let tf = env.treefile(
+        "bad.yaml",
+        "ref: test/node\nrepos: [base]\npackages: [app]\npackage-list: [x]\n",
+    );
+    let out = env.compose(&tf, &[]);
+    assert_fails_with(&out, &["bad.yaml:4:", "package-list"]);
+    assert_eq!(env.rev("test/node").unwrap(), before);
+}
+
+#[test]
+fn undefined_repo_is_named() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "bad.yaml",
+        "ref: test/node\nrepos: [base, updates]\npackages: [app]\n",
+    );
+    let out = env.compose(&tf, &[]);
+    assert_fails_with(&out, &["\"updates\"", "found: base, hostile, signed"]);
+}
+
+#[test]
+fn selinux_true_is_rejected_clearly() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "bad.yaml",
+        "ref: test/node\nrepos: [base]\npackages: [app]\nselinux: true\n",
+    );
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &["bad.yaml:4", "selinux", "not supported"],
+    );
+}
+
+#[test]
+fn missing_repo_dir_is_a_clear_error() {
+    let env = Env::new();
+    let tf = env.treefile("node.yaml", GOOD);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostforge"))
+        .args(["compose", "tree", "--repo"])
+        .arg(env.path().join("nope"))
+        .arg(&tf)
+        .output()
+        .unwrap();
+    assert_fails_with(&out, &["is not an ostree repository", "ostree init"]);
+}
+
+#[test]
+fn check_passwd_catches_a_changed_uid() {
+    let env = Env::new();
+    std::fs::write(
+        env.path().join("tf/passwd"),
+        "root:x:0:0::/root:/bin/sh\nappuser:x:500:500::/:/bin/sh\n",
+    )
+    .unwrap();
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}check-passwd:\n  type: file\n  filename: passwd\n"),
+    );
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &["check-passwd", "appuser", "990", "500"],
+    );
+    assert_eq!(env.rev("test/node"), None);
+}
+
+/// Aborts the compose at `point`, then checks the ref and that the next compose succeeds.
+fn interrupted_at(point: &str) {
+    let env = Env::new();
+    let before = good_first(&env);
+    // A different package set so every step has work to do.
+    let tf = env.treefile(
+        "next.yaml",
+        &GOOD.replace("triggerer]", "triggerer, config-tool-1.0]"),
+    );
+    let out = env.compose_env(&tf, &["--force-nocache"], &[("HOSTFORGE_FAULT", point)]);
+    assert!(
+        !out.status.success(),
+        "fault {point} did not stop the compose"
+    );
+    assert!(
+        stderr(&out).contains(&format!("aborting at {point}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        env.rev("test/node").unwrap(),
+        before,
+        "ref moved after abort at {point}"
+    );
+    let out = env.compose(&tf, &[]);
+    assert_ok(&out);
+    assert_ne!(env.rev("test/node").unwrap(), before);
+    env.ostree(&["fsck", "--quiet"]);
+    common::ostree_at(&env.cache().join("repo"), &["fsck", "--quiet"]);
+    let co = env.checkout("test/node");
+    assert!(std::fs::read_to_string(co.join("usr/bin/config-tool"))
+        .unwrap()
+        .contains("one"));
+}
+
+#[test]
+fn interrupted_during_import_recovers() {
+    interrupted_at("import");
+}
+
+#[test]
+fn interrupted_during_scripts_recovers() {
+    interrupted_at("scripts");
+}
+
+#[test]
+fn interrupted_during_commit_recovers() {
+    interrupted_at("commit");
+}
