@@ -392,3 +392,64 @@ pub fn build(top: &Path) -> Result<PathBuf> {
     );
     Ok(out)
 }
+
+/// Deterministic filler that compresses about 2:1, like typical binaries.
+fn filler(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            b"abcdefghijklmnop"[((x >> 16) & 15) as usize]
+        })
+        .collect()
+}
+
+fn bench_package(i: u32, version: &str) -> Result<rpm::Package> {
+    let name = format!("bench-{i:03}");
+    let mut b = pkg(&name, version, "x86_64");
+    for j in 0..BENCH_FILES {
+        let len = 1024 + ((i * 7919 + j * 104_729) % 96) as usize * 1024;
+        let seed = i * 1000 + j + if version == "1.0" { 0 } else { 500_000 };
+        b.with_file_contents(
+            filler(seed, len),
+            f(&format!("/usr/lib/{name}/file-{j:03}")).mode(FileMode::regular(0o644)),
+        )?;
+    }
+    b.requires(Dependency::any("filesystem"));
+    Ok(b.build()?)
+}
+
+const BENCH_PACKAGES: u32 = 120;
+const BENCH_FILES: u32 = 40;
+
+/// Two benchmark repos: `bench-a`, and `bench-b` where only bench-000 has a new version.
+pub fn bench_repos(top: &Path) -> Result<(PathBuf, PathBuf, Vec<String>)> {
+    let out = out_dir(top).join("bench");
+    let names: Vec<String> = std::iter::once("filesystem".to_string())
+        .chain((0..BENCH_PACKAGES).map(|i| format!("bench-{i:03}")))
+        .collect();
+    if out.join("stamp").exists() {
+        return Ok((out.join("bench-a"), out.join("bench-b"), names));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let t = std::time::Instant::now();
+    let fs = base_packages(b"")?
+        .into_iter()
+        .filter(|(n, _)| n == "filesystem")
+        .collect::<Vec<_>>();
+    for (repo, bumped) in [("bench-a", false), ("bench-b", true)] {
+        let mut pkgs = fs
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect::<Vec<_>>();
+        for i in 0..BENCH_PACKAGES {
+            let version = if bumped && i == 0 { "1.1" } else { "1.0" };
+            pkgs.push((format!("bench-{i:03}"), bench_package(i, version)?));
+        }
+        write_repo(&out.join(repo), &pkgs)?;
+        createrepo(&out.join(repo))?;
+    }
+    std::fs::write(out.join("stamp"), "ok\n")?;
+    eprintln!("bench repos built in {:.1}s", t.elapsed().as_secs_f64());
+    Ok((out.join("bench-a"), out.join("bench-b"), names))
+}

@@ -1,6 +1,7 @@
 //! Chores: installing host packages, building fixtures, running the tests, the demo and the
 //! benchmarks. `cargo xtask help` lists them.
 
+mod bench;
 mod fixtures;
 
 use anyhow::{bail, Context, Result};
@@ -147,8 +148,17 @@ fn main() -> Result<()> {
         }
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("compose") => {
+                deps()?;
+                fixtures::build(&top())?;
+                let bin = build_release()?;
+                bench::compose(&top(), &bin)
+            }
+            _ => bail!("usage: cargo xtask bench compose"),
+        },
         _ => {
-            eprintln!("usage: cargo xtask <deps|fixtures|test|demo>");
+            eprintln!("usage: cargo xtask <deps|fixtures|test|demo|bench compose>");
             Ok(())
         }
     }

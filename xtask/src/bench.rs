@@ -1,0 +1,151 @@
+//! `cargo xtask bench compose`: hostforge against the baseline a user would script by hand
+//! (`dnf --installroot ... install` + `ostree commit`) on the same repo, in the same run.
+//! Figures go to docs/benchmarks.md between this benchmark's markers.
+
+use crate::fixtures;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+fn timed(what: &str, cmd: &mut Command) -> Result<f64> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("{what:<40} {secs:>8.2}s");
+    Ok(secs)
+}
+
+/// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
+pub fn write_section(top: &Path, name: &str, body: &str) -> Result<()> {
+    let path = top.join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nWritten by `cargo xtask bench ...`; each section compares against a \
+         baseline measured in the same run on the same machine.\n"
+            .to_string()
+    });
+    let (open, close) = (
+        format!("<!-- bench:{name} -->"),
+        format!("<!-- /bench:{name} -->"),
+    );
+    let section = format!("{open}\n{body}{close}");
+    let new = match (old.find(&open), old.find(&close)) {
+        (Some(a), Some(b)) => format!("{}{section}{}", &old[..a], &old[b + close.len()..]),
+        _ => format!("{}\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
+}
+
+pub fn compose(top: &Path, bin: &Path) -> Result<()> {
+    let (repo_a, repo_b, names) = fixtures::bench_repos(top)?;
+    let work = top.join("target/bench-compose");
+    let _ = std::fs::remove_dir_all(&work);
+    let tf_dir = work.join("tf");
+    std::fs::create_dir_all(&tf_dir)?;
+    let repo_file = |dir: &Path| {
+        format!(
+            "[bench]\nname=bench\nbaseurl=file://{}\ngpgcheck=0\n",
+            dir.display()
+        )
+    };
+    std::fs::write(tf_dir.join("bench.repo"), repo_file(&repo_a))?;
+    let treefile = tf_dir.join("bench.yaml");
+    std::fs::write(
+        &treefile,
+        format!(
+            "ref: bench/node\nrepos: [bench]\npackages:\n{}",
+            names
+                .iter()
+                .map(|n| format!("  - {n}\n"))
+                .collect::<String>()
+        ),
+    )?;
+    let size: u64 = std::fs::read_dir(repo_a.join("Packages"))?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+
+    // Baseline: dnf into an installroot, then ostree commit into an archive repo.
+    let root = work.join("dnf-root");
+    let dnf = timed(
+        "baseline: dnf --installroot install",
+        Command::new("dnf")
+            .arg(format!("--installroot={}", root.display()))
+            .args([
+                "--releasever=0",
+                "-y",
+                "-q",
+                "--nogpgcheck",
+                "--disableplugin=*",
+            ])
+            .arg(format!("--setopt=reposdir={}", tf_dir.display()))
+            .arg(format!(
+                "--setopt=cachedir={}",
+                work.join("dnf-cache").display()
+            ))
+            .args(["--setopt=install_weak_deps=False", "install"])
+            .args(&names),
+    )?;
+    let base_repo = work.join("baseline-repo");
+    timed(
+        "baseline: ostree init",
+        Command::new("ostree")
+            .arg(format!("--repo={}", base_repo.display()))
+            .args(["init", "--mode=archive"]),
+    )?;
+    let commit = timed(
+        "baseline: ostree commit",
+        Command::new("ostree")
+            .arg(format!("--repo={}", base_repo.display()))
+            .args(["commit", "--branch=bench/baseline"])
+            .arg(format!("--tree=dir={}", root.display())),
+    )?;
+    let baseline = dnf + commit;
+
+    let repo = work.join("repo");
+    timed(
+        "ostree init",
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["init", "--mode=archive"]),
+    )?;
+    let hf = |label: &str| -> Result<f64> {
+        timed(
+            label,
+            Command::new(bin)
+                .args(["compose", "tree", "-q", "--repo"])
+                .arg(&repo)
+                .arg("--cachedir")
+                .arg(work.join("cache"))
+                .arg(&treefile),
+        )
+    };
+    let cold = hf("hostforge: cold compose")?;
+    let nochange = hf("hostforge: no change")?;
+    std::fs::write(tf_dir.join("bench.repo"), repo_file(&repo_b))?;
+    let changed = hf("hostforge: one package changed")?;
+
+    let body = format!(
+        "## compose\n\n\
+         {n} packages, {mb:.0} MB of RPMs ({files} files), archive target repo, `nproc` = {cpus}.\n\n\
+         | run | seconds | ratio | target |\n|---|---:|---:|---|\n\
+         | baseline: `dnf --installroot install` + `ostree commit` | {baseline:.2} | 1.00 | |\n\
+         | hostforge cold (empty cache, empty repo) | {cold:.2} | {r1:.2}× baseline | ≤ 1.0× |\n\
+         | hostforge, one package changed | {changed:.2} | {r2:.2}× cold | ≤ 0.25× |\n\
+         | hostforge, nothing changed | {nochange:.2} | | ≤ 1 s |\n\n\
+         Baseline split: dnf {dnf:.2} s, ostree commit {commit:.2} s.\n",
+        n = names.len(),
+        mb = size as f64 / 1e6,
+        files = (names.len() - 1) * 40,
+        cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
+        r1 = cold / baseline,
+        r2 = changed / cold,
+    );
+    write_section(top, "compose", &body)?;
+    println!("{body}");
+    Ok(())
+}
