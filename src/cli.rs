@@ -18,6 +18,31 @@ pub enum Command {
     /// Compose operating system trees from RPM repositories
     #[command(subcommand)]
     Compose(ComposeCmd),
+    /// Work with hostforge's ostree dracut module
+    #[command(subcommand)]
+    Dracut(DracutCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DracutCmd {
+    /// Write the ostree dracut module into a modules.d directory
+    Emit(EmitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EmitArgs {
+    /// The modules.d directory to write NNNAME/ into
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Module name, as passed to `dracut --add`
+    #[arg(long, default_value = "ostree")]
+    pub name: String,
+    /// Ordering number of the module directory (00-99)
+    #[arg(long, default_value_t = 98)]
+    pub number: u8,
+    /// Add SECTION.KEY=VALUE to prepare-root.conf (e.g. sysroot.readonly=true)
+    #[arg(long, value_name = "SECTION.KEY=VALUE")]
+    pub prepare_root: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +124,16 @@ pub fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Dracut(DracutCmd::Emit(a)) => {
+            let module = crate::dracut::Module {
+                name: a.name,
+                number: a.number,
+                prepare_root: a.prepare_root,
+            };
+            let dir = module.write(&a.out)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
     }
 }
 
@@ -127,7 +162,9 @@ mod tests {
             "t.yaml",
         ])
         .unwrap();
-        let Command::Compose(ComposeCmd::Tree(a)) = cli.command;
+        let Command::Compose(ComposeCmd::Tree(a)) = cli.command else {
+            panic!("parsed as another command");
+        };
         assert_eq!(a.repo.as_deref(), Some(std::path::Path::new("/r")));
         assert!(a.dry_run);
         assert_eq!(
@@ -139,7 +176,13 @@ mod tests {
     #[test]
     fn help_fits_80_columns() {
         let mut cmd = Cli::command();
-        for path in [vec![], vec!["compose"], vec!["compose", "tree"]] {
+        for path in [
+            vec![],
+            vec!["compose"],
+            vec!["compose", "tree"],
+            vec!["dracut"],
+            vec!["dracut", "emit"],
+        ] {
             let mut c = &mut cmd;
             for p in &path {
                 c = c.find_subcommand_mut(p).unwrap();

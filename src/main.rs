@@ -3,6 +3,7 @@
 
 mod cli;
 mod compose;
+mod dracut;
 mod ostreeutil;
 mod pkgcache;
 mod process;
