@@ -27,6 +27,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "gnupg",
     "fuse3",
     "busybox-static",
+    "dracut",
+    "ostree-boot",
+    "linux-image-cloud-amd64",
 ];
 
 fn top() -> PathBuf {
