@@ -329,3 +329,58 @@ fn http_repos_are_loaded_and_downloaded() {
     );
     assert!(env.checkout("test/node").join("usr/bin/app").exists());
 }
+
+#[test]
+fn debian_style_kernel_is_placed_for_ostree() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "k.yaml",
+        &format!(
+            "{}no-initramfs: true\n",
+            GOOD.replace("triggerer]", "triggerer, kernel-deb]")
+        ),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    let co = env.checkout("test/node");
+    let kdir = co.join("usr/lib/modules/6.1.0-fx1");
+    assert_eq!(
+        std::fs::read_to_string(kdir.join("vmlinuz")).unwrap(),
+        "fake kernel image 6.1.0-fx1\n"
+    );
+    assert!(kdir.join("config").exists());
+    assert!(kdir.join("modules.dep").exists(), "depmod ran");
+    assert!(!co.join("boot/vmlinuz-6.1.0-fx1").exists());
+    assert!(!kdir.join("initramfs.img").exists());
+    let bootable = env.ostree(&["show", "--print-metadata-key=ostree.bootable", "test/node"]);
+    assert_eq!(bootable.trim(), "true");
+    let linux = env.ostree(&["show", "--print-metadata-key=ostree.linux", "test/node"]);
+    assert_eq!(linux.trim(), "'6.1.0-fx1'");
+}
+
+#[test]
+fn kernel_without_dracut_is_a_clear_error() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "k.yaml",
+        &GOOD.replace("triggerer]", "triggerer, kernel-fed]"),
+    );
+    let out = env.compose(&tf, &[]);
+    assert_fails_with(&out, &["kernel 6.2.0-fx2", "no dracut", "no-initramfs"]);
+    assert_eq!(env.rev("test/node"), None);
+}
+
+#[test]
+fn tree_without_kernel_is_not_bootable() {
+    let env = Env::new();
+    let tf = env.treefile("n.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &[]));
+    let out = std::process::Command::new("ostree")
+        .arg(format!("--repo={}", env.repo().display()))
+        .args(["show", "--print-metadata-key=ostree.bootable", "test/node"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a tree without a kernel must not claim to be bootable"
+    );
+}

@@ -2,6 +2,7 @@
 //! timed steps over one context. No step reaches back into an earlier one; the ref moves only
 //! in the last step, after every object is written.
 
+mod kernel;
 mod postprocess;
 mod scripts;
 
@@ -62,6 +63,8 @@ struct Ctx {
     pkg_commits: Vec<String>,
     infos: Vec<PkgInfo>,
     version: Option<String>,
+    /// The kernel version of a bootable tree.
+    kver: Option<String>,
     commit: Option<String>,
     changed: bool,
     stats: Stats,
@@ -87,6 +90,8 @@ const STEPS: &[(&str, Step)] = &[
     ("scripts", run_scriptlets),
     ("rpmdb", write_rpmdb),
     ("postprocess", postprocess_tree),
+    ("initramfs", initramfs),
+    ("layout", layout),
     ("commit", commit),
 ];
 
@@ -139,6 +144,7 @@ pub fn compose_tree(opts: Options) -> Result<serde_json::Value> {
         pkg_commits: Vec::new(),
         infos: Vec::new(),
         version: None,
+        kver: None,
         commit: None,
         changed: false,
         stats: Stats::default(),
@@ -758,6 +764,26 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
     };
     postprocess::check_ids(&r, tf, prev_dir.as_deref())?;
 
+    step_note(ctx, "postprocess", &t, &format!("{scripts_run} scripts"));
+    Ok(Flow::Continue)
+}
+
+fn initramfs(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    ctx.kver = kernel::prepare(&root(ctx), &ctx.tf, &ctx.work)?;
+    let detail = match &ctx.kver {
+        Some(k) if ctx.tf.doc.no_initramfs == Some(true) => format!("kernel {k}, no initramfs"),
+        Some(k) => format!("kernel {k}"),
+        None => "no kernel in the tree".to_string(),
+    };
+    step_note(ctx, "initramfs", &t, &detail);
+    Ok(Flow::Continue)
+}
+
+fn layout(ctx: &mut Ctx) -> Result<Flow> {
+    let t = Timer::start();
+    let r = root(ctx);
+    let tf = &ctx.tf;
     // The flattened treefile travels in the commit.
     let share = r.join("usr/share/hostforge");
     std::fs::create_dir_all(&share)?;
@@ -800,7 +826,7 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
         serde_json::to_string(&owners)?,
     )?;
     postprocess::ostree_layout(&r, tf)?;
-    step_note(ctx, "postprocess", &t, &format!("{scripts_run} scripts"));
+    step_note(ctx, "layout", &t, "ostree layout");
     Ok(Flow::Continue)
 }
 
@@ -961,6 +987,10 @@ fn commit_metadata(ctx: &Ctx) -> Result<glib::Variant> {
     }
     if let Some(v) = &ctx.version {
         m.str("version", v);
+    }
+    if let Some(k) = &ctx.kver {
+        m.value("ostree.bootable", &true.to_variant())
+            .str("ostree.linux", k);
     }
     let nevras: Vec<String> = ctx.infos.iter().map(|i| i.nevra.clone()).collect();
     let repos: Vec<String> = ctx

@@ -40,6 +40,37 @@ impl Drop for Protected {
     }
 }
 
+/// bubblewrap with `root` as `/` (read-only unless `writable`): fresh /dev, /proc, /tmp and
+/// /run, every namespace unshared (so no network), a clean environment. Callers add binds and
+/// then `--` and the program.
+pub fn sandbox(root: &Path, writable: bool) -> Command {
+    let mut cmd = Command::new("bwrap");
+    cmd.arg(if writable { "--bind" } else { "--ro-bind" })
+        .arg(root)
+        .arg("/")
+        .args([
+            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",
+        ])
+        .args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--chdir",
+            "/",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/sbin:/usr/bin:/sbin:/bin",
+            "--setenv",
+            "LANG",
+            "C",
+        ]);
+    if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+        cmd.args(["--setenv", "SOURCE_DATE_EPOCH", &epoch]);
+    }
+    cmd
+}
+
 /// One script to run in the root.
 pub struct Script<'a> {
     /// Who the script belongs to, for messages: "foo-1.0-1.x86_64 %post".
@@ -56,34 +87,11 @@ pub fn run_in_root(root: &Path, scratch: &Path, script: &Script) -> Result<Strin
     std::fs::create_dir_all(scratch)?;
     let file = scratch.join("script");
     std::fs::write(&file, script.body)?;
-    let mut cmd = Command::new("bwrap");
-    cmd.arg("--bind")
-        .arg(root)
-        .arg("/")
-        .args([
-            "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",
-        ])
-        .arg("--ro-bind")
+    let mut cmd = sandbox(root, true);
+    cmd.arg("--ro-bind")
         .arg(&file)
         .arg("/tmp/.hostforge-script")
-        .args([
-            "--unshare-all",
-            "--die-with-parent",
-            "--new-session",
-            "--chdir",
-            "/",
-            "--clearenv",
-            "--setenv",
-            "PATH",
-            "/usr/sbin:/usr/bin:/sbin:/bin",
-            "--setenv",
-            "LANG",
-            "C",
-            "--setenv",
-            "RPM_INSTALL_PREFIX",
-            "/usr",
-            "--",
-        ]);
+        .arg("--");
     let interp = if script.interpreter.is_empty() {
         vec!["/bin/sh".to_string()]
     } else {

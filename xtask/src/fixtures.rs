@@ -230,6 +230,26 @@ fn base_packages(busybox: &[u8]) -> Result<Vec<Built>> {
         out.push((n.into(), b.build()?));
     }
 
+    // Kernels placed the Debian way (/boot/vmlinuz-KVER) and the Fedora way.
+    for (name, kver, debian) in [
+        ("kernel-deb", "6.1.0-fx1", true),
+        ("kernel-fed", "6.2.0-fx2", false),
+    ] {
+        let mut b = pkg(name, "1.0", "x86_64");
+        let image = format!("fake kernel image {kver}\n");
+        if debian {
+            b.with_file_contents(image, f(&format!("/boot/vmlinuz-{kver}")))?;
+            b.with_file_contents("CONFIG_X=y\n", f(&format!("/boot/config-{kver}")))?;
+        } else {
+            b.with_file_contents(image, f(&format!("/usr/lib/modules/{kver}/vmlinuz")))?;
+        }
+        b.with_file_contents(
+            "not a real module\n",
+            f(&format!("/usr/lib/modules/{kver}/kernel/fx.ko")),
+        )?;
+        out.push((name.into(), b.build()?));
+    }
+
     let mut b = pkg("needs-missing", "1.0", "noarch");
     b.requires(Dependency::greater_eq("does-not-exist", "3"));
     out.push(("needs-missing".into(), b.build()?));
