@@ -124,6 +124,8 @@ pub fn prepare(root: &Path, tf: &Treefile, work: &Path) -> Result<Option<String>
         let out = work.join("initramfs-out");
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out)?;
+        // dracut works in /var/tmp; the layout step empties /var afterwards.
+        std::fs::create_dir_all(root.join("var/tmp"))?;
         let mut cmd = scripts::sandbox(root, false);
         cmd.args(["--tmpfs", "/var/tmp", "--bind"])
             .arg(&out)

@@ -2,6 +2,7 @@
 //! benchmarks. `cargo xtask help` lists them.
 
 mod bench;
+mod distro;
 mod fixtures;
 
 use anyhow::{bail, Context, Result};
@@ -30,6 +31,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dracut",
     "ostree-boot",
     "linux-image-cloud-amd64",
+    "e2fsprogs",
+    "qemu-system-x86",
 ];
 
 fn top() -> PathBuf {
@@ -62,10 +65,22 @@ fn deps() -> Result<()> {
     }
     eprintln!("installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
+    // The machine may come with a newer qemu-utils than Debian 12's qemu-system-x86 accepts;
+    // install the matching pair from bookworm (a downgrade of qemu-utils).
+    let mut args: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+    if missing.contains(&"qemu-system-x86") {
+        args.push("qemu-utils/bookworm".into());
+    }
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing))
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "--allow-downgrades",
+        ])
+        .args(&args))
 }
 
 fn cargo() -> Command {
@@ -75,9 +90,11 @@ fn cargo() -> Command {
 fn test(extra: &[String]) -> Result<()> {
     deps()?;
     let fx = fixtures::build(&top())?;
+    let distro = distro::build(&top())?;
     run(cargo()
         .current_dir(top())
         .env("HOSTFORGE_FIXTURES", &fx)
+        .env("HOSTFORGE_DISTRO", &distro)
         .args(["test", "--workspace"])
         .args(extra))
 }
@@ -147,6 +164,7 @@ fn main() -> Result<()> {
         Some("fixtures") => {
             deps()?;
             println!("{}", fixtures::build(&top())?.display());
+            println!("{}", distro::build(&top())?.display());
             Ok(())
         }
         Some("test") => test(&args[1..]),
