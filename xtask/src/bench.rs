@@ -149,3 +149,69 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
     println!("{body}");
     Ok(())
 }
+
+/// `cargo xtask bench node`: what the bootable-node pipeline costs on this machine: repacking
+/// the fixture distro, and a cold compose of treefiles/node.yaml with its initramfs.
+pub fn node(top: &Path, bin: &Path) -> Result<()> {
+    let t = Instant::now();
+    let distro = crate::distro::build_with(top, true)?;
+    let repack = t.elapsed().as_secs_f64();
+    let work = top.join("target/bench-node");
+    let _ = std::fs::remove_dir_all(&work);
+    let tf_dir = work.join("tf");
+    std::fs::create_dir_all(&tf_dir)?;
+    std::fs::copy(top.join("treefiles/node.yaml"), tf_dir.join("node.yaml"))?;
+    std::fs::write(
+        tf_dir.join("fixture-distro.repo"),
+        format!("[fixture-distro]\nbaseurl=file://{}\n", distro.display()),
+    )?;
+    let repo = work.join("repo");
+    timed(
+        "ostree init",
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["init", "--mode=archive"]),
+    )?;
+    let json = work.join("compose.json");
+    let compose = timed(
+        "hostforge: cold compose of node.yaml",
+        Command::new(bin)
+            .args(["compose", "tree", "-q", "--repo"])
+            .arg(&repo)
+            .arg("--cachedir")
+            .arg(work.join("cache"))
+            .arg("--write-composejson-to")
+            .arg(&json)
+            .arg(tf_dir.join("node.yaml")),
+    )?;
+    let doc = std::fs::read_to_string(&json)?;
+    let seconds = doc.split("\"seconds\"").nth(1).unwrap_or_default();
+    let secs = |step: &str| -> f64 {
+        seconds
+            .split(&format!("\"{step}\": "))
+            .nth(1)
+            .and_then(|r| r.split([',', '\n', '}']).next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let pkgs = std::fs::read_dir(distro.join("Packages"))?.count();
+    let body = format!(
+        "## node (fixture distro, bootable commit)\n\n\
+         {pkgs} RPMs repacked from Debian 12; `nproc` = {cpus}. Debian package download by apt is \
+         not included (it is cached after the first run).\n\n\
+         | step | seconds |\n|---|---:|\n\
+         | repack Debian packages into RPMs + createrepo_c | {repack:.1} |\n\
+         | cold compose of `treefiles/node.yaml` (all steps) | {compose:.1} |\n\
+         | of which: fetch + import | {fetch:.1} |\n\
+         | of which: initramfs (depmod + dracut in bubblewrap) | {initramfs:.1} |\n\
+         | of which: commit (into the cache, copy into the archive repo) | {commit:.1} |\n\n\
+         The QEMU boot to `hostforge-booted:` (TCG) takes about 40 s more in `tests/boot.rs`.\n",
+        cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
+        fetch = secs("fetch"),
+        initramfs = secs("initramfs"),
+        commit = secs("commit"),
+    );
+    write_section(top, "node", &body)?;
+    println!("{body}");
+    Ok(())
+}

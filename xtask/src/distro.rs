@@ -67,21 +67,27 @@ fn download(dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(archives.join("partial"))?;
     let status = dir.join("status");
     std::fs::write(&status, "")?;
-    run_out(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "--download-only",
-                "--no-install-recommends",
-                "-y",
-                "-q",
-            ])
-            .arg(format!("-o=Dir::State::status={}", status.display()))
-            .arg(format!("-o=Dir::Cache::archives={}", archives.display()))
-            .arg("-o=Debug::NoLocking=1")
-            .args(DEBIAN_PACKAGES),
-    )
-    .context("downloading the fixture distro's Debian packages (is `apt-get update` done?)")?;
+    let fetch = || {
+        run_out(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "--download-only",
+                    "--no-install-recommends",
+                    "-y",
+                    "-q",
+                ])
+                .arg(format!("-o=Dir::State::status={}", status.display()))
+                .arg(format!("-o=Dir::Cache::archives={}", archives.display()))
+                .arg("-o=Debug::NoLocking=1")
+                .args(DEBIAN_PACKAGES),
+        )
+    };
+    if fetch().is_err() {
+        // A machine whose package lists are missing or stale: refresh once and retry.
+        run_out(Command::new("apt-get").args(["update", "-q"]))?;
+        fetch().context("downloading the fixture distro's Debian packages")?;
+    }
     let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "deb"))
@@ -429,6 +435,11 @@ fn node_base(passwd: &str, group: &str) -> Result<rpm::Package> {
 
 /// Builds (or reuses) the fixture distro repo; returns its directory.
 pub fn build(top: &Path) -> Result<PathBuf> {
+    build_with(top, false)
+}
+
+/// Like [`build`]; `force` repacks even when a cached repo exists (for timing it).
+pub fn build_with(top: &Path, force: bool) -> Result<PathBuf> {
     let t = std::time::Instant::now();
     let base = top.join("fixtures/out/distro");
     let dl = base.join("apt");
@@ -440,7 +451,7 @@ pub fn build(top: &Path) -> Result<PathBuf> {
     }
     let key = hex::encode(h.finalize());
     let out = base.join(&key[..16]);
-    if out.join("stamp").exists() {
+    if out.join("stamp").exists() && !force {
         return Ok(out);
     }
     let _ = std::fs::remove_dir_all(&out);
@@ -475,14 +486,38 @@ pub fn build(top: &Path) -> Result<PathBuf> {
     };
     let pkgdir = out.join("Packages");
     std::fs::create_dir_all(&pkgdir)?;
-    let mut names = BTreeMap::new();
-    for (deb, ctl) in debs.iter().zip(&controls) {
-        let p = repack
-            .package(deb, ctl, &scratch)
-            .with_context(|| format!("repacking {}", deb.display()))?;
-        p.write_file(pkgdir.join(p.canonical_filename()?))?;
-        names.insert(ctl.name.clone(), ctl.version.clone());
-    }
+    // Repack on every core; each worker has its own scratch directory.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (repack, next, debs, controls, pkgdir) =
+                    (&repack, &next, &debs, &controls, &pkgdir);
+                let scratch = scratch.join(format!("w{w}"));
+                s.spawn(move || -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let (Some(deb), Some(ctl)) = (debs.get(i), controls.get(i)) else {
+                            return Ok(());
+                        };
+                        let p = repack
+                            .package(deb, ctl, &scratch)
+                            .with_context(|| format!("repacking {}", deb.display()))?;
+                        p.write_file(pkgdir.join(p.canonical_filename()?))?;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("repack worker panicked")?;
+        }
+        Ok(())
+    })?;
+    let names: BTreeMap<String, String> = controls
+        .iter()
+        .map(|c| (c.name.clone(), c.version.clone()))
+        .collect();
     let nb = node_base(&passwd, &group)?;
     nb.write_file(pkgdir.join(nb.canonical_filename()?))?;
     let _ = std::fs::remove_dir_all(&scratch);

@@ -127,33 +127,51 @@ fn demo_dir(fx: &Path, dir: &Path) -> Result<PathBuf> {
 fn demo() -> Result<()> {
     deps()?;
     let fx = fixtures::build(&top())?;
+    let distro = distro::build(&top())?;
     let bin = build_release()?;
     let work = top().join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     let treefile = demo_dir(&fx, &work.join("treefiles"))?;
+    std::fs::copy(
+        top().join("treefiles/node.yaml"),
+        work.join("treefiles/node.yaml"),
+    )?;
+    std::fs::write(
+        work.join("treefiles/fixture-distro.repo"),
+        format!("[fixture-distro]\nbaseurl=file://{}\n", distro.display()),
+    )?;
     let repo = work.join("repo");
     run(Command::new("ostree")
         .arg("init")
         .arg(format!("--repo={}", repo.display()))
         .arg("--mode=archive"))?;
-    for round in ["first compose", "again, nothing changed"] {
-        eprintln!("== {round}");
+    let compose = |tf: &Path, json: &str| {
         run(Command::new(&bin)
             .args(["compose", "tree", "--repo"])
             .arg(&repo)
             .arg("--cachedir")
             .arg(work.join("cache"))
             .arg("--write-composejson-to")
-            .arg(work.join("compose.json"))
-            .arg(&treefile))?;
+            .arg(work.join(json))
+            .arg(tf))
+    };
+    eprintln!("== the synthetic fixture node");
+    compose(&treefile, "fixture.json")?;
+    eprintln!("== again: nothing changed");
+    compose(&treefile, "fixture.json")?;
+    eprintln!("== the bootable node of the fixture distro (kernel, systemd, dracut initramfs)");
+    compose(&work.join("treefiles/node.yaml"), "node.json")?;
+    for r in ["hostforge/x86_64/fixture", "hostforge/x86_64/node"] {
+        run(Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["log", r]))?;
     }
-    run(Command::new("ostree")
-        .arg(format!("--repo={}", repo.display()))
-        .args(["log", "hostforge/x86_64/fixture"]))?;
-    run(Command::new("ostree")
-        .arg(format!("--repo={}", repo.display()))
-        .args(["ls", "hostforge/x86_64/fixture", "/usr/bin"]))?;
-    eprintln!("compose.json: {}", work.join("compose.json").display());
+    eprintln!(
+        "repo: {}\ncompose.json: {} and {}",
+        repo.display(),
+        work.join("fixture.json").display(),
+        work.join("node.json").display()
+    );
     Ok(())
 }
 
@@ -176,10 +194,15 @@ fn main() -> Result<()> {
                 let bin = build_release()?;
                 bench::compose(&top(), &bin)
             }
-            _ => bail!("usage: cargo xtask bench compose"),
+            Some("node") => {
+                deps()?;
+                let bin = build_release()?;
+                bench::node(&top(), &bin)
+            }
+            _ => bail!("usage: cargo xtask bench compose|node"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <deps|fixtures|test|demo|bench compose>");
+            eprintln!("usage: cargo xtask <deps|fixtures|test|demo|bench compose|bench node>");
             Ok(())
         }
     }
