@@ -19,6 +19,14 @@ fn timed(what: &str, cmd: &mut Command) -> Result<f64> {
     Ok(secs)
 }
 
+/// `ostree init --mode=archive` for `repo`.
+pub fn ostree_init(repo: &Path) -> Command {
+    let mut cmd = Command::new("ostree");
+    cmd.arg(format!("--repo={}", repo.display()))
+        .args(["init", "--mode=archive"]);
+    cmd
+}
+
 /// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
 pub fn write_section(top: &Path, name: &str, body: &str) -> Result<()> {
     let path = top.join("docs/benchmarks.md");
@@ -91,12 +99,7 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
             .args(&names),
     )?;
     let base_repo = work.join("baseline-repo");
-    timed(
-        "baseline: ostree init",
-        Command::new("ostree")
-            .arg(format!("--repo={}", base_repo.display()))
-            .args(["init", "--mode=archive"]),
-    )?;
+    timed("baseline: ostree init", &mut ostree_init(&base_repo))?;
     let commit = timed(
         "baseline: ostree commit",
         Command::new("ostree")
@@ -107,12 +110,7 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
     let baseline = dnf + commit;
 
     let repo = work.join("repo");
-    timed(
-        "ostree init",
-        Command::new("ostree")
-            .arg(format!("--repo={}", repo.display()))
-            .args(["init", "--mode=archive"]),
-    )?;
+    timed("ostree init", &mut ostree_init(&repo))?;
     let hf = |label: &str| -> Result<f64> {
         timed(
             label,
@@ -158,20 +156,9 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
     let repack = t.elapsed().as_secs_f64();
     let work = top.join("target/bench-node");
     let _ = std::fs::remove_dir_all(&work);
-    let tf_dir = work.join("tf");
-    std::fs::create_dir_all(&tf_dir)?;
-    std::fs::copy(top.join("treefiles/node.yaml"), tf_dir.join("node.yaml"))?;
-    std::fs::write(
-        tf_dir.join("fixture-distro.repo"),
-        format!("[fixture-distro]\nbaseurl=file://{}\n", distro.display()),
-    )?;
+    let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
     let repo = work.join("repo");
-    timed(
-        "ostree init",
-        Command::new("ostree")
-            .arg(format!("--repo={}", repo.display()))
-            .args(["init", "--mode=archive"]),
-    )?;
+    timed("ostree init", &mut ostree_init(&repo))?;
     let json = work.join("compose.json");
     let compose = timed(
         "hostforge: cold compose of node.yaml",
@@ -182,7 +169,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
             .arg(work.join("cache"))
             .arg("--write-composejson-to")
             .arg(&json)
-            .arg(tf_dir.join("node.yaml")),
+            .arg(&treefile),
     )?;
     let doc = std::fs::read_to_string(&json)?;
     let seconds = doc.split("\"seconds\"").nth(1).unwrap_or_default();

@@ -433,6 +433,19 @@ fn node_base(passwd: &str, group: &str) -> Result<rpm::Package> {
     Ok(b.build()?)
 }
 
+/// Copies treefiles/node.yaml into `dir` with a fixture-distro.repo pointing at `distro`;
+/// returns the treefile's path.
+pub fn node_treefile(top: &Path, distro: &Path, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let tf = dir.join("node.yaml");
+    std::fs::copy(top.join("treefiles/node.yaml"), &tf)?;
+    std::fs::write(
+        dir.join("fixture-distro.repo"),
+        format!("[fixture-distro]\nbaseurl=file://{}\n", distro.display()),
+    )?;
+    Ok(tf)
+}
+
 /// Builds (or reuses) the fixture distro repo; returns its directory.
 pub fn build(top: &Path) -> Result<PathBuf> {
     build_with(top, false)

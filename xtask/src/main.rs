@@ -132,19 +132,9 @@ fn demo() -> Result<()> {
     let work = top().join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     let treefile = demo_dir(&fx, &work.join("treefiles"))?;
-    std::fs::copy(
-        top().join("treefiles/node.yaml"),
-        work.join("treefiles/node.yaml"),
-    )?;
-    std::fs::write(
-        work.join("treefiles/fixture-distro.repo"),
-        format!("[fixture-distro]\nbaseurl=file://{}\n", distro.display()),
-    )?;
+    let node = distro::node_treefile(&top(), &distro, &work.join("treefiles"))?;
     let repo = work.join("repo");
-    run(Command::new("ostree")
-        .arg("init")
-        .arg(format!("--repo={}", repo.display()))
-        .arg("--mode=archive"))?;
+    run(&mut bench::ostree_init(&repo))?;
     let compose = |tf: &Path, json: &str| {
         run(Command::new(&bin)
             .args(["compose", "tree", "--repo"])
@@ -160,7 +150,7 @@ fn demo() -> Result<()> {
     eprintln!("== again: nothing changed");
     compose(&treefile, "fixture.json")?;
     eprintln!("== the bootable node of the fixture distro (kernel, systemd, dracut initramfs)");
-    compose(&work.join("treefiles/node.yaml"), "node.json")?;
+    compose(&node, "node.json")?;
     for r in ["hostforge/x86_64/fixture", "hostforge/x86_64/node"] {
         run(Command::new("ostree")
             .arg(format!("--repo={}", repo.display()))
