@@ -21,6 +21,27 @@ pub enum Command {
     /// Work with hostforge's ostree dracut module
     #[command(subcommand)]
     Dracut(DracutCmd),
+    /// Render kickstart, PXE/GRUB/iPXE and Foreman files for a network install
+    Provision(ProvisionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// The archive-mode ostree repo that URL serves
+    #[arg(long, value_name = "PATH")]
+    pub repo: PathBuf,
+    /// The ref to install
+    #[arg(long = "ref", value_name = "REF")]
+    pub treeref: String,
+    /// The HTTP(S) URL installers pull the repo from
+    #[arg(long)]
+    pub url: String,
+    /// Directory to write ks/, tftp/ and foreman/ into (replaced whole)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Provisioning spec (YAML): users, disk, network, kernel args, %post
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +145,23 @@ pub fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Provision(a) => {
+            let spec = match &a.spec {
+                Some(p) => crate::provision::Spec::load(p)?,
+                None => crate::provision::Spec::default(),
+            };
+            let written = crate::provision::provision(&crate::provision::Request {
+                repo: &a.repo,
+                treeref: &a.treeref,
+                url: &a.url,
+                out: &a.out,
+                spec,
+            })?;
+            for w in written {
+                println!("{}", w.display());
+            }
+            Ok(())
+        }
         Command::Dracut(DracutCmd::Emit(a)) => {
             let module = crate::dracut::Module {
                 name: a.name,
@@ -182,6 +220,7 @@ mod tests {
             vec!["compose", "tree"],
             vec!["dracut"],
             vec!["dracut", "emit"],
+            vec!["provision"],
         ] {
             let mut c = &mut cmd;
             for p in &path {

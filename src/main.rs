@@ -8,6 +8,7 @@ mod ostreeutil;
 mod pkgcache;
 mod process;
 mod progress;
+mod provision;
 mod rpmmd;
 mod treefile;
 

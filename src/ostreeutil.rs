@@ -146,3 +146,43 @@ pub fn resolve(repo: &ostree::Repo, r: &str) -> Result<Option<String>> {
         .with_context(|| format!("resolving ref {r}"))?
         .map(|s| s.to_string()))
 }
+
+/// The content of the regular file at `path` in `commit`.
+pub fn read_commit_file(repo: &ostree::Repo, commit: &str, path: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let (root, _) = repo
+        .read_commit(commit, gio::Cancellable::NONE)
+        .with_context(|| format!("reading commit {commit}"))?;
+    let f = root
+        .resolve_relative_path(path.trim_start_matches('/'))
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("{path}: not a file of the commit"))?;
+    f.ensure_resolved()
+        .with_context(|| format!("{path} is not in commit {commit}"))?;
+    let (stream, _, _) = repo
+        .load_file(&f.checksum(), gio::Cancellable::NONE)
+        .with_context(|| format!("loading {path} from commit {commit}"))?;
+    let stream = stream.ok_or_else(|| anyhow::anyhow!("{path} is not a regular file"))?;
+    let mut data = Vec::new();
+    stream.into_read().read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Names in the directory `path` of `commit`, sorted.
+pub fn list_commit_dir(repo: &ostree::Repo, commit: &str, path: &str) -> Result<Vec<String>> {
+    let (root, _) = repo.read_commit(commit, gio::Cancellable::NONE)?;
+    let dir = root.resolve_relative_path(path.trim_start_matches('/'));
+    let mut names = Vec::new();
+    let Ok(en) = dir.enumerate_children(
+        "standard::name",
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        gio::Cancellable::NONE,
+    ) else {
+        return Ok(names);
+    };
+    while let Some(info) = en.next_file(gio::Cancellable::NONE)? {
+        names.push(info.name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}

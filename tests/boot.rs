@@ -12,19 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn distro() -> PathBuf {
-    let p = PathBuf::from(std::env::var("HOSTFORGE_DISTRO").expect(
-        "HOSTFORGE_DISTRO is not set: run the tests with `cargo xtask test`, which builds the \
-         fixture distro first",
-    ));
-    assert!(
-        p.join("stamp").exists(),
-        "fixture distro at {} is incomplete",
-        p.display()
-    );
-    p
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(
@@ -155,23 +142,11 @@ fn boot_until(disk: &Path, kernel: &Path, initrd: &Path, args: &str, needle: &st
 
 #[test]
 fn node_commit_is_bootable_and_boots() {
-    let env = Env::new();
-    let tf_dir = env.path().join("tf");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/node.yaml"),
-        tf_dir.join("node.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        tf_dir.join("fixture-distro.repo"),
-        format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),
-    )
-    .unwrap();
-    let out = env.compose(&tf_dir.join("node.yaml"), &[]);
-    assert_ok(&out);
+    let (repo, commit) = composed_node();
     let r = "hostforge/x86_64/node";
-    let commit = env.rev(r).unwrap();
-
+    let env = Env::new();
+    // Look at the commit through this test's own repo.
+    env.ostree(&["pull-local", repo.to_str().unwrap(), r]);
     assert_eq!(
         env.ostree(&["show", "--print-metadata-key=ostree.bootable", r])
             .trim(),

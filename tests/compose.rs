@@ -282,29 +282,8 @@ fn package_version_change_is_reported() {
 #[test]
 fn http_repos_are_loaded_and_downloaded() {
     // A real HTTP server on loopback serving the fixture repo.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let mut server = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-            "--directory",
-        ])
-        .arg(fixtures().join("base"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let server = HttpServer::start(&fixtures().join("base"));
+    let port = server.port;
     let env = Env::new();
     std::fs::write(
         env.path().join("tf/fixtures.repo"),
@@ -313,8 +292,7 @@ fn http_repos_are_loaded_and_downloaded() {
     .unwrap();
     let tf = env.treefile("node.yaml", &GOOD.replace("[base]", "[web]"));
     let out = env.compose(&tf, &["--json"]);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary = stdout

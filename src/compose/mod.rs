@@ -640,21 +640,9 @@ pub fn next_version(prefix: &str, previous: Option<&str>) -> String {
 }
 
 fn read_parent_file(ctx: &Ctx, path: &str) -> Option<String> {
-    use std::io::Read;
-    let target = ctx.target.as_ref()?;
-    let parent = ctx.parent.as_ref()?;
-    let (root, _) = target.read_commit(parent, gio::Cancellable::NONE).ok()?;
-    let f = root
-        .resolve_relative_path(path)
-        .downcast::<ostree::RepoFile>()
-        .ok()?;
-    f.ensure_resolved().ok()?;
-    let (stream, _, _) = target
-        .load_file(&f.checksum(), gio::Cancellable::NONE)
-        .ok()?;
-    let mut text = String::new();
-    stream?.into_read().read_to_string(&mut text).ok()?;
-    Some(text)
+    let data =
+        ostreeutil::read_commit_file(ctx.target.as_ref()?, ctx.parent.as_ref()?, path).ok()?;
+    Some(String::from_utf8_lossy(&data).into_owned())
 }
 
 fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {

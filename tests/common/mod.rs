@@ -163,3 +163,93 @@ pub fn assert_ok(o: &Output) {
 pub const GOOD: &str =
     "ref: test/node\nrepos: [base]\npackages: [filesystem, busybox, setup, app, triggerer]\n\
 automatic-version-prefix: \"1\"\n";
+
+/// The fixture distro repo built by `cargo xtask fixtures`; `cargo xtask test` sets the variable.
+pub fn distro() -> PathBuf {
+    let p = PathBuf::from(std::env::var("HOSTFORGE_DISTRO").expect(
+        "HOSTFORGE_DISTRO is not set: run the tests with `cargo xtask test`, which builds the \
+         fixture distro first",
+    ));
+    assert!(
+        p.join("stamp").exists(),
+        "fixture distro at {} is incomplete",
+        p.display()
+    );
+    p
+}
+
+/// treefiles/node.yaml composed from the fixture distro into an archive repo shared by the
+/// boot-tier tests (target/test-node): the first caller composes, later ones find no changes.
+/// Returns the repo and the commit.
+pub fn composed_node() -> (PathBuf, String) {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = top.join("target/test-node");
+    let tf_dir = work.join("tf");
+    std::fs::create_dir_all(&tf_dir).unwrap();
+    std::fs::copy(top.join("treefiles/node.yaml"), tf_dir.join("node.yaml")).unwrap();
+    std::fs::write(
+        tf_dir.join("fixture-distro.repo"),
+        format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),
+    )
+    .unwrap();
+    let repo = work.join("repo");
+    if !repo.join("config").exists() {
+        ostree_at(&repo, &["init", "--mode=archive"]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+        .args(["compose", "tree", "--repo"])
+        .arg(&repo)
+        .arg("--cachedir")
+        .arg(work.join("cache"))
+        .arg(tf_dir.join("node.yaml"))
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let commit = ostree_at(&repo, &["rev-parse", "hostforge/x86_64/node"])
+        .trim()
+        .to_string();
+    (repo, commit)
+}
+
+/// Serves `dir` over HTTP on 127.0.0.1 until dropped.
+pub struct HttpServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl HttpServer {
+    pub fn start(dir: &Path) -> HttpServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

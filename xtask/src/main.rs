@@ -60,6 +60,10 @@ fn deps() -> Result<()> {
             !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         })
         .collect();
+    if which("ksvalidator").is_none() {
+        eprintln!("installing pykickstart (ksvalidator) from PyPI");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "pykickstart"]))?;
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -81,6 +85,12 @@ fn deps() -> Result<()> {
             "--allow-downgrades",
         ])
         .args(&args))
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
 }
 
 fn cargo() -> Command {

@@ -1,0 +1,581 @@
+//! `hostforge provision`: from one composed ref and a small spec, the files a network install
+//! needs: a kickstart with `ostreesetup`, a TFTP tree (kernel, initramfs, PXELINUX, GRUB and
+//! iPXE configs) and Foreman templates. Templates live in `kickstart/` and are compiled in.
+
+use crate::ostreeutil;
+use anyhow::{anyhow, bail, Context, Result};
+use minijinja::Environment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("node.ks", include_str!("../kickstart/node.ks.j2")),
+    ("pxelinux.cfg", include_str!("../kickstart/pxelinux.cfg.j2")),
+    ("grub.cfg", include_str!("../kickstart/grub.cfg.j2")),
+    ("boot.ipxe", include_str!("../kickstart/boot.ipxe.j2")),
+    (
+        "foreman/provision",
+        include_str!("../kickstart/foreman/provision.erb.j2"),
+    ),
+    (
+        "foreman/PXELinux",
+        include_str!("../kickstart/foreman/PXELinux.erb.j2"),
+    ),
+    (
+        "foreman/PXEGrub2",
+        include_str!("../kickstart/foreman/PXEGrub2.erb.j2"),
+    ),
+    (
+        "foreman/iPXE",
+        include_str!("../kickstart/foreman/iPXE.erb.j2"),
+    ),
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Network {
+    /// `dhcp` or `static`.
+    #[serde(default = "default_bootproto")]
+    pub bootproto: String,
+    /// Interface name, or `link` for the first with a link.
+    #[serde(default = "default_device")]
+    pub device: String,
+    pub ip: Option<String>,
+    pub netmask: Option<String>,
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    pub hostname: Option<String>,
+}
+
+fn default_bootproto() -> String {
+    "dhcp".into()
+}
+fn default_device() -> String {
+    "link".into()
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            bootproto: default_bootproto(),
+            device: default_device(),
+            ip: None,
+            netmask: None,
+            gateway: None,
+            nameservers: Vec::new(),
+            hostname: None,
+        }
+    }
+}
+
+/// The provisioning spec (`--spec FILE`, YAML); every key has a default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Spec {
+    /// Base name of the rendered files (`ks/NAME.ks`).
+    pub name: String,
+    /// The ostree stateroot (`ostreesetup --osname`).
+    pub osname: String,
+    /// The remote name the installed node keeps (`ostreesetup --remote`).
+    pub remote: String,
+    /// Verify the commit's GPG signature on pull; off gives `--nogpg`.
+    pub gpg: bool,
+    /// Target disk (e.g. `vda`); all disks when unset.
+    pub disk: Option<String>,
+    /// Root filesystem: `xfs` or `ext4`.
+    pub fstype: String,
+    pub network: Network,
+    /// A crypt(3) hash for root; without it root's password is locked.
+    pub root_password_hash: Option<String>,
+    /// SSH public keys for root.
+    pub ssh_keys: Vec<String>,
+    /// Kernel arguments for the installer and the installed system.
+    pub kargs: Vec<String>,
+    /// A `%post` script.
+    pub post: Option<String>,
+    /// Where nodes fetch the kickstart; default: `ks/NAME.ks` beside the repo URL.
+    pub ks_url: Option<String>,
+    /// The installer's stage2 (`inst.stage2=`), when it is not in the initramfs.
+    pub stage2: Option<String>,
+    /// MAC addresses that get their own PXELINUX and GRUB config files.
+    pub macs: Vec<String>,
+    pub lang: String,
+    pub keyboard: String,
+    pub timezone: String,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            name: "node".into(),
+            osname: "hostforge".into(),
+            remote: "hostforge".into(),
+            gpg: false,
+            disk: None,
+            fstype: "xfs".into(),
+            network: Network::default(),
+            root_password_hash: None,
+            ssh_keys: Vec::new(),
+            kargs: Vec::new(),
+            post: None,
+            ks_url: None,
+            stage2: None,
+            macs: Vec::new(),
+            lang: "en_US.UTF-8".into(),
+            keyboard: "us".into(),
+            timezone: "Etc/UTC".into(),
+        }
+    }
+}
+
+fn plain_name(what: &str, v: &str) -> Result<()> {
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        bail!("{what} {v:?} must be letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+/// `aa:bb:cc:dd:ee:ff` as PXELINUX names it: `01-aa-bb-cc-dd-ee-ff`.
+pub fn pxelinux_mac_name(mac: &str) -> Result<String> {
+    let parts: Vec<&str> = mac.split([':', '-']).collect();
+    if parts.len() != 6
+        || !parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        bail!("macs: {mac:?} is not a MAC address like 52:54:00:12:34:56");
+    }
+    Ok(format!("01-{}", parts.join("-").to_ascii_lowercase()))
+}
+
+impl Spec {
+    pub fn load(path: &Path) -> Result<Spec> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading spec {}", path.display()))?;
+        let spec: Spec = serde_yaml::from_str(&text).map_err(|e| match e.location() {
+            Some(l) => anyhow!("{}:{}:{}: {e}", path.display(), l.line(), l.column()),
+            None => anyhow!("{}: {e}", path.display()),
+        })?;
+        spec.validate()
+            .with_context(|| format!("spec {}", path.display()))?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        plain_name("name", &self.name)?;
+        plain_name("osname", &self.osname)?;
+        plain_name("remote", &self.remote)?;
+        if let Some(d) = &self.disk {
+            plain_name("disk", d)?;
+        }
+        if !matches!(self.fstype.as_str(), "xfs" | "ext4") {
+            bail!("fstype {:?}: use xfs or ext4", self.fstype);
+        }
+        match self.network.bootproto.as_str() {
+            "dhcp" => {}
+            "static" => {
+                for (k, v) in [
+                    ("ip", &self.network.ip),
+                    ("netmask", &self.network.netmask),
+                    ("gateway", &self.network.gateway),
+                ] {
+                    if v.is_none() {
+                        bail!("network: bootproto static needs {k}");
+                    }
+                }
+            }
+            other => bail!("network: bootproto {other:?}: use dhcp or static"),
+        }
+        if let Some(h) = &self.root_password_hash {
+            if !h.starts_with('$') || h.contains(char::is_whitespace) {
+                bail!(
+                    "root-password-hash must be a crypt(3) hash such as $6$...; \
+                     make one with `openssl passwd -6`"
+                );
+            }
+        }
+        if self.root_password_hash.is_none() && self.ssh_keys.is_empty() {
+            bail!("give root-password-hash or ssh-keys: otherwise nobody can log in to the node");
+        }
+        for k in &self.ssh_keys {
+            if k.contains('"') || k.split_whitespace().count() < 2 {
+                bail!("ssh-keys: {k:?} is not a public key line like \"ssh-ed25519 AAAA...\"");
+            }
+        }
+        for m in &self.macs {
+            pxelinux_mac_name(m)?;
+        }
+        for k in &self.kargs {
+            if k.contains(char::is_whitespace) || k.contains('"') {
+                bail!("kargs: {k:?} must be one argument without spaces or quotes");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What to render.
+pub struct Request<'a> {
+    pub repo: &'a Path,
+    pub treeref: &'a str,
+    pub url: &'a str,
+    pub out: &'a Path,
+    pub spec: Spec,
+}
+
+/// The kickstart URL: the spec's, or `ks/NAME.ks` next to the repo URL's last segment.
+fn ks_url(url: &str, spec: &Spec) -> String {
+    if let Some(u) = &spec.ks_url {
+        return u.clone();
+    }
+    let base = url.trim_end_matches('/');
+    let parent = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |j| j + 2) => &base[..i],
+        _ => base,
+    };
+    format!("{parent}/ks/{}.ks", spec.name)
+}
+
+/// Renders the text files for `spec`: (path relative to the output dir, content).
+pub fn render_all(
+    spec: &Spec,
+    url: &str,
+    treeref: &str,
+    commit: &str,
+) -> Result<Vec<(String, String)>> {
+    let ks = ks_url(url, spec);
+    let mut extra: Vec<String> = vec!["ip=dhcp".into()];
+    if spec.network.bootproto == "static" {
+        let n = &spec.network;
+        extra = vec![format!(
+            "ip={}::{}:{}:{}:{}:none",
+            n.ip.as_deref().unwrap_or_default(),
+            n.gateway.as_deref().unwrap_or_default(),
+            n.netmask.as_deref().unwrap_or_default(),
+            n.hostname.as_deref().unwrap_or_default(),
+            if n.device == "link" { "" } else { &n.device }
+        )];
+        if let Some(ns) = n.nameservers.first() {
+            extra.push(format!("nameserver={ns}"));
+        }
+    }
+    if let Some(s2) = &spec.stage2 {
+        extra.push(format!("inst.stage2={s2}"));
+    }
+    extra.extend(spec.kargs.iter().cloned());
+    let cmdline_no_ks = extra.join(" ");
+    let cmdline = format!("inst.ks={ks} {cmdline_no_ks}");
+
+    let mut env = Environment::new();
+    env.set_keep_trailing_newline(true);
+    for (name, src) in TEMPLATES {
+        env.add_template(name, src)?;
+    }
+    let ctx = minijinja::context! {
+        name => &spec.name,
+        osname => &spec.osname,
+        remote => &spec.remote,
+        gpg => spec.gpg,
+        disk => &spec.disk,
+        fstype => &spec.fstype,
+        network => &spec.network,
+        root_password_hash => &spec.root_password_hash,
+        ssh_keys => &spec.ssh_keys,
+        kargs => &spec.kargs,
+        post => spec.post.as_deref().map(str::trim_end),
+        lang => &spec.lang,
+        keyboard => &spec.keyboard,
+        timezone => &spec.timezone,
+        url => url,
+        ref => treeref,
+        commit => commit,
+        cmdline => &cmdline,
+        cmdline_no_ks => &cmdline_no_ks,
+    };
+    let render = |t: &str| -> Result<String> {
+        env.get_template(t)?
+            .render(&ctx)
+            .with_context(|| format!("rendering template {t}"))
+    };
+    let mut files = vec![(format!("ks/{}.ks", spec.name), render("node.ks")?)];
+    let pxe = render("pxelinux.cfg")?;
+    let grub = render("grub.cfg")?;
+    files.push(("tftp/pxelinux.cfg/default".into(), pxe.clone()));
+    files.push(("tftp/grub.cfg".into(), grub.clone()));
+    for mac in &spec.macs {
+        let name = pxelinux_mac_name(mac)?;
+        files.push((format!("tftp/pxelinux.cfg/{name}"), pxe.clone()));
+        files.push((format!("tftp/grub.cfg-{name}"), grub.clone()));
+    }
+    files.push(("tftp/boot.ipxe".into(), render("boot.ipxe")?));
+    for kind in ["provision", "PXELinux", "PXEGrub2", "iPXE"] {
+        files.push((
+            format!("foreman/{kind}.erb"),
+            render(&format!("foreman/{kind}"))?,
+        ));
+    }
+    Ok(files)
+}
+
+/// Renders everything into `out`, with the kernel and initramfs of the ref; returns the
+/// files written.
+pub fn provision(req: &Request) -> Result<Vec<PathBuf>> {
+    let spec = &req.spec;
+    spec.validate()?;
+    if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {
+        bail!(
+            "--url {:?} must be an http:// or https:// URL the installer can reach",
+            req.url
+        );
+    }
+    let repo = ostreeutil::open_existing(req.repo)?;
+    if repo.mode() != ostree::RepoMode::Archive {
+        bail!(
+            "{} is not an archive-mode repo, so a web server cannot serve it; pull the ref into \
+             one: `ostree init --repo=R --mode=archive && ostree pull-local --repo=R {} {}`",
+            req.repo.display(),
+            req.repo.display(),
+            req.treeref
+        );
+    }
+    let commit = ostreeutil::resolve(&repo, req.treeref)?.ok_or_else(|| {
+        anyhow!(
+            "ref {} is not in {}; compose it first",
+            req.treeref,
+            req.repo.display()
+        )
+    })?;
+    // A summary lets `ostree remote refs` and installers list what the URL serves.
+    repo.regenerate_summary(None, ostree::gio::Cancellable::NONE)
+        .context("regenerating the repo summary")?;
+
+    let kvers = ostreeutil::list_commit_dir(&repo, &commit, "usr/lib/modules")?;
+    let kver = match kvers.as_slice() {
+        [one] => one.clone(),
+        [] => bail!(
+            "{}: commit {commit} has no kernel in /usr/lib/modules",
+            req.treeref
+        ),
+        many => bail!(
+            "{}: commit has several kernels: {}",
+            req.treeref,
+            many.join(", ")
+        ),
+    };
+
+    let files = render_all(spec, req.url, req.treeref, &commit)?;
+
+    // Render into a staging dir, then swap it in: a failure leaves the old output whole.
+    let out = req.out;
+    let staging = out.with_extension("hostforge-tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    let mut written = Vec::new();
+    let mut write = |rel: &str, data: &[u8]| -> Result<()> {
+        let p = staging.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap())?;
+        std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+        written.push(out.join(rel));
+        Ok(())
+    };
+    for (rel, text) in &files {
+        write(rel, text.as_bytes())?;
+    }
+    let modules = format!("usr/lib/modules/{kver}");
+    write(
+        "tftp/vmlinuz",
+        &ostreeutil::read_commit_file(&repo, &commit, &format!("{modules}/vmlinuz"))?,
+    )?;
+    let initramfs =
+        ostreeutil::read_commit_file(&repo, &commit, &format!("{modules}/initramfs.img"))
+            .with_context(|| {
+                format!(
+                    "{}: the commit has no initramfs to network-boot",
+                    req.treeref
+                )
+            })?;
+    write("tftp/initramfs.img", &initramfs)?;
+    if std::fs::symlink_metadata(out).is_ok() {
+        let old = out.with_extension("hostforge-old");
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old)?;
+        std::fs::rename(&staging, out)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&staging, out)?;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec {
+            ssh_keys: vec!["ssh-ed25519 AAAAC3 test@host".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mac_names() {
+        assert_eq!(
+            pxelinux_mac_name("52:54:00:AB:cd:01").unwrap(),
+            "01-52-54-00-ab-cd-01"
+        );
+        assert!(pxelinux_mac_name("52:54:00:ab:cd").is_err());
+    }
+
+    #[test]
+    fn ks_url_defaults_beside_the_repo() {
+        assert_eq!(ks_url("http://h:8/repo", &spec()), "http://h:8/ks/node.ks");
+        assert_eq!(ks_url("http://h:8/", &spec()), "http://h:8/ks/node.ks");
+    }
+
+    #[test]
+    fn specs_without_login_or_with_bad_values_are_refused() {
+        let s = Spec::default();
+        assert!(format!("{:#}", s.validate().unwrap_err()).contains("nobody can log in"));
+        let mut s = spec();
+        s.fstype = "vfat".into();
+        assert!(s.validate().is_err());
+        let mut s = spec();
+        s.network.bootproto = "static".into();
+        assert!(format!("{:#}", s.validate().unwrap_err()).contains("needs ip"));
+        let mut s = spec();
+        s.root_password_hash = Some("hunter2".into());
+        assert!(format!("{:#}", s.validate().unwrap_err()).contains("crypt(3)"));
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    //! The rendered files for two specs are compared with `tests/golden/provision/`;
+    //! `UPDATE_GOLDEN=1 cargo test` rewrites them after an intended template change.
+    use super::*;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn variants() -> Vec<(&'static str, Spec)> {
+        let minimal = Spec {
+            ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture ops@example".into()],
+            ..Default::default()
+        };
+        let full = Spec {
+            name: "rack1-node7".into(),
+            osname: "node".into(),
+            remote: "fleet".into(),
+            gpg: true,
+            disk: Some("nvme0n1".into()),
+            fstype: "ext4".into(),
+            network: Network {
+                bootproto: "static".into(),
+                device: "eno1".into(),
+                ip: Some("192.0.2.17".into()),
+                netmask: Some("255.255.255.0".into()),
+                gateway: Some("192.0.2.1".into()),
+                nameservers: vec!["192.0.2.53".into(), "192.0.2.54".into()],
+                hostname: Some("node7.example.net".into()),
+            },
+            root_password_hash: Some("$6$fixture$Jm0fq0Rn2Xx0bYH7VtFQ2c".into()),
+            ssh_keys: vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture ops@example".into(),
+                "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABFixture backup@example".into(),
+            ],
+            kargs: vec![
+                "console=ttyS0,115200".into(),
+                "systemd.unified_cgroup_hierarchy=1".into(),
+            ],
+            post: Some(
+                "echo provisioned > /etc/hostforge-provisioned\nsystemctl enable sshd\n".into(),
+            ),
+            ks_url: Some("http://pxe.example.net/ks/rack1-node7.ks".into()),
+            stage2: Some("http://mirror.example.net/rhel9/".into()),
+            macs: vec!["52:54:00:12:34:56".into(), "52:54:00:AB:CD:EF".into()],
+            ..Default::default()
+        };
+        vec![("minimal", minimal), ("full", full)]
+    }
+
+    fn golden_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/provision")
+    }
+
+    #[test]
+    fn rendered_files_match_golden() {
+        let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+        for (variant, spec) in variants() {
+            spec.validate().unwrap();
+            let files = render_all(
+                &spec,
+                "http://repo.example.net/hostforge/repo",
+                "hostforge/x86_64/node",
+                COMMIT,
+            )
+            .unwrap();
+            let dir = golden_dir().join(variant);
+            for (rel, text) in &files {
+                let p = dir.join(rel);
+                if update {
+                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    std::fs::write(&p, text).unwrap();
+                }
+                let want = std::fs::read_to_string(&p)
+                    .unwrap_or_else(|_| panic!("missing golden file {}", p.display()));
+                assert_eq!(text, &want, "{variant}/{rel} differs from the golden file");
+            }
+        }
+    }
+
+    fn newest_fedora() -> String {
+        let out = std::process::Command::new("ksvalidator")
+            .arg("-l")
+            .output()
+            .expect("ksvalidator (pip install pykickstart; cargo xtask deps does it)");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|v| v.strip_prefix('F').and_then(|n| n.parse::<u32>().ok()))
+            .max()
+            .map(|n| format!("F{n}"))
+            .expect("ksvalidator knows a Fedora version")
+    }
+
+    #[test]
+    fn every_kickstart_passes_ksvalidator() {
+        let dir = tempfile::tempdir().unwrap();
+        let versions = ["RHEL9".to_string(), "RHEL10".to_string(), newest_fedora()];
+        for (variant, spec) in variants() {
+            let files = render_all(
+                &spec,
+                "http://repo.example.net/repo",
+                "hostforge/x86_64/node",
+                COMMIT,
+            )
+            .unwrap();
+            let (_, ks) = files.iter().find(|(r, _)| r.starts_with("ks/")).unwrap();
+            let path = dir.path().join(format!("{variant}.ks"));
+            std::fs::write(&path, ks).unwrap();
+            for v in &versions {
+                let out = std::process::Command::new("ksvalidator")
+                    .args(["-e", "-v", v])
+                    .arg(&path)
+                    .output()
+                    .expect("running ksvalidator");
+                assert!(
+                    out.status.success(),
+                    "{variant} kickstart fails ksvalidator -v {v}:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}

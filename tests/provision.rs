@@ -1,0 +1,236 @@
+//! `hostforge provision` end to end: render from the composed node, serve the repo over HTTP
+//! and pull it with ostree, and PXE-boot the rendered TFTP tree under QEMU (iPXE from QEMU's
+//! NIC ROM, user networking) until the kernel shows the kickstart on its command line.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn provision(repo: &Path, url: &str, out: &Path, spec: Option<&Path>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
+    cmd.args(["provision", "--repo"])
+        .arg(repo)
+        .args(["--ref", "hostforge/x86_64/node", "--url", url, "--out"])
+        .arg(out);
+    if let Some(s) = spec {
+        cmd.arg("--spec").arg(s);
+    }
+    cmd.output().unwrap()
+}
+
+const SPEC: &str = "name: node1\nosname: node\ndisk: vda\n\
+ssh-keys: [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture ops@example\"]\n\
+kargs: [console=ttyS0]\nmacs: [\"52:54:00:12:34:56\"]\n";
+
+#[test]
+fn provisions_and_network_boots_the_node() {
+    let (repo, commit) = composed_node();
+    let work = tempfile::tempdir().unwrap();
+    let spec = work.path().join("spec.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    // The web root: the repo at /repo, the rendered files beside it (ks/ at /ks).
+    let www = work.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::os::unix::fs::symlink(&repo, www.join("repo")).unwrap();
+    let server = HttpServer::start(&www);
+    let url = format!("http://10.0.2.2:{}/repo", server.port);
+    let out = www.join("out");
+    let o = provision(&repo, &url, &out, Some(&spec));
+    assert_ok(&o);
+    std::os::unix::fs::symlink(out.join("ks"), www.join("ks")).unwrap();
+
+    // The kickstart installs this ref from this URL.
+    let ks = std::fs::read_to_string(out.join("ks/node1.ks")).unwrap();
+    assert!(ks.contains(&format!(
+        "ostreesetup --osname=node --remote=hostforge --url={url} --ref=hostforge/x86_64/node --nogpg"
+    )), "{ks}");
+    assert!(ks.contains("reqpart --add-boot"), "{ks}");
+    let st = Command::new("ksvalidator")
+        .args(["-e", "-v", "RHEL9"])
+        .arg(out.join("ks/node1.ks"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+    // Kernel and initramfs are the commit's own.
+    let kver = ostree_at(
+        &repo,
+        &[
+            "show",
+            "--print-metadata-key=ostree.linux",
+            "hostforge/x86_64/node",
+        ],
+    );
+    let kver = kver.trim().trim_matches('\'');
+    let cat = Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args([
+            "cat",
+            "hostforge/x86_64/node",
+            &format!("/usr/lib/modules/{kver}/vmlinuz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("tftp/vmlinuz")).unwrap(), cat.stdout);
+    for f in [
+        "tftp/pxelinux.cfg/default",
+        "tftp/pxelinux.cfg/01-52-54-00-12-34-56",
+        "tftp/grub.cfg",
+        "tftp/grub.cfg-01-52-54-00-12-34-56",
+        "tftp/boot.ipxe",
+    ] {
+        let text = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(
+            text.contains(&format!(
+                "inst.ks=http://10.0.2.2:{}/ks/node1.ks",
+                server.port
+            )),
+            "{f}: {text}"
+        );
+    }
+    for f in ["provision", "PXELinux", "PXEGrub2", "iPXE"] {
+        let text = std::fs::read_to_string(out.join(format!("foreman/{f}.erb"))).unwrap();
+        assert!(text.starts_with("<%#\nkind: "), "{f}: {text}");
+    }
+
+    // Pull the ref over HTTP, as an installer would.
+    let fresh = work.path().join("fresh");
+    ostree_at(&fresh, &["init", "--mode=archive"]);
+    let local_url = format!("http://127.0.0.1:{}/repo", server.port);
+    ostree_at(
+        &fresh,
+        &["remote", "add", "--no-gpg-verify", "hostforge", &local_url],
+    );
+    let refs = ostree_at(&fresh, &["remote", "refs", "hostforge"]);
+    assert!(
+        refs.contains("hostforge:hostforge/x86_64/node"),
+        "summary lists the ref: {refs}"
+    );
+    ostree_at(&fresh, &["pull", "hostforge", "hostforge/x86_64/node"]);
+    assert_eq!(
+        ostree_at(&fresh, &["rev-parse", "hostforge:hostforge/x86_64/node"]).trim(),
+        commit
+    );
+
+    // PXE: QEMU's iPXE ROM fetches boot.ipxe over TFTP, then the kernel and initramfs.
+    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-nographic",
+            "-no-reboot",
+            "-boot",
+            "n",
+        ])
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,tftp={},bootfile=boot.ipxe",
+            out.join("tftp").display()
+        ))
+        .args(["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let want_ks = format!("inst.ks=http://10.0.2.2:{}/ks/node1.ks", server.port);
+    let (mut log, mut cmdline_ok, mut initramfs_ok) = (String::new(), false, false);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline && !(cmdline_ok && initramfs_ok) {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => {
+                cmdline_ok |= line.contains("Command line:") && line.contains(&want_ks);
+                initramfs_ok |= line.contains("Run /init as init process");
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::write(logs.join("pxe-boot.log"), &log).unwrap();
+    assert!(
+        cmdline_ok,
+        "kernel command line with {want_ks} not seen; see target/boot-logs/pxe-boot.log"
+    );
+    assert!(
+        initramfs_ok,
+        "the initramfs did not start; see target/boot-logs/pxe-boot.log"
+    );
+}
+
+#[test]
+fn bad_specs_and_repos_are_clear_errors() {
+    let (repo, _) = composed_node();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let url = "http://127.0.0.1:1/repo";
+
+    let spec = work.path().join("bad.yaml");
+    std::fs::write(
+        &spec,
+        "name: n\nssh-keys: [\"ssh-ed25519 AAAA x\"]\ndisks: vda\n",
+    )
+    .unwrap();
+    assert_fails_with(
+        &provision(&repo, url, &out, Some(&spec)),
+        &["bad.yaml:3", "disks"],
+    );
+    std::fs::write(&spec, "name: n\n").unwrap();
+    assert_fails_with(
+        &provision(&repo, url, &out, Some(&spec)),
+        &["nobody can log in"],
+    );
+    std::fs::write(
+        &spec,
+        "ssh-keys: [\"ssh-ed25519 AAAA x\"]\nmacs: [\"52:54:00\"]\n",
+    )
+    .unwrap();
+    assert_fails_with(
+        &provision(&repo, url, &out, Some(&spec)),
+        &["52:54:00", "MAC"],
+    );
+    assert!(!out.exists(), "nothing is written for a bad spec");
+
+    std::fs::write(&spec, "ssh-keys: [\"ssh-ed25519 AAAA x\"]\n").unwrap();
+    let bare = work.path().join("bare");
+    ostree_at(&bare, &["init", "--mode=bare-user"]);
+    assert_fails_with(
+        &provision(&bare, url, &out, Some(&spec)),
+        &["not an archive-mode repo"],
+    );
+    let empty = work.path().join("empty");
+    ostree_at(&empty, &["init", "--mode=archive"]);
+    assert_fails_with(
+        &provision(&empty, url, &out, Some(&spec)),
+        &["hostforge/x86_64/node", "compose it first"],
+    );
+    assert_fails_with(
+        &provision(&repo, "ftp://x/repo", &out, Some(&spec)),
+        &["http://"],
+    );
+}
