@@ -23,6 +23,43 @@ pub enum Command {
     Dracut(DracutCmd),
     /// Render kickstart, PXE/GRUB/iPXE and Foreman files for a network install
     Provision(ProvisionArgs),
+    /// Build bootable disk images from commits
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Build a raw or qcow2 disk image with the ref deployed
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageBuildArgs {
+    /// The ostree repo holding the ref
+    #[arg(long, value_name = "PATH")]
+    pub repo: PathBuf,
+    /// The ref to deploy as the default
+    #[arg(long = "ref", value_name = "REF")]
+    pub treeref: String,
+    /// Deploy this ref first, so the image ships with a rollback entry
+    #[arg(long, value_name = "REF")]
+    pub previous: Option<String>,
+    /// Disk layout (images/*.yaml)
+    #[arg(long, value_name = "FILE")]
+    pub layout: PathBuf,
+    /// Output format (default: the layout's)
+    #[arg(long, value_enum)]
+    pub format: Option<ImageFormat>,
+    /// The image file to write (replaced only when complete)
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -162,6 +199,22 @@ pub fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Image(ImageCmd::Build(a)) => {
+            use crate::image::layout::Format;
+            crate::image::build(&crate::image::BuildRequest {
+                repo: &a.repo,
+                treeref: &a.treeref,
+                previous: a.previous.as_deref(),
+                layout: &a.layout,
+                format: a.format.map(|f| match f {
+                    ImageFormat::Raw => Format::Raw,
+                    ImageFormat::Qcow2 => Format::Qcow2,
+                }),
+                out: &a.output,
+            })?;
+            println!("{}", a.output.display());
+            Ok(())
+        }
         Command::Dracut(DracutCmd::Emit(a)) => {
             let module = crate::dracut::Module {
                 name: a.name,
@@ -221,6 +274,8 @@ mod tests {
             vec!["dracut"],
             vec!["dracut", "emit"],
             vec!["provision"],
+            vec!["image"],
+            vec!["image", "build"],
         ] {
             let mut c = &mut cmd;
             for p in &path {

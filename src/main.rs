@@ -4,6 +4,7 @@
 mod cli;
 mod compose;
 mod dracut;
+mod image;
 mod ostreeutil;
 mod pkgcache;
 mod process;

@@ -1,0 +1,386 @@
+//! Disk images from commits: an ostree sysroot deployed in a staging directory with the
+//! `ostree` crate's sysroot API, filesystems made from directories (`mkfs.ext4 -d`), a GPT and
+//! the GRUB boot code written into the image file directly, qcow2 by `qemu-img`. Nothing is
+//! mounted; the output appears by rename only when complete.
+
+pub mod gpt;
+mod grub;
+pub mod layout;
+
+use crate::{ostreeutil, process};
+use anyhow::{anyhow, bail, Context, Result};
+use layout::{Bootloader, Format, Layout, PartType};
+use ostree::gio;
+use ostree::glib;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+
+pub struct BuildRequest<'a> {
+    pub repo: &'a Path,
+    pub treeref: &'a str,
+    pub previous: Option<&'a str>,
+    pub layout: &'a Path,
+    pub format: Option<Format>,
+    pub out: &'a Path,
+}
+
+/// Timestamp for everything in the image: SOURCE_DATE_EPOCH, else the commit's own time.
+fn image_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
+    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
+        return v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number"));
+    }
+    let c = repo.load_variant(ostree::ObjectType::Commit, commit)?;
+    Ok(ostree::commit_get_timestamp(&c))
+}
+
+/// Pulls `r` from `repo` into the sysroot's repo (keeping the ref, so deploy won't prune it).
+fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<String> {
+    let opts = glib::VariantDict::new(None);
+    opts.insert("refs", vec![r.to_string()]);
+    let url = format!("file://{}", repo.canonicalize()?.display());
+    sysroot_repo
+        .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+        .with_context(|| format!("pulling {r} from {}", repo.display()))?;
+    ostreeutil::resolve(sysroot_repo, r)?.ok_or_else(|| anyhow!("{r} missing after pull"))
+}
+
+/// Sets every timestamp under `dir` to `epoch`, symlinks included, so filesystems built
+/// from it are byte-identical run after run.
+fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
+    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            let m = std::fs::symlink_metadata(&p)?;
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            if filetime::set_symlink_file_times(&p, t, t).is_err() && m.is_dir() {
+                // ostree marks deployment roots immutable; lift that to set the time.
+                process::run(Command::new("chattr").arg("-i").arg(&p))?;
+                filetime::set_symlink_file_times(&p, t, t)
+                    .with_context(|| format!("setting times of {}", p.display()))?;
+            }
+        }
+    }
+    filetime::set_symlink_file_times(dir, t, t)?;
+    Ok(())
+}
+
+fn mkfs_ext4(
+    dir: &Path,
+    image: &Path,
+    bytes: u64,
+    label: &str,
+    uuid: &str,
+    epoch: u64,
+) -> Result<()> {
+    let _ = std::fs::remove_file(image);
+    process::run(
+        Command::new("mkfs.ext4")
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+            .args(["-q", "-F", "-L", label, "-U", uuid])
+            .arg("-E")
+            .arg(format!("root_owner=0:0,hash_seed={uuid}"))
+            // GRUB 2.06 cannot read ext4 with orphan_file or metadata_csum_seed.
+            .args(["-O", "^orphan_file,^metadata_csum_seed", "-d"])
+            .arg(dir)
+            .arg(image)
+            .arg(format!("{}k", bytes / 1024)),
+    )
+    .with_context(|| format!("making the {label} filesystem from {}", dir.display()))?;
+    Ok(())
+}
+
+/// Removes a staging directory, lifting the immutable flag ostree puts on deployments.
+fn remove_staging(dir: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    if std::fs::remove_dir_all(dir).is_err() {
+        let _ = Command::new("chattr").arg("-R").arg("-i").arg(dir).status();
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies `src` into `dst` at byte `offset`.
+fn write_at(dst: &mut std::fs::File, offset: u64, src: &Path) -> Result<()> {
+    dst.seek(SeekFrom::Start(offset))?;
+    let mut f = std::fs::File::open(src)?;
+    std::io::copy(&mut f, dst)?;
+    Ok(())
+}
+
+struct Placed {
+    first_lba: u64,
+    last_lba: u64,
+}
+
+/// Partition positions, MiB-aligned, the last `rest` one filling the disk.
+fn place(layout: &Layout, disk_bytes: u64) -> Result<Vec<Placed>> {
+    let sectors = disk_bytes / gpt::SECTOR;
+    let mut next = MIB / gpt::SECTOR;
+    let mut out = Vec::new();
+    for p in &layout.partitions {
+        let first = next;
+        let last = if p.size == "rest" {
+            // Leave the backup GPT and keep the end MiB-aligned.
+            let end = gpt::last_usable(sectors) + 1;
+            (end / (MIB / gpt::SECTOR)) * (MIB / gpt::SECTOR) - 1
+        } else {
+            first + layout::parse_size(&p.size)? / gpt::SECTOR - 1
+        };
+        if last <= first || last > gpt::last_usable(sectors) {
+            bail!(
+                "partition {} does not fit in a disk of {}",
+                p.name,
+                layout.size
+            );
+        }
+        next = last + 1;
+        out.push(Placed {
+            first_lba: first,
+            last_lba: last,
+        });
+    }
+    Ok(out)
+}
+
+/// Deploys `commit` (ref `r`) in the sysroot, keeping earlier deployments as rollback.
+fn deploy(
+    sysroot: &ostree::Sysroot,
+    osname: &str,
+    r: &str,
+    commit: &str,
+    kargs: &[String],
+) -> Result<()> {
+    let c = gio::Cancellable::NONE;
+    let origin = sysroot.origin_new_from_refspec(r);
+    let merge = sysroot.merge_deployment(Some(osname));
+    let kargs: Vec<&str> = kargs.iter().map(String::as_str).collect();
+    let dep = sysroot
+        .deploy_tree(
+            Some(osname),
+            commit,
+            Some(&origin),
+            merge.as_ref(),
+            &kargs,
+            c,
+        )
+        .with_context(|| format!("deploying {r} ({commit})"))?;
+    sysroot
+        .simple_write_deployment(
+            Some(osname),
+            &dep,
+            merge.as_ref(),
+            ostree::SysrootSimpleWriteDeploymentFlags::RETAIN,
+            c,
+        )
+        .context("writing the deployment")?;
+    sysroot.load(c)?;
+    Ok(())
+}
+
+/// Builds the image; see the module docs.
+pub fn build(req: &BuildRequest) -> Result<()> {
+    let layout = Layout::load(req.layout)?;
+    let format = req.format.unwrap_or(layout.format);
+    let repo = ostreeutil::open_existing(req.repo)?;
+    let commit = ostreeutil::resolve(&repo, req.treeref)?
+        .ok_or_else(|| anyhow!("ref {} is not in {}", req.treeref, req.repo.display()))?;
+    if let Some(prev) = req.previous {
+        ostreeutil::resolve(&repo, prev)?
+            .ok_or_else(|| anyhow!("--previous {prev} is not in {}", req.repo.display()))?;
+    }
+    let epoch = image_epoch(&repo, &commit)?;
+    let out_name = req
+        .out
+        .file_name()
+        .ok_or_else(|| anyhow!("-o {}: not a file name", req.out.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = req
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let staging = parent.join(format!(".{out_name}.hostforge-tmp"));
+    remove_staging(&staging)?;
+    std::fs::create_dir_all(&staging)?;
+    let result = build_in(req, &layout, format, &repo, &commit, epoch, &staging);
+    if result.is_err() {
+        let _ = remove_staging(&staging);
+    }
+    let tmp_image = result?;
+    std::fs::rename(&tmp_image, req.out)
+        .with_context(|| format!("moving the image to {}", req.out.display()))?;
+    remove_staging(&staging)?;
+    Ok(())
+}
+
+fn build_in(
+    req: &BuildRequest,
+    layout: &Layout,
+    format: Format,
+    _repo: &ostree::Repo,
+    _commit: &str,
+    epoch: u64,
+    staging: &Path,
+) -> Result<PathBuf> {
+    let c = gio::Cancellable::NONE;
+    let sysroot_dir = staging.join("sysroot");
+    std::fs::create_dir_all(&sysroot_dir)?;
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
+    sysroot
+        .ensure_initialized(c)
+        .context("initializing the sysroot")?;
+    sysroot.load(c)?;
+    let osname = &layout.ostree.osname;
+    sysroot
+        .init_osname(osname, c)
+        .context("initializing the stateroot")?;
+    sysroot.load(c)?;
+    let srepo = sysroot.repo();
+    // Nothing on the image decides the bootloader for ostree; we render GRUB's config.
+    let cfg = srepo.config();
+    cfg.set_string("sysroot", "bootloader", "none");
+    cfg.set_boolean("sysroot", "readonly", layout.ostree.sysroot_readonly);
+    srepo.write_config(&cfg)?;
+
+    let root = layout.part("/").expect("validated");
+    let boot = layout.part("/boot");
+    let mut kargs = vec![format!("root=UUID={}", root.uuid.as_deref().unwrap())];
+    kargs.extend(layout.kargs.iter().cloned());
+    if let Some(prev) = req.previous {
+        let pc = pull_into(&srepo, req.repo, prev)?;
+        deploy(&sysroot, osname, prev, &pc, &kargs)?;
+    }
+    let nc = pull_into(&srepo, req.repo, req.treeref)?;
+    deploy(&sysroot, osname, req.treeref, &nc, &kargs)?;
+
+    // The deployments mount /boot from its own partition.
+    if let Some(b) = boot {
+        for dep in sysroot.deployments() {
+            let dir = sysroot_dir.join(sysroot.deployment_dirpath(&dep).as_str());
+            let fstab = dir.join("etc/fstab");
+            let mut text = std::fs::read_to_string(&fstab).unwrap_or_default();
+            text.push_str(&format!(
+                "UUID={} /boot ext4 defaults 0 2\n",
+                b.uuid.as_deref().unwrap()
+            ));
+            std::fs::write(&fstab, text)?;
+        }
+    }
+    let boot_fs_uuid = boot.map(|b| b.uuid.clone().unwrap());
+    if layout.bootloader == Bootloader::Grub2Bios {
+        grub::write_config(
+            &sysroot_dir.join("boot"),
+            boot_fs_uuid.as_deref(),
+            boot.is_some(),
+        )?;
+    }
+
+    // Filesystems: /boot from sysroot/boot, / from the rest (with an empty /boot).
+    let disk_bytes = layout::parse_size(&layout.size)?;
+    let placed = place(layout, disk_bytes)?;
+    let boot_dir = staging.join("bootfs");
+    if boot.is_some() {
+        std::fs::rename(sysroot_dir.join("boot"), &boot_dir)?;
+        std::fs::create_dir(sysroot_dir.join("boot"))?;
+        clamp_times(&boot_dir, epoch)?;
+    }
+    clamp_times(&sysroot_dir, epoch)?;
+    let raw = staging.join("disk.raw");
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&raw)?;
+    disk.set_len(disk_bytes)?;
+    let mut parts = Vec::new();
+    for (p, at) in layout.partitions.iter().zip(&placed) {
+        let bytes = (at.last_lba - at.first_lba + 1) * gpt::SECTOR;
+        let src = match p.mount.as_deref() {
+            Some("/") => Some(&sysroot_dir),
+            Some("/boot") => Some(&boot_dir),
+            _ => None,
+        };
+        if let Some(src) = src {
+            let fs = staging.join(format!("{}.ext4", p.name));
+            let label = p.label.clone().unwrap_or_else(|| p.name.clone());
+            mkfs_ext4(src, &fs, bytes, &label, p.uuid.as_deref().unwrap(), epoch)?;
+            write_at(&mut disk, at.first_lba * gpt::SECTOR, &fs)?;
+            std::fs::remove_file(&fs)?;
+        }
+        parts.push(gpt::Partition {
+            type_guid: match p.kind {
+                PartType::BiosBoot => gpt::TYPE_BIOS_BOOT,
+                PartType::Esp => gpt::TYPE_ESP,
+                PartType::Xbootldr => gpt::TYPE_XBOOTLDR,
+                PartType::Root => gpt::TYPE_ROOT_X86_64,
+                PartType::Linux => gpt::TYPE_LINUX,
+            }
+            .to_string(),
+            guid: p.guid.clone(),
+            name: p.name.clone(),
+            first_lba: at.first_lba,
+            last_lba: at.last_lba,
+            attributes: 0,
+        });
+    }
+    if layout.bootloader == Bootloader::Grub2Bios {
+        let (i, _) = layout
+            .partitions
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.kind == PartType::BiosBoot)
+            .expect("validated");
+        let boot_index = layout
+            .partitions
+            .iter()
+            .position(|p| p.mount.as_deref() == Some(if boot.is_some() { "/boot" } else { "/" }))
+            .unwrap();
+        grub::install_bios(
+            &mut disk,
+            staging,
+            placed[i].first_lba,
+            placed[i].last_lba - placed[i].first_lba + 1,
+            boot_index + 1,
+            boot.is_some(),
+        )?;
+    }
+    gpt::write(
+        &mut disk,
+        disk_bytes / gpt::SECTOR,
+        &layout.disk_guid,
+        &parts,
+    )?;
+    disk.flush()?;
+    disk.sync_all()?;
+    drop(disk);
+    match format {
+        Format::Raw => Ok(raw),
+        Format::Qcow2 => {
+            let q = staging.join("disk.qcow2");
+            process::run(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&raw)
+                    .arg(&q),
+            )
+            .context("converting to qcow2")?;
+            std::fs::remove_file(&raw)?;
+            Ok(q)
+        }
+    }
+}
