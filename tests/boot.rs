@@ -2,13 +2,12 @@
 //! initramfs in the commit, then boot it under QEMU and read the serial console until the
 //! node prints which commit it booted.
 //!
-//! Until `hostforge image build` exists (issue 4), the test makes the root disk itself with
-//! ostree's own CLI (init-fs, os-init, pull-local, deploy) and `mkfs.ext4 -d`.
+//! The disk comes from `hostforge image build` with `images/qemu.yaml`.
 
 mod common;
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,55 +21,35 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A deployed sysroot on an ext4 disk image; returns (disk, kernel, initrd, kernel args).
-fn make_disk(env: &Env, r: &str) -> (PathBuf, PathBuf, PathBuf, String) {
-    let sysroot = env.path().join("sysroot");
-    let sr = format!("--sysroot={}", sysroot.display());
-    std::fs::create_dir_all(&sysroot).unwrap();
-    run(Command::new("ostree")
-        .args(["admin", "init-fs"])
-        .arg(&sysroot));
-    run(Command::new("ostree").args(["admin", "os-init", "node", &sr]));
-    run(Command::new("ostree")
-        .arg(format!("--repo={}", sysroot.join("ostree/repo").display()))
-        .arg("pull-local")
-        .arg(env.repo())
-        .arg(r));
-    run(Command::new("ostree")
-        .args(["admin", "deploy", &sr, "--os=node"])
-        .args([
-            "--karg=root=/dev/vda",
-            "--karg=rw",
-            "--karg=console=ttyS0",
-            r,
-        ]));
-    let entries = sysroot.join("boot/loader/entries");
-    let entry = std::fs::read_dir(&entries)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let text = std::fs::read_to_string(entry).unwrap();
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k} ")))
-            .unwrap_or_else(|| panic!("BLS entry lacks {k}: {text}"))
-            .to_string()
-    };
-    let kernel = sysroot.join(format!("boot{}", field("linux")));
-    let initrd = sysroot.join(format!("boot{}", field("initrd")));
-    let disk = env.path().join("disk.img");
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-L", "root", "-d"])
-        .arg(&sysroot)
-        .arg(&disk)
-        .arg("1G"));
-    (disk, kernel, initrd, field("options"))
+/// `hostforge image build` of `r` with `layout` into `out`.
+fn image_build(
+    repo: &Path,
+    r: &str,
+    layout: &str,
+    format: &str,
+    out: &Path,
+    fault: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
+    cmd.args(["image", "build", "--repo"])
+        .arg(repo)
+        .args(["--ref", r, "--layout"])
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("images")
+                .join(layout),
+        )
+        .args(["--format", format, "-o"])
+        .arg(out)
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    if let Some(f) = fault {
+        cmd.env("HOSTFORGE_FAULT", f);
+    }
+    cmd.output().unwrap()
 }
 
 /// Boots and waits for `needle` on the serial console; keeps the log in target/boot-logs.
-fn boot_until(disk: &Path, kernel: &Path, initrd: &Path, args: &str, needle: &str) -> String {
+fn boot_until(disk: &Path, format: &str, needle: &str) -> String {
     let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let log_path = logs.join("node-boot.log");
@@ -86,14 +65,8 @@ fn boot_until(disk: &Path, kernel: &Path, initrd: &Path, args: &str, needle: &st
             "-nographic",
             "-no-reboot",
         ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(format!("{args} panic=-1"))
         .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        .arg(format!("file={},if=virtio,format={format}", disk.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -187,16 +160,74 @@ fn node_commit_is_bootable_and_boots() {
         "our unit, not the distro's: {unit}"
     );
 
-    let (disk, kernel, initrd, args) = make_disk(&env, r);
-    let log = boot_until(
-        &disk,
-        &kernel,
-        &initrd,
-        &args,
-        &format!("hostforge-booted: {commit}"),
-    );
+    // The image issue's code makes the disk: BIOS GRUB, /boot and / on ext4.
+    let disk = env.path().join("node.qcow2");
+    let out = image_build(&repo, r, "qemu.yaml", "qcow2", &disk, None);
+    assert_ok(&out);
+    run(Command::new("qemu-img").arg("check").arg(&disk));
+    let log = boot_until(&disk, "qcow2", &format!("hostforge-booted: {commit}"));
+    assert!(log.contains("GRUB"), "booted through GRUB");
     assert!(
         log.contains("ostree-prepare-root"),
         "the initramfs ran ostree-prepare-root"
     );
+}
+
+#[test]
+fn image_builds_are_reproducible_and_never_half_written() {
+    let (repo, _) = composed_node();
+    let r = "hostforge/x86_64/node";
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
+    assert_ok(&image_build(&repo, r, "qemu.yaml", "raw", &a, None));
+    assert_ok(&image_build(&repo, r, "qemu.yaml", "raw", &b, None));
+    let same = Command::new("cmp")
+        .arg("-s")
+        .arg(&a)
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(same.success(), "two builds of the same commit differ");
+
+    // An interrupted build leaves the previous image as it was, and no new one.
+    let before = std::fs::metadata(&a).unwrap().modified().unwrap();
+    let out = image_build(&repo, r, "qemu.yaml", "raw", &a, Some("image"));
+    assert!(!out.status.success());
+    assert_eq!(std::fs::metadata(&a).unwrap().modified().unwrap(), before);
+    let c = dir.path().join("c.raw");
+    assert!(
+        !image_build(&repo, r, "qemu.yaml", "raw", &c, Some("image"))
+            .status
+            .success()
+    );
+    assert!(!c.exists(), "a killed build left an output");
+
+    // Clear errors for a missing ref and a bad layout.
+    assert_fails_with(
+        &image_build(&repo, "no/such/ref", "qemu.yaml", "raw", &c, None),
+        &["no/such/ref"],
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "format: raw\nsize: 1GiB\ndisk-guid: x\nbootloader: grub2-bios\npartitions: []\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+        .args(["image", "build", "--repo"])
+        .arg(&repo)
+        .args(["--ref", r, "--layout"])
+        .arg(&bad)
+        .arg("-o")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert_fails_with(&out, &["bad.yaml", "disk-guid"]);
+    assert!(!c.exists());
+    // The aborted builds' staging dirs hold immutable ostree deployments.
+    let _ = Command::new("chattr")
+        .arg("-R")
+        .arg("-i")
+        .arg(dir.path())
+        .status();
 }

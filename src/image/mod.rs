@@ -96,6 +96,40 @@ fn mkfs_ext4(
             .arg(format!("{}k", bytes / 1024)),
     )
     .with_context(|| format!("making the {label} filesystem from {}", dir.display()))?;
+    // mkfs copies each inode's ctime from the source, which no program can set, and atime,
+    // which reading the tree moves; pin both to the epoch in one debugfs run so the
+    // filesystem is reproducible.
+    let mut cmds = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    cmds.push_str(&format!("sif / ctime @{epoch}\nsif / atime @{epoch}\n"));
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if std::fs::symlink_metadata(&p)?.is_dir() {
+                stack.push(p.clone());
+            }
+            let rel = p
+                .strip_prefix(dir)?
+                .to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"");
+            cmds.push_str(&format!(
+                "sif \"/{rel}\" ctime @{epoch}\nsif \"/{rel}\" atime @{epoch}\n"
+            ));
+        }
+    }
+    let script = image.with_extension("debugfs");
+    std::fs::write(&script, cmds)?;
+    process::run(
+        Command::new("debugfs")
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(image),
+    )
+    .context("pinning inode change times with debugfs")?;
+    std::fs::remove_file(&script)?;
     Ok(())
 }
 
@@ -221,6 +255,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         let _ = remove_staging(&staging);
     }
     let tmp_image = result?;
+    process::fault_point("image");
     std::fs::rename(&tmp_image, req.out)
         .with_context(|| format!("moving the image to {}", req.out.display()))?;
     remove_staging(&staging)?;
