@@ -32,6 +32,25 @@ pub enum Command {
 pub enum ImageCmd {
     /// Build a raw or qcow2 disk image with the ref deployed
     Build(ImageBuildArgs),
+    /// Show an image's deployments (default first), offline
+    Status(ImageStatusArgs),
+    /// Make the rollback deployment of an image the default, offline and atomically
+    Rollback(ImageRollbackArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageStatusArgs {
+    /// The disk image (raw or qcow2)
+    pub image: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageRollbackArgs {
+    /// The disk image (raw or qcow2), replaced when the rollback is complete
+    pub image: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -215,6 +234,14 @@ pub fn run() -> Result<()> {
             println!("{}", a.output.display());
             Ok(())
         }
+        Command::Image(ImageCmd::Status(a)) => {
+            let deps = crate::image::ops::status(&a.image)?;
+            print_deployments(&deps, a.json)
+        }
+        Command::Image(ImageCmd::Rollback(a)) => {
+            let deps = crate::image::ops::rollback(&a.image)?;
+            print_deployments(&deps, false)
+        }
         Command::Dracut(DracutCmd::Emit(a)) => {
             let module = crate::dracut::Module {
                 name: a.name,
@@ -226,6 +253,30 @@ pub fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_deployments(deps: &[crate::image::ops::Deployment], json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "deployments": deps }))?
+        );
+        return Ok(());
+    }
+    for d in deps {
+        let mark = if d.default {
+            "* "
+        } else if d.rollback {
+            "  (rollback) "
+        } else {
+            "  "
+        };
+        println!(
+            "{mark}{} {}\n    {}\n    kargs: {}",
+            d.osname, d.commit, d.title, d.kargs
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -276,6 +327,8 @@ mod tests {
             vec!["provision"],
             vec!["image"],
             vec!["image", "build"],
+            vec!["image", "status"],
+            vec!["image", "rollback"],
         ] {
             let mut c = &mut cmd;
             for p in &path {

@@ -231,3 +231,58 @@ fn image_builds_are_reproducible_and_never_half_written() {
         .arg(dir.path())
         .status();
 }
+
+fn image_status(img: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+        .args(["image", "status", "--json"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn ab_image_boots_the_new_commit_then_rolls_back() {
+    let (repo, a) = composed_node();
+    let b = composed_node_b();
+    assert_ne!(a, b);
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("ab.qcow2");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
+    cmd.args(["image", "build", "--repo"])
+        .arg(&repo)
+        .args([
+            "--ref",
+            "hostforge/x86_64/node-b",
+            "--previous",
+            "hostforge/x86_64/node",
+            "--layout",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
+        .arg("-o")
+        .arg(&img);
+    assert_ok(&cmd.output().unwrap());
+
+    let st = image_status(&img);
+    let deps = st["deployments"].as_array().unwrap();
+    assert_eq!(deps.len(), 2, "{st}");
+    assert_eq!(deps[0]["commit"], b.as_str());
+    assert_eq!(deps[0]["default"], true);
+    assert_eq!(deps[1]["commit"], a.as_str());
+    assert_eq!(deps[1]["rollback"], true);
+    assert!(deps[0]["kargs"].as_str().unwrap().contains("console=ttyS0"));
+    boot_until(&img, "qcow2", &format!("hostforge-booted: {b}"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+        .args(["image", "rollback"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    run(Command::new("qemu-img").arg("check").arg(&img));
+    let st = image_status(&img);
+    assert_eq!(st["deployments"][0]["commit"], a.as_str(), "{st}");
+    assert_eq!(st["deployments"][1]["commit"], b.as_str(), "{st}");
+    boot_until(&img, "qcow2", &format!("hostforge-booted: {a}"));
+}

@@ -924,6 +924,17 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
     target.prepare_transaction(cancellable)?;
     target.transaction_set_ref(None, &ctx.treeref, Some(&built));
     target.commit_transaction(cancellable)?;
+    // A repo served over HTTP has a summary; keep it in step with the refs.
+    if ctx
+        .opts
+        .repo
+        .as_ref()
+        .is_some_and(|r| r.join("summary").exists())
+    {
+        target
+            .regenerate_summary(None, cancellable)
+            .context("updating the repo summary")?;
+    }
     ctx.commit = Some(built.clone());
     clean_work_root(ctx)?;
     step_note(ctx, "commit", &t, &format!("{} => {built}", ctx.treeref));

@@ -152,3 +152,52 @@ mod tests {
         assert!(guid_bytes("nope").is_err());
     }
 }
+
+/// A partition found in an image: its type, GUID and byte range.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub type_guid: [u8; 16],
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// Reads the primary GPT of `file`, checking its signature and CRCs.
+pub fn read(file: &mut std::fs::File) -> Result<Vec<Found>> {
+    use std::io::Read;
+    let mut hdr = vec![0u8; SECTOR as usize];
+    file.seek(SeekFrom::Start(SECTOR))?;
+    file.read_exact(&mut hdr)?;
+    if &hdr[0..8] != b"EFI PART" {
+        bail!("no GPT found (is this a hostforge disk image?)");
+    }
+    let mut check = hdr[..92].to_vec();
+    let stored = u32::from_le_bytes(check[16..20].try_into().unwrap());
+    check[16..20].fill(0);
+    if crc32fast::hash(&check) != stored {
+        bail!("the GPT header checksum is wrong: the image is damaged");
+    }
+    let entries_lba = u64::from_le_bytes(hdr[72..80].try_into().unwrap());
+    let count = u32::from_le_bytes(hdr[80..84].try_into().unwrap()) as usize;
+    let size = u32::from_le_bytes(hdr[84..88].try_into().unwrap()) as usize;
+    let mut entries = vec![0u8; count * size];
+    file.seek(SeekFrom::Start(entries_lba * SECTOR))?;
+    file.read_exact(&mut entries)?;
+    if crc32fast::hash(&entries) != u32::from_le_bytes(hdr[88..92].try_into().unwrap()) {
+        bail!("the GPT partition entries checksum is wrong: the image is damaged");
+    }
+    let mut out = Vec::new();
+    for e in entries.chunks(size) {
+        let type_guid: [u8; 16] = e[0..16].try_into().unwrap();
+        if type_guid == [0; 16] {
+            continue;
+        }
+        let first = u64::from_le_bytes(e[32..40].try_into().unwrap());
+        let last = u64::from_le_bytes(e[40..48].try_into().unwrap());
+        out.push(Found {
+            type_guid,
+            offset: first * SECTOR,
+            bytes: (last - first + 1) * SECTOR,
+        });
+    }
+    Ok(out)
+}

@@ -6,6 +6,7 @@
 pub mod gpt;
 mod grub;
 pub mod layout;
+pub mod ops;
 
 use crate::{ostreeutil, process};
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,15 +40,35 @@ fn image_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
     Ok(ostree::commit_get_timestamp(&c))
 }
 
-/// Pulls `r` from `repo` into the sysroot's repo (keeping the ref, so deploy won't prune it).
+/// SOURCE_DATE_EPOCH when set, else now: the time written into filesystems we rebuild.
+fn epoch_now() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
+/// Pulls `r` from `repo` into the sysroot's repo by checksum (a stale summary file cannot
+/// redirect it) and gives it the same ref there, so deploy's cleanup keeps it.
 fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<String> {
+    let src = ostreeutil::open_existing(repo)?;
+    let commit = ostreeutil::resolve(&src, r)?
+        .ok_or_else(|| anyhow!("ref {r} is not in {}", repo.display()))?;
     let opts = glib::VariantDict::new(None);
-    opts.insert("refs", vec![r.to_string()]);
+    opts.insert("refs", vec![commit.clone()]);
     let url = format!("file://{}", repo.canonicalize()?.display());
     sysroot_repo
         .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
-        .with_context(|| format!("pulling {r} from {}", repo.display()))?;
-    ostreeutil::resolve(sysroot_repo, r)?.ok_or_else(|| anyhow!("{r} missing after pull"))
+        .with_context(|| format!("pulling {r} ({commit}) from {}", repo.display()))?;
+    sysroot_repo
+        .set_ref_immediate(None, r, Some(&commit), gio::Cancellable::NONE)
+        .with_context(|| format!("setting ref {r} in the sysroot repo"))?;
+    Ok(commit)
 }
 
 /// Sets every timestamp under `dir` to `epoch`, symlinks included, so filesystems built
@@ -139,7 +160,13 @@ fn remove_staging(dir: &Path) -> Result<()> {
         return Ok(());
     }
     if std::fs::remove_dir_all(dir).is_err() {
-        let _ = Command::new("chattr").arg("-R").arg("-i").arg(dir).status();
+        let _ = Command::new("chattr")
+            .arg("-R")
+            .arg("-i")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(())

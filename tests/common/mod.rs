@@ -253,3 +253,35 @@ impl Drop for HttpServer {
         let _ = self.child.wait();
     }
 }
+
+/// A second bootable commit, B: node.yaml with one file added, on ref hostforge/x86_64/node-b
+/// in the same shared repo as [`composed_node`]. Returns B's commit.
+pub fn composed_node_b() -> String {
+    let (repo, _) = composed_node();
+    let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node");
+    let tf = std::fs::read_to_string(work.join("tf/node.yaml"))
+        .unwrap()
+        .replace(
+            "ref: hostforge/${basearch}/node",
+            "ref: hostforge/${basearch}/node-b",
+        );
+    let tf = format!("{tf}  - echo B > /usr/share/hostforge-variant\n");
+    assert!(
+        tf.contains("node-b") && tf.trim_end().ends_with("hostforge-variant"),
+        "{tf}"
+    );
+    std::fs::write(work.join("tf/node-b.yaml"), tf).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+        .args(["compose", "tree", "--repo"])
+        .arg(&repo)
+        .arg("--cachedir")
+        .arg(work.join("cache"))
+        .arg(work.join("tf/node-b.yaml"))
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    ostree_at(&repo, &["rev-parse", "hostforge/x86_64/node-b"])
+        .trim()
+        .to_string()
+}

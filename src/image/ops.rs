@@ -1,0 +1,282 @@
+//! Offline operations on built images: `status` reads the boot loader entries and the
+//! deployment links without mounting anything (debugfs reads the filesystems); `rollback`
+//! makes the other deployment the default by rewriting the /boot filesystem (entries and GRUB
+//! config together) in a copy of the image that replaces the original in one rename.
+
+use super::{gpt, grub, mkfs_ext4, remove_staging};
+use crate::process;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    /// 0 is the default, 1 the rollback.
+    pub index: usize,
+    pub default: bool,
+    pub rollback: bool,
+    pub osname: String,
+    pub commit: String,
+    pub title: String,
+    pub kargs: String,
+}
+
+fn is_qcow2(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.read_exact(&mut magic)
+        .with_context(|| format!("{} is too short to be a disk image", path.display()))?;
+    Ok(&magic == b"QFI\xfb")
+}
+
+/// A raw copy of the image to work on, in `staging`.
+fn working_copy(img: &Path, staging: &Path) -> Result<(PathBuf, bool)> {
+    let qcow2 = is_qcow2(img)?;
+    let raw = staging.join("work.raw");
+    if qcow2 {
+        process::run(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "qcow2", "-O", "raw"])
+                .arg(img)
+                .arg(&raw),
+        )?;
+    } else {
+        process::run(
+            Command::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(img)
+                .arg(&raw),
+        )?;
+    }
+    Ok((raw, qcow2))
+}
+
+fn partition(raw: &Path, type_guid: &str) -> Result<gpt::Found> {
+    let want = gpt::guid_bytes(type_guid)?;
+    let mut f = std::fs::File::open(raw)?;
+    gpt::read(&mut f)?
+        .into_iter()
+        .find(|p| p.type_guid == want)
+        .ok_or_else(|| anyhow!("the image has no partition of type {type_guid}"))
+}
+
+fn extract_fs(raw: &Path, part: &gpt::Found, dest: &Path) -> Result<()> {
+    let mut src = std::fs::File::open(raw)?;
+    src.seek(SeekFrom::Start(part.offset))?;
+    let mut out = std::fs::File::create(dest)?;
+    std::io::copy(&mut (&mut src).take(part.bytes), &mut out)?;
+    Ok(())
+}
+
+fn debugfs(fs: &Path, request: &str) -> Result<String> {
+    process::run(Command::new("debugfs").arg("-R").arg(request).arg(fs))
+}
+
+/// The deployment commit a `ostree=` boot link points at, read from the root filesystem.
+fn commit_of(rootfs: &Path, ostree_path: &str) -> Result<(String, String)> {
+    let stat = debugfs(rootfs, &format!("stat {ostree_path}"))?;
+    if !stat.contains("Type: symlink") {
+        bail!("{ostree_path} is not a deployment link on the root filesystem");
+    }
+    // Short targets live in the inode ("fast" links); longer ones in a block `cat` prints.
+    let target = match stat
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
+    {
+        Some(t) => t.trim_matches('"').to_string(),
+        None => debugfs(rootfs, &format!("cat {ostree_path}"))?
+            .trim()
+            .to_string(),
+    };
+    // ../../../deploy/OSNAME/deploy/COMMIT.SERIAL
+    let parts: Vec<&str> = target.split('/').collect();
+    let name = parts.last().copied().unwrap_or_default();
+    let commit = name.split('.').next().unwrap_or_default().to_string();
+    let osname = parts
+        .iter()
+        .rev()
+        .nth(2)
+        .copied()
+        .unwrap_or_default()
+        .to_string();
+    Ok((osname, commit))
+}
+
+struct Opened {
+    staging: PathBuf,
+    raw: PathBuf,
+    qcow2: bool,
+    boot_part: gpt::Found,
+    boot_fs: PathBuf,
+    boot_dir: PathBuf,
+    root_fs: PathBuf,
+}
+
+fn open(img: &Path) -> Result<Opened> {
+    let name = img
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a file", img.display()))?;
+    let parent = img
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = parent.join(format!(".{}.hostforge-op", name.to_string_lossy()));
+    remove_staging(&staging)?;
+    std::fs::create_dir_all(&staging)?;
+    let (raw, qcow2) = working_copy(img, &staging)?;
+    let boot_part = partition(&raw, gpt::TYPE_XBOOTLDR)
+        .context("finding /boot (hostforge images keep it on its own partition)")?;
+    let root_part = partition(&raw, gpt::TYPE_ROOT_X86_64)?;
+    let boot_fs = staging.join("boot.ext4");
+    let root_fs = staging.join("root.ext4");
+    extract_fs(&raw, &boot_part, &boot_fs)?;
+    extract_fs(&raw, &root_part, &root_fs)?;
+    let boot_dir = staging.join("boot");
+    std::fs::create_dir_all(&boot_dir)?;
+    debugfs(&boot_fs, &format!("rdump / {}", boot_dir.display()))
+        .context("reading the /boot filesystem")?;
+    Ok(Opened {
+        staging,
+        raw,
+        qcow2,
+        boot_part,
+        boot_fs,
+        boot_dir,
+        root_fs,
+    })
+}
+
+fn deployments(o: &Opened) -> Result<Vec<Deployment>> {
+    let entries = grub::read_entries(&o.boot_dir)?;
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let ostree_path = e
+                .options
+                .split_whitespace()
+                .find_map(|a| a.strip_prefix("ostree="))
+                .ok_or_else(|| anyhow!("boot entry {:?} has no ostree= argument", e.title))?;
+            let (osname, commit) = commit_of(&o.root_fs, ostree_path)?;
+            Ok(Deployment {
+                index: i,
+                default: i == 0,
+                rollback: i == 1,
+                osname,
+                commit,
+                title: e.title.clone(),
+                kargs: e.options.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The deployments of an image, default first.
+pub fn status(img: &Path) -> Result<Vec<Deployment>> {
+    let o = open(img)?;
+    let result = deployments(&o);
+    remove_staging(&o.staging)?;
+    result
+}
+
+/// Reads a filesystem's label and UUID from its superblock.
+fn fs_identity(fs: &Path) -> Result<(String, String)> {
+    let out = process::run(Command::new("dumpe2fs").arg("-h").arg(fs))?;
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let label = field("Filesystem volume name:");
+    Ok((
+        if label == "<none>" {
+            String::new()
+        } else {
+            label
+        },
+        field("Filesystem UUID:"),
+    ))
+}
+
+/// Makes the rollback deployment the default (and the default the rollback).
+pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
+    let o = open(img)?;
+    let result = (|| -> Result<Vec<Deployment>> {
+        let deps = deployments(&o)?;
+        if deps.len() < 2 {
+            bail!(
+                "{} has one deployment; there is nothing to roll back to",
+                img.display()
+            );
+        }
+        // ostree orders deployments by the entries' version, highest first: swap the two.
+        let dir = o.boot_dir.join("loader/entries");
+        let mut files: Vec<(u64, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            let text = std::fs::read_to_string(&p)?;
+            let v = text
+                .lines()
+                .find_map(|l| l.strip_prefix("version "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            files.push((v, p));
+        }
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let (v0, v1) = (files[0].0, files[1].0);
+        for (p, new_v) in [(&files[0].1, v1), (&files[1].1, v0)] {
+            let text = std::fs::read_to_string(p)?;
+            let swapped: String = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("version ") {
+                        format!("version {new_v}\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            std::fs::write(p, swapped)?;
+        }
+        let (label, uuid) = fs_identity(&o.boot_fs)?;
+        grub::write_config(&o.boot_dir, Some(&uuid), true)?;
+        let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
+        let epoch = super::epoch_now()?;
+        super::clamp_times(&o.boot_dir, epoch)?;
+        mkfs_ext4(
+            &o.boot_dir,
+            &o.boot_fs,
+            o.boot_part.bytes,
+            &label,
+            &uuid,
+            epoch,
+        )?;
+        let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
+        disk.seek(SeekFrom::Start(o.boot_part.offset))?;
+        std::io::copy(&mut std::fs::File::open(&o.boot_fs)?, &mut disk)?;
+        disk.flush()?;
+        disk.sync_all()?;
+        // /boot in the staging dir now holds the edited entries; re-read the order from them.
+        let new_deps = deployments(&o)?;
+        let final_path = if o.qcow2 {
+            let q = o.staging.join("work.qcow2");
+            process::run(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&o.raw)
+                    .arg(&q),
+            )?;
+            q
+        } else {
+            o.raw.clone()
+        };
+        process::fault_point("rollback");
+        std::fs::rename(&final_path, img)
+            .with_context(|| format!("replacing {}", img.display()))?;
+        Ok(new_deps)
+    })();
+    remove_staging(&o.staging)?;
+    result
+}
