@@ -52,7 +52,8 @@ fn image_build(
 fn boot_until(disk: &Path, format: &str, needle: &str) -> String {
     let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let log_path = logs.join("node-boot.log");
+    let tag: String = needle.chars().rev().take(12).collect();
+    let log_path = logs.join(format!("boot-{tag}.log"));
     let accel = std::env::var("HOSTFORGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
     let mut child = Command::new("qemu-system-x86_64")
         .args([

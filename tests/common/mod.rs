@@ -182,6 +182,9 @@ pub fn distro() -> PathBuf {
 /// boot-tier tests (target/test-node): the first caller composes, later ones find no changes.
 /// Returns the repo and the commit.
 pub fn composed_node() -> (PathBuf, String) {
+    // Tests of one binary run in parallel; one of them composes at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = top.join("target/test-node");
     let tf_dir = work.join("tf");
