@@ -32,10 +32,24 @@ pub enum Command {
 pub enum ImageCmd {
     /// Build a raw or qcow2 disk image with the ref deployed
     Build(ImageBuildArgs),
+    /// Deploy a ref into an image as the new default, keeping the old as rollback
+    Deploy(ImageDeployArgs),
     /// Show an image's deployments (default first), offline
     Status(ImageStatusArgs),
     /// Make the rollback deployment of an image the default, offline and atomically
     Rollback(ImageRollbackArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageDeployArgs {
+    /// The disk image (raw or qcow2), replaced when the deployment is complete
+    pub image: PathBuf,
+    /// The ostree repo holding the ref
+    #[arg(long, value_name = "PATH")]
+    pub repo: PathBuf,
+    /// The ref to deploy
+    #[arg(long = "ref", value_name = "REF")]
+    pub treeref: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -234,6 +248,10 @@ pub fn run() -> Result<()> {
             println!("{}", a.output.display());
             Ok(())
         }
+        Command::Image(ImageCmd::Deploy(a)) => {
+            let deps = crate::image::ops::deploy(&a.image, &a.repo, &a.treeref)?;
+            print_deployments(&deps, false)
+        }
         Command::Image(ImageCmd::Status(a)) => {
             let deps = crate::image::ops::status(&a.image)?;
             print_deployments(&deps, a.json)
@@ -328,6 +346,7 @@ mod tests {
             vec!["image"],
             vec!["image", "build"],
             vec!["image", "status"],
+            vec!["image", "deploy"],
             vec!["image", "rollback"],
         ] {
             let mut c = &mut cmd;

@@ -230,6 +230,7 @@ fn image_builds_are_reproducible_and_never_half_written() {
         .arg("-R")
         .arg("-i")
         .arg(dir.path())
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -244,27 +245,65 @@ fn image_status(img: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn ab_image_boots_the_new_commit_then_rolls_back() {
+fn ab_image_deploy_boot_rollback_boot() {
     let (repo, a) = composed_node();
     let b = composed_node_b();
     assert_ne!(a, b);
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("ab.qcow2");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
-    cmd.args(["image", "build", "--repo"])
-        .arg(&repo)
-        .args([
-            "--ref",
-            "hostforge/x86_64/node-b",
-            "--previous",
-            "hostforge/x86_64/node",
-            "--layout",
-        ])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
-        .arg("-o")
-        .arg(&img);
-    assert_ok(&cmd.output().unwrap());
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml");
+    let hf = || Command::new(env!("CARGO_BIN_EXE_hostforge"));
 
+    // --previous ships an image with the rollback entry already there.
+    let ab = dir.path().join("ab.qcow2");
+    assert_ok(
+        &hf()
+            .args(["image", "build", "--repo"])
+            .arg(&repo)
+            .args([
+                "--ref",
+                "hostforge/x86_64/node-b",
+                "--previous",
+                "hostforge/x86_64/node",
+                "--layout",
+            ])
+            .arg(&layout)
+            .arg("-o")
+            .arg(&ab)
+            .output()
+            .unwrap(),
+    );
+    let st = image_status(&ab);
+    assert_eq!(st["deployments"][0]["commit"], b.as_str(), "{st}");
+    assert_eq!(st["deployments"][1]["commit"], a.as_str(), "{st}");
+
+    // Image of A; deploy B offline; B boots; roll back; A boots.
+    let img = dir.path().join("node.qcow2");
+    assert_ok(
+        &hf()
+            .args(["image", "build", "--repo"])
+            .arg(&repo)
+            .args(["--ref", "hostforge/x86_64/node", "--layout"])
+            .arg(&layout)
+            .arg("-o")
+            .arg(&img)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        image_status(&img)["deployments"].as_array().unwrap().len(),
+        1
+    );
+    assert_ok(
+        &hf()
+            .args(["image", "deploy"])
+            .arg(&img)
+            .arg("--repo")
+            .arg(&repo)
+            .args(["--ref", "hostforge/x86_64/node-b"])
+            .output()
+            .unwrap(),
+    );
+    run(Command::new("qemu-img").arg("check").arg(&img));
     let st = image_status(&img);
     let deps = st["deployments"].as_array().unwrap();
     assert_eq!(deps.len(), 2, "{st}");
@@ -272,18 +311,37 @@ fn ab_image_boots_the_new_commit_then_rolls_back() {
     assert_eq!(deps[0]["default"], true);
     assert_eq!(deps[1]["commit"], a.as_str());
     assert_eq!(deps[1]["rollback"], true);
-    assert!(deps[0]["kargs"].as_str().unwrap().contains("console=ttyS0"));
+    assert!(
+        deps[0]["kargs"].as_str().unwrap().contains("console=ttyS0"),
+        "kargs carried over"
+    );
     boot_until(&img, "qcow2", &format!("hostforge-booted: {b}"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
-        .args(["image", "rollback"])
-        .arg(&img)
-        .output()
-        .unwrap();
+    let out = hf().args(["image", "rollback"]).arg(&img).output().unwrap();
     assert_ok(&out);
     run(Command::new("qemu-img").arg("check").arg(&img));
     let st = image_status(&img);
     assert_eq!(st["deployments"][0]["commit"], a.as_str(), "{st}");
     assert_eq!(st["deployments"][1]["commit"], b.as_str(), "{st}");
     boot_until(&img, "qcow2", &format!("hostforge-booted: {a}"));
+
+    // A killed rollback leaves the image as it was.
+    let before = std::fs::read(&img).unwrap();
+    let out = hf()
+        .args(["image", "rollback"])
+        .arg(&img)
+        .env("HOSTFORGE_FAULT", "rollback")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "a killed rollback changed the image"
+    );
+    let _ = Command::new("chattr")
+        .arg("-R")
+        .arg("-i")
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .status();
 }

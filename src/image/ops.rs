@@ -280,3 +280,127 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
     remove_staging(&o.staging)?;
     result
 }
+
+/// Deploys `r` from `repo` into the image as the new default; the previous default stays as
+/// the rollback and older deployments are pruned (pinned ones are kept by ostree). The image's
+/// filesystems are read out with debugfs, changed with the `ostree` crate's sysroot API, made
+/// again and written into a copy of the image that replaces the original in one rename.
+pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
+    use ostree::gio;
+    let o = open(img)?;
+    let result = (|| -> Result<Vec<Deployment>> {
+        let current = deployments(&o)?;
+        let osname = current
+            .first()
+            .map(|d| d.osname.clone())
+            .ok_or_else(|| anyhow!("{} has no deployment", img.display()))?;
+        let sysroot_dir = o.staging.join("sysroot");
+        std::fs::create_dir_all(&sysroot_dir)?;
+        debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
+            .context("reading the root filesystem")?;
+        let _ = std::fs::remove_dir_all(sysroot_dir.join("lost+found"));
+        let boot_dir = sysroot_dir.join("boot");
+        std::fs::create_dir_all(&boot_dir)?;
+        debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
+        let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
+
+        let c = gio::Cancellable::NONE;
+        let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
+        sysroot.load(c).context("loading the image's sysroot")?;
+        let merge = sysroot
+            .merge_deployment(Some(&osname))
+            .ok_or_else(|| anyhow!("no deployment of {osname} to deploy over"))?;
+        let kargs: Vec<String> = merge
+            .bootconfig()
+            .and_then(|b| b.get("options"))
+            .map(|o| {
+                o.split_whitespace()
+                    .filter(|a| !a.starts_with("ostree="))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let commit = super::pull_into(&sysroot.repo(), repo, r)?;
+        let origin = sysroot.origin_new_from_refspec(r);
+        let kargs_ref: Vec<&str> = kargs.iter().map(String::as_str).collect();
+        let dep = sysroot
+            .deploy_tree(
+                Some(&osname),
+                &commit,
+                Some(&origin),
+                Some(&merge),
+                &kargs_ref,
+                c,
+            )
+            .with_context(|| format!("deploying {r} ({commit})"))?;
+        sysroot
+            .simple_write_deployment(
+                Some(&osname),
+                &dep,
+                Some(&merge),
+                ostree::SysrootSimpleWriteDeploymentFlags::NONE,
+                c,
+            )
+            .context("writing the deployments")?;
+        sysroot
+            .cleanup(c)
+            .context("pruning what the old deployments used")?;
+
+        let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
+        let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
+        grub::write_config(&boot_dir, Some(&boot_uuid), true)?;
+        let epoch = super::epoch_now()?;
+        let boot_copy = o.staging.join("bootfs");
+        std::fs::rename(&boot_dir, &boot_copy)?;
+        std::fs::create_dir(&boot_dir)?;
+        super::clamp_times(&boot_copy, epoch)?;
+        super::clamp_times(&sysroot_dir, epoch)?;
+        let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;
+        mkfs_ext4(
+            &boot_copy,
+            &o.boot_fs,
+            o.boot_part.bytes,
+            &boot_label,
+            &boot_uuid,
+            epoch,
+        )?;
+        mkfs_ext4(
+            &sysroot_dir,
+            &o.root_fs,
+            root_part.bytes,
+            &root_label,
+            &root_uuid,
+            epoch,
+        )?;
+        let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
+        for (part, fs) in [(&o.boot_part, &o.boot_fs), (&root_part, &o.root_fs)] {
+            disk.seek(SeekFrom::Start(part.offset))?;
+            std::io::copy(&mut std::fs::File::open(fs)?, &mut disk)?;
+        }
+        disk.flush()?;
+        disk.sync_all()?;
+        // Re-read what was written, from the new filesystems.
+        let _ = std::fs::remove_dir_all(&o.boot_dir);
+        std::fs::create_dir_all(&o.boot_dir)?;
+        debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
+        let new_deps = deployments(&o)?;
+        let final_path = if o.qcow2 {
+            let q = o.staging.join("work.qcow2");
+            process::run(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&o.raw)
+                    .arg(&q),
+            )?;
+            q
+        } else {
+            o.raw.clone()
+        };
+        process::fault_point("deploy");
+        std::fs::rename(&final_path, img)
+            .with_context(|| format!("replacing {}", img.display()))?;
+        Ok(new_deps)
+    })();
+    remove_staging(&o.staging)?;
+    result
+}
