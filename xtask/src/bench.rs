@@ -202,3 +202,104 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
     println!("{body}");
     Ok(())
 }
+
+/// `cargo xtask bench image`: `hostforge image build` of the node against the floor of the
+/// same work done by plain tools (mkfs.ext4 -d of the deployed tree + qemu-img convert).
+pub fn image(top: &Path, bin: &Path) -> Result<()> {
+    let distro = crate::distro::build(top)?;
+    let work = top.join("target/bench-image");
+    let _ = Command::new("chattr")
+        .args(["-R", "-i"])
+        .arg(&work)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
+    let repo = work.join("repo");
+    timed("ostree init", &mut ostree_init(&repo))?;
+    timed(
+        "hostforge: compose node.yaml (not compared)",
+        Command::new(bin)
+            .args(["compose", "tree", "-q", "--repo"])
+            .arg(&repo)
+            .arg("--cachedir")
+            .arg(work.join("cache"))
+            .arg(&treefile),
+    )?;
+    let r = "hostforge/x86_64/node";
+    let ours = timed(
+        "hostforge: image build (qcow2)",
+        Command::new(bin)
+            .args(["image", "build", "--repo"])
+            .arg(&repo)
+            .args(["--ref", r, "--layout"])
+            .arg(top.join("images/qemu.yaml"))
+            .arg("-o")
+            .arg(work.join("node.qcow2")),
+    )?;
+
+    // The floor: the deployed tree made with ostree's CLI (not timed), then only the two
+    // steps no image builder can skip.
+    let sysroot = work.join("sysroot");
+    std::fs::create_dir_all(&sysroot)?;
+    let sr = format!("--sysroot={}", sysroot.display());
+    timed(
+        "floor setup: ostree admin init-fs",
+        Command::new("ostree")
+            .args(["admin", "init-fs"])
+            .arg(&sysroot),
+    )?;
+    timed(
+        "floor setup: ostree admin os-init",
+        Command::new("ostree").args(["admin", "os-init", "node", &sr]),
+    )?;
+    timed(
+        "floor setup: ostree pull-local",
+        Command::new("ostree")
+            .arg(format!("--repo={}", sysroot.join("ostree/repo").display()))
+            .arg("pull-local")
+            .arg(&repo)
+            .arg(r),
+    )?;
+    timed(
+        "floor setup: ostree admin deploy",
+        Command::new("ostree").args(["admin", "deploy", &sr, "--os=node", r]),
+    )?;
+    let raw = work.join("floor.raw");
+    let mkfs = timed(
+        "floor: mkfs.ext4 -d",
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&sysroot)
+            .arg(&raw)
+            .arg("3G"),
+    )?;
+    let convert = timed(
+        "floor: qemu-img convert",
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(work.join("floor.qcow2")),
+    )?;
+    let floor = mkfs + convert;
+    let body = format!(
+        "## image\n\n\
+         `hostforge image build` of the fixture node (qcow2, `images/qemu.yaml`) against the floor \
+         of the same work by plain tools, in one run; `nproc` = {cpus}.\n\n\
+         | run | seconds | ratio | target |\n|---|---:|---:|---|\n\
+         | floor: `mkfs.ext4 -d` of the deployed tree + `qemu-img convert` | {floor:.2} | 1.00 | |\n\
+         | hostforge image build (deploy, GRUB, two filesystems, GPT, qcow2) | {ours:.2} | {ratio:.2}× | ≤ 1.5× |\n\n\
+         Floor split: mkfs {mkfs:.2} s, convert {convert:.2} s.\n",
+        cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ratio = ours / floor,
+    );
+    write_section(top, "image", &body)?;
+    println!("{body}");
+    let _ = Command::new("chattr")
+        .args(["-R", "-i"])
+        .arg(&work)
+        .stderr(std::process::Stdio::null())
+        .status();
+    Ok(())
+}

@@ -33,6 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
     "e2fsprogs",
     "qemu-system-x86",
+    "grub-pc-bin",
 ];
 
 fn top() -> PathBuf {
@@ -199,10 +200,15 @@ fn main() -> Result<()> {
                 let bin = build_release()?;
                 bench::node(&top(), &bin)
             }
-            _ => bail!("usage: cargo xtask bench compose|node"),
+            Some("image") => {
+                deps()?;
+                let bin = build_release()?;
+                bench::image(&top(), &bin)
+            }
+            _ => bail!("usage: cargo xtask bench compose|node|image"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <deps|fixtures|test|demo|bench compose|bench node>");
+            eprintln!("usage: cargo xtask <deps|fixtures|test|demo|bench compose|node|image>");
             Ok(())
         }
     }
