@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use layout::{Bootloader, Format, Layout, PartType};
 use ostree::gio;
 use ostree::glib;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -95,21 +95,26 @@ fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
     Ok(())
 }
 
+/// Makes an ext4 filesystem of `bytes` from `dir`, `offset` bytes into `image` (a partition
+/// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times.
 fn mkfs_ext4(
     dir: &Path,
     image: &Path,
+    offset: u64,
     bytes: u64,
     label: &str,
     uuid: &str,
     epoch: u64,
 ) -> Result<()> {
-    let _ = std::fs::remove_file(image);
+    if offset == 0 {
+        let _ = std::fs::remove_file(image);
+    }
     process::run(
         Command::new("mkfs.ext4")
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
             .args(["-q", "-F", "-L", label, "-U", uuid])
             .arg("-E")
-            .arg(format!("root_owner=0:0,hash_seed={uuid}"))
+            .arg(format!("root_owner=0:0,hash_seed={uuid},offset={offset}"))
             // GRUB 2.06 cannot read ext4 with orphan_file or metadata_csum_seed.
             .args(["-O", "^orphan_file,^metadata_csum_seed", "-d"])
             .arg(dir)
@@ -139,7 +144,7 @@ fn mkfs_ext4(
             ));
         }
     }
-    let script = image.with_extension("debugfs");
+    let script = image.with_extension(format!("{offset}.debugfs"));
     std::fs::write(&script, cmds)?;
     process::run(
         Command::new("debugfs")
@@ -147,7 +152,7 @@ fn mkfs_ext4(
             .arg("-w")
             .arg("-f")
             .arg(&script)
-            .arg(image),
+            .arg(format!("{}?offset={offset}", image.display())),
     )
     .context("pinning inode change times with debugfs")?;
     std::fs::remove_file(&script)?;
@@ -169,14 +174,6 @@ fn remove_staging(dir: &Path) -> Result<()> {
             .status();
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    Ok(())
-}
-
-/// Copies `src` into `dst` at byte `offset`.
-fn write_at(dst: &mut std::fs::File, offset: u64, src: &Path) -> Result<()> {
-    dst.seek(SeekFrom::Start(offset))?;
-    let mut f = std::fs::File::open(src)?;
-    std::io::copy(&mut f, dst)?;
     Ok(())
 }
 
@@ -378,11 +375,18 @@ fn build_in(
             _ => None,
         };
         if let Some(src) = src {
-            let fs = staging.join(format!("{}.ext4", p.name));
+            // Straight into the disk image at the partition's offset: no copy of the filesystem.
             let label = p.label.clone().unwrap_or_else(|| p.name.clone());
-            mkfs_ext4(src, &fs, bytes, &label, p.uuid.as_deref().unwrap(), epoch)?;
-            write_at(&mut disk, at.first_lba * gpt::SECTOR, &fs)?;
-            std::fs::remove_file(&fs)?;
+            disk.sync_all()?;
+            mkfs_ext4(
+                src,
+                &raw,
+                at.first_lba * gpt::SECTOR,
+                bytes,
+                &label,
+                p.uuid.as_deref().unwrap(),
+                epoch,
+            )?;
         }
         parts.push(gpt::Partition {
             type_guid: match p.kind {

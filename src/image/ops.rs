@@ -248,6 +248,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
         mkfs_ext4(
             &o.boot_dir,
             &o.boot_fs,
+            0,
             o.boot_part.bytes,
             &label,
             &uuid,
@@ -359,6 +360,7 @@ pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
         mkfs_ext4(
             &boot_copy,
             &o.boot_fs,
+            0,
             o.boot_part.bytes,
             &boot_label,
             &boot_uuid,
@@ -367,6 +369,7 @@ pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
         mkfs_ext4(
             &sysroot_dir,
             &o.root_fs,
+            0,
             root_part.bytes,
             &root_label,
             &root_uuid,
