@@ -16,6 +16,20 @@ mod treefile;
 /// This build's version, recorded in commits and hashed into the input hash.
 pub const HOSTFORGE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Seconds since the epoch for everything hostforge stamps (commit times, filesystem times):
+/// `SOURCE_DATE_EPOCH` when set, for reproducible output, else now.
+pub fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
 fn main() {
     if let Err(e) = cli::run() {
         eprintln!("error: {e:#}");

@@ -886,7 +886,7 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
                     .to_string_lossy()
             ),
         };
-        let time = source_date_epoch()?;
+        let time = crate::source_date_epoch()?;
         let c = cache.write_commit_with_time(
             ctx.parent.as_deref(),
             Some(&subject),
@@ -939,19 +939,6 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
     clean_work_root(ctx)?;
     step_note(ctx, "commit", &t, &format!("{} => {built}", ctx.treeref));
     Ok(Flow::Continue)
-}
-
-/// Commit time: SOURCE_DATE_EPOCH when set, for reproducible checksums.
-fn source_date_epoch() -> Result<u64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
-        Err(_) => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()),
-    }
 }
 
 fn json_to_variant(v: &serde_json::Value) -> glib::Variant {

@@ -30,27 +30,11 @@ pub struct BuildRequest<'a> {
 
 /// Timestamp for everything in the image: SOURCE_DATE_EPOCH, else the commit's own time.
 fn image_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
-    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        return v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number"));
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+        return crate::source_date_epoch();
     }
     let c = repo.load_variant(ostree::ObjectType::Commit, commit)?;
     Ok(ostree::commit_get_timestamp(&c))
-}
-
-/// SOURCE_DATE_EPOCH when set, else now: the time written into filesystems we rebuild.
-fn epoch_now() -> Result<u64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number")),
-        Err(_) => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()),
-    }
 }
 
 /// Pulls `r` from `repo` into the sysroot's repo by checksum (a stale summary file cannot

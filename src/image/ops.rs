@@ -181,6 +181,25 @@ pub fn status(img: &Path) -> Result<Vec<Deployment>> {
     result
 }
 
+/// Puts the edited working copy in place of `img` (converted back to qcow2 if it was), in one
+/// rename; `op` names the fault point for the interruption tests.
+fn replace_image(o: &Opened, img: &Path, op: &str) -> Result<()> {
+    let final_path = if o.qcow2 {
+        let q = o.staging.join("work.qcow2");
+        process::run(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&o.raw)
+                .arg(&q),
+        )?;
+        q
+    } else {
+        o.raw.clone()
+    };
+    process::fault_point(op);
+    std::fs::rename(&final_path, img).with_context(|| format!("replacing {}", img.display()))
+}
+
 /// Reads a filesystem's label and UUID from its superblock.
 fn fs_identity(fs: &Path) -> Result<(String, String)> {
     let out = process::run(Command::new("dumpe2fs").arg("-h").arg(fs))?;
@@ -243,7 +262,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
         let (label, uuid) = fs_identity(&o.boot_fs)?;
         grub::write_config(&o.boot_dir, Some(&uuid), true)?;
         let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
-        let epoch = super::epoch_now()?;
+        let epoch = crate::source_date_epoch()?;
         super::clamp_times(&o.boot_dir, epoch)?;
         mkfs_ext4(
             &o.boot_dir,
@@ -261,21 +280,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
         disk.sync_all()?;
         // /boot in the staging dir now holds the edited entries; re-read the order from them.
         let new_deps = deployments(&o)?;
-        let final_path = if o.qcow2 {
-            let q = o.staging.join("work.qcow2");
-            process::run(
-                Command::new("qemu-img")
-                    .args(["convert", "-f", "raw", "-O", "qcow2"])
-                    .arg(&o.raw)
-                    .arg(&q),
-            )?;
-            q
-        } else {
-            o.raw.clone()
-        };
-        process::fault_point("rollback");
-        std::fs::rename(&final_path, img)
-            .with_context(|| format!("replacing {}", img.display()))?;
+        replace_image(&o, img, "rollback")?;
         Ok(new_deps)
     })();
     remove_staging(&o.staging)?;
@@ -350,7 +355,7 @@ pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
         let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
         let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
         grub::write_config(&boot_dir, Some(&boot_uuid), true)?;
-        let epoch = super::epoch_now()?;
+        let epoch = crate::source_date_epoch()?;
         let boot_copy = o.staging.join("bootfs");
         std::fs::rename(&boot_dir, &boot_copy)?;
         std::fs::create_dir(&boot_dir)?;
@@ -387,21 +392,7 @@ pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
         std::fs::create_dir_all(&o.boot_dir)?;
         debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
         let new_deps = deployments(&o)?;
-        let final_path = if o.qcow2 {
-            let q = o.staging.join("work.qcow2");
-            process::run(
-                Command::new("qemu-img")
-                    .args(["convert", "-f", "raw", "-O", "qcow2"])
-                    .arg(&o.raw)
-                    .arg(&q),
-            )?;
-            q
-        } else {
-            o.raw.clone()
-        };
-        process::fault_point("deploy");
-        std::fs::rename(&final_path, img)
-            .with_context(|| format!("replacing {}", img.display()))?;
+        replace_image(&o, img, "deploy")?;
         Ok(new_deps)
     })();
     remove_staging(&o.staging)?;
