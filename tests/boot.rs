@@ -6,10 +6,8 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -48,68 +46,17 @@ fn image_build(
     cmd.output().unwrap()
 }
 
-/// Boots and waits for `needle` on the serial console; keeps the log in target/boot-logs.
+/// Boots the disk image and waits for `needle` on the serial console.
 fn boot_until(disk: &Path, format: &str, needle: &str) -> String {
-    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let tag: String = needle.chars().rev().take(12).collect();
-    let log_path = logs.join(format!("boot-{tag}.log"));
-    let accel = std::env::var("HOSTFORGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            &accel,
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format={format}", disk.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting qemu-system-x86_64 (cargo xtask deps installs it)");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            if tx
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut log = String::new();
-    let mut found = false;
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains(needle) {
-                    found = true;
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    std::fs::write(&log_path, &log).unwrap();
+    let args = [
+        "-drive".to_string(),
+        format!("file={},if=virtio,format={format}", disk.display()),
+    ];
+    let (found, log) = qemu_serial_until(&args, &format!("boot-{tag}"), |l| l.contains(needle));
     assert!(
         found,
-        "{needle:?} not seen on the serial console; log in {}",
-        log_path.display()
+        "{needle:?} not seen on the serial console; log in target/boot-logs/boot-{tag}.log"
     );
     log
 }
@@ -226,12 +173,7 @@ fn image_builds_are_reproducible_and_never_half_written() {
     assert_fails_with(&out, &["bad.yaml", "disk-guid"]);
     assert!(!c.exists());
     // The aborted builds' staging dirs hold immutable ostree deployments.
-    let _ = Command::new("chattr")
-        .arg("-R")
-        .arg("-i")
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .status();
+    unlock_tree(dir.path());
 }
 
 fn image_status(img: &Path) -> serde_json::Value {
@@ -338,10 +280,5 @@ fn ab_image_deploy_boot_rollback_boot() {
         std::fs::read(&img).unwrap() == before,
         "a killed rollback changed the image"
     );
-    let _ = Command::new("chattr")
-        .arg("-R")
-        .arg("-i")
-        .arg(dir.path())
-        .stderr(Stdio::null())
-        .status();
+    unlock_tree(dir.path());
 }

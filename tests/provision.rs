@@ -4,10 +4,8 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 fn provision(repo: &Path, url: &str, out: &Path, spec: Option<&Path>) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
@@ -119,60 +117,24 @@ fn provisions_and_network_boots_the_node() {
     );
 
     // PXE: QEMU's iPXE ROM fetches boot.ipxe over TFTP, then the kernel and initramfs.
-    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "1024",
-            "-nographic",
-            "-no-reboot",
-            "-boot",
-            "n",
-        ])
-        .arg("-netdev")
-        .arg(format!(
+    let args = [
+        "-boot".to_string(),
+        "n".into(),
+        "-netdev".into(),
+        format!(
             "user,id=n0,tftp={},bootfile=boot.ipxe",
             out.join("tftp").display()
-        ))
-        .args(["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting qemu-system-x86_64");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-            if tx
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
+        ),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56".into(),
+    ];
     let want_ks = format!("inst.ks=http://10.0.2.2:{}/ks/node1.ks", server.port);
-    let (mut log, mut cmdline_ok, mut initramfs_ok) = (String::new(), false, false);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while Instant::now() < deadline && !(cmdline_ok && initramfs_ok) {
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(line) => {
-                cmdline_ok |= line.contains("Command line:") && line.contains(&want_ks);
-                initramfs_ok |= line.contains("Run /init as init process");
-                log.push_str(&line);
-                log.push('\n');
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(_) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    std::fs::write(logs.join("pxe-boot.log"), &log).unwrap();
+    let (mut cmdline_ok, mut initramfs_ok) = (false, false);
+    qemu_serial_until(&args, "pxe-boot", |line| {
+        cmdline_ok |= line.contains("Command line:") && line.contains(&want_ks);
+        initramfs_ok |= line.contains("Run /init as init process");
+        cmdline_ok && initramfs_ok
+    });
     assert!(
         cmdline_ok,
         "kernel command line with {want_ks} not seen; see target/boot-logs/pxe-boot.log"

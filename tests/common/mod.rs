@@ -288,3 +288,76 @@ pub fn composed_node_b() -> String {
         .trim()
         .to_string()
 }
+
+/// Runs QEMU (`args` after the common ones: TCG unless HOSTFORGE_QEMU_ACCEL says otherwise,
+/// 1 GiB, no display, no reboot) and reads its serial console line by line until `done`
+/// says so or 10 minutes pass. The console log is kept in target/boot-logs/NAME.log (CI keeps
+/// it on failure). Returns whether `done` was satisfied, and the log.
+pub fn qemu_serial_until(
+    args: &[String],
+    log_name: &str,
+    mut done: impl FnMut(&str) -> bool,
+) -> (bool, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let accel = std::env::var("HOSTFORGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            &accel,
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64 (cargo xtask deps installs it)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            if tx
+                .send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut log, mut found) = (String::new(), false);
+    while Instant::now() < deadline && !found {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => {
+                found = done(&line);
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::write(logs.join(format!("{log_name}.log")), &log).unwrap();
+    (found, log)
+}
+
+/// Lifts the immutable flag ostree puts on deployments, so a temp dir can be removed.
+pub fn unlock_tree(dir: &Path) {
+    let _ = Command::new("chattr")
+        .arg("-R")
+        .arg("-i")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status();
+}
