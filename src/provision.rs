@@ -157,10 +157,7 @@ impl Spec {
     pub fn load(path: &Path) -> Result<Spec> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading spec {}", path.display()))?;
-        let spec: Spec = serde_yaml::from_str(&text).map_err(|e| match e.location() {
-            Some(l) => anyhow!("{}:{}:{}: {e}", path.display(), l.line(), l.column()),
-            None => anyhow!("{}: {e}", path.display()),
-        })?;
+        let spec: Spec = crate::treefile::yaml_from_str(path, &text)?;
         spec.validate()
             .with_context(|| format!("spec {}", path.display()))?;
         Ok(spec)

@@ -196,17 +196,22 @@ fn parse_doc(path: &Path, text: &str) -> Result<TreefileDoc> {
             )
         })
     } else {
-        serde_yaml::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => anyhow!(
-                "{}:{}:{}: {}",
-                path.display(),
-                loc.line(),
-                loc.column(),
-                strip_loc(&e.to_string())
-            ),
-            None => anyhow!("{}: {}", path.display(), e),
-        })
+        yaml_from_str(path, text)
     }
+}
+
+/// Parses YAML from `path`; a parse or schema error starts with `file:line:column:`.
+pub fn yaml_from_str<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    serde_yaml::from_str(text).map_err(|e| match e.location() {
+        Some(loc) => anyhow!(
+            "{}:{}:{}: {}",
+            path.display(),
+            loc.line(),
+            loc.column(),
+            strip_loc(&e.to_string())
+        ),
+        None => anyhow!("{}: {}", path.display(), e),
+    })
 }
 
 /// serde's messages end in " at line X column Y"; we print the location up front instead.

@@ -96,10 +96,7 @@ impl Layout {
     pub fn load(path: &Path) -> Result<Layout> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading layout {}", path.display()))?;
-        let layout: Layout = serde_yaml::from_str(&text).map_err(|e| match e.location() {
-            Some(l) => anyhow!("{}:{}:{}: {e}", path.display(), l.line(), l.column()),
-            None => anyhow!("{}: {e}", path.display()),
-        })?;
+        let layout: Layout = crate::treefile::yaml_from_str(path, &text)?;
         layout
             .validate()
             .with_context(|| format!("layout {}", path.display()))?;

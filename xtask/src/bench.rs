@@ -19,6 +19,17 @@ fn timed(what: &str, cmd: &mut Command) -> Result<f64> {
     Ok(secs)
 }
 
+/// `hostforge compose tree -q` of `treefile` into `repo` with `cache`.
+fn compose_cmd(bin: &Path, repo: &Path, cache: &Path, treefile: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["compose", "tree", "-q", "--repo"])
+        .arg(repo)
+        .arg("--cachedir")
+        .arg(cache)
+        .arg(treefile);
+    cmd
+}
+
 /// `ostree init --mode=archive` for `repo`.
 pub fn ostree_init(repo: &Path) -> Command {
     let mut cmd = Command::new("ostree");
@@ -114,12 +125,7 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
     let hf = |label: &str| -> Result<f64> {
         timed(
             label,
-            Command::new(bin)
-                .args(["compose", "tree", "-q", "--repo"])
-                .arg(&repo)
-                .arg("--cachedir")
-                .arg(work.join("cache"))
-                .arg(&treefile),
+            &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile),
         )
     };
     let cold = hf("hostforge: cold compose")?;
@@ -162,14 +168,9 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
     let json = work.join("compose.json");
     let compose = timed(
         "hostforge: cold compose of node.yaml",
-        Command::new(bin)
-            .args(["compose", "tree", "-q", "--repo"])
-            .arg(&repo)
-            .arg("--cachedir")
-            .arg(work.join("cache"))
+        compose_cmd(bin, &repo, &work.join("cache"), &treefile)
             .arg("--write-composejson-to")
-            .arg(&json)
-            .arg(&treefile),
+            .arg(&json),
     )?;
     let doc = std::fs::read_to_string(&json)?;
     let seconds = doc.split("\"seconds\"").nth(1).unwrap_or_default();
@@ -220,12 +221,7 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
     timed("ostree init", &mut ostree_init(&repo))?;
     timed(
         "hostforge: compose node.yaml (not compared)",
-        Command::new(bin)
-            .args(["compose", "tree", "-q", "--repo"])
-            .arg(&repo)
-            .arg("--cachedir")
-            .arg(work.join("cache"))
-            .arg(&treefile),
+        &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile),
     )?;
     let r = "hostforge/x86_64/node";
     let ours = timed(
