@@ -26,24 +26,76 @@ pub enum Command {
     /// Build bootable disk images from commits
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Build debug toolbox container images
+    #[command(subcommand)]
+    Toolbox(ToolboxCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolboxCmd {
+    /// Compose a `container: true` treefile and build its image with buildah
+    Build(ToolboxBuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ToolboxBuildArgs {
+    /// The toolbox treefile (treefiles/toolbox.yaml)
+    pub treefile: PathBuf,
+    /// The image name, REGISTRY/NAME:TAG
+    #[arg(long, value_name = "REF")]
+    pub tag: String,
+    /// Push the image to the registry in --tag
+    #[arg(long)]
+    pub push: bool,
+    /// Also write the image as an OCI layout directory
+    #[arg(long, value_name = "DIR")]
+    pub oci_dir: Option<PathBuf>,
+    /// Require HTTPS and verify certificates (false for a plain-HTTP registry)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Registry credentials (containers-auth.json)
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+    /// Cache for packages, builds and buildah's storage
+    #[arg(long, value_name = "PATH", default_value = "/var/cache/hostforge")]
+    pub cachedir: PathBuf,
+    /// Print nothing but errors and the result
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
     /// Build a raw or qcow2 disk image with the ref deployed
     Build(ImageBuildArgs),
-    /// Deploy a ref into an image as the new default, keeping the old as rollback
+    /// Deploy a ref as the new default, keeping the old one as rollback
     Deploy(ImageDeployArgs),
-    /// Show an image's deployments (default first), offline
+    /// Show the deployments of an image or sysroot, default first
     Status(ImageStatusArgs),
-    /// Make the rollback deployment of an image the default, offline and atomically
+    /// Make the rollback deployment the default, atomically
     Rollback(ImageRollbackArgs),
+    /// Pin a deployment so later deploys do not prune it (or --unpin it)
+    Pin(ImagePinArgs),
+}
+
+/// An image file, or with --sysroot a live sysroot such as a booted node's /.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// The disk image (raw or qcow2); edits replace it in one rename
+    pub image: Option<PathBuf>,
+    /// Work on a live sysroot instead (`/` on a booted node)
+    #[arg(long, value_name = "PATH")]
+    pub sysroot: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ImageDeployArgs {
-    /// The disk image (raw or qcow2), replaced when the deployment is complete
-    pub image: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
     /// The ostree repo holding the ref
     #[arg(long, value_name = "PATH")]
     pub repo: PathBuf,
@@ -54,8 +106,8 @@ pub struct ImageDeployArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ImageStatusArgs {
-    /// The disk image (raw or qcow2)
-    pub image: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -63,8 +115,20 @@ pub struct ImageStatusArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ImageRollbackArgs {
-    /// The disk image (raw or qcow2), replaced when the rollback is complete
-    pub image: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImagePinArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The deployment's index in `image status` (0 is the default)
+    #[arg(long, value_name = "N")]
+    pub index: usize,
+    /// Remove the pin instead
+    #[arg(long)]
+    pub unpin: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -90,9 +154,23 @@ pub struct ImageBuildArgs {
     /// Output format (default: the layout's)
     #[arg(long, value_enum)]
     pub format: Option<ImageFormat>,
+    /// Compress the image: zstd clusters in qcow2, a zstd stream for raw
+    #[arg(long, value_enum, value_name = "ALGO")]
+    pub compress: Option<Compression>,
+    /// Random disk, partition and filesystem IDs instead of the layout's fixed ones
+    #[arg(long)]
+    pub random_uuids: bool,
+    /// Print nothing but errors and the output path
+    #[arg(long, short)]
+    pub quiet: bool,
     /// The image file to write (replaced only when complete)
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Compression {
+    Zstd,
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,22 +321,73 @@ pub fn run() -> Result<()> {
                     ImageFormat::Raw => Format::Raw,
                     ImageFormat::Qcow2 => Format::Qcow2,
                 }),
+                compress: matches!(a.compress, Some(Compression::Zstd)),
+                random_uuids: a.random_uuids,
+                quiet: a.quiet,
                 out: &a.output,
             })?;
             println!("{}", a.output.display());
             Ok(())
         }
         Command::Image(ImageCmd::Deploy(a)) => {
-            let deps = crate::image::ops::deploy(&a.image, &a.repo, &a.treeref)?;
+            use crate::image::ops;
+            let deps = match (&a.target.image, &a.target.sysroot) {
+                (Some(img), _) => ops::deploy(img, &a.repo, &a.treeref)?,
+                (None, Some(s)) => ops::live_deploy(s, &a.repo, &a.treeref)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
             print_deployments(&deps, false)
         }
         Command::Image(ImageCmd::Status(a)) => {
-            let deps = crate::image::ops::status(&a.image)?;
+            use crate::image::ops;
+            let deps = match (&a.target.image, &a.target.sysroot) {
+                (Some(img), _) => ops::status(img)?,
+                (None, Some(s)) => ops::live_status(s)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
             print_deployments(&deps, a.json)
         }
         Command::Image(ImageCmd::Rollback(a)) => {
-            let deps = crate::image::ops::rollback(&a.image)?;
+            use crate::image::ops;
+            let deps = match (&a.target.image, &a.target.sysroot) {
+                (Some(img), _) => ops::rollback(img)?,
+                (None, Some(s)) => ops::live_rollback(s)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
             print_deployments(&deps, false)
+        }
+        Command::Image(ImageCmd::Pin(a)) => {
+            use crate::image::ops;
+            let deps = match (&a.target.image, &a.target.sysroot) {
+                (Some(img), _) => ops::pin(img, a.index, !a.unpin)?,
+                (None, Some(s)) => ops::live_pin(s, a.index, !a.unpin)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            print_deployments(&deps, false)
+        }
+        Command::Toolbox(ToolboxCmd::Build(a)) => {
+            let built = crate::toolbox::build(&crate::toolbox::BuildRequest {
+                treefile: &a.treefile,
+                tag: &a.tag,
+                push: a.push,
+                oci_dir: a.oci_dir.as_deref(),
+                tls_verify: a.tls_verify,
+                authfile: a.authfile.as_deref(),
+                cachedir: &a.cachedir,
+                quiet: a.quiet || a.json,
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&built)?);
+            } else {
+                println!("{} (commit {})", built.tag, built.commit);
+                if let Some(d) = &built.digest {
+                    println!("pushed: {d}");
+                }
+                if let Some(d) = &built.oci_dir {
+                    println!("OCI layout: {}", d.display());
+                }
+            }
+            Ok(())
         }
         Command::Dracut(DracutCmd::Emit(a)) => {
             let module = crate::dracut::Module {
@@ -289,10 +418,12 @@ fn print_deployments(deps: &[crate::image::ops::Deployment], json: bool) -> Resu
         } else {
             "  "
         };
-        println!(
-            "{mark}{} {}\n    {}\n    kargs: {}",
-            d.osname, d.commit, d.title, d.kargs
-        );
+        let pin = if d.pinned { " (pinned)" } else { "" };
+        println!("{mark}{} {}{pin}", d.osname, d.commit);
+        if let Some(v) = &d.version {
+            println!("    version: {v}");
+        }
+        println!("    {}\n    kargs: {}", d.title, d.kargs);
     }
     Ok(())
 }
@@ -348,6 +479,9 @@ mod tests {
             vec!["image", "status"],
             vec!["image", "deploy"],
             vec!["image", "rollback"],
+            vec!["image", "pin"],
+            vec!["toolbox"],
+            vec!["toolbox", "build"],
         ] {
             let mut c = &mut cmd;
             for p in &path {

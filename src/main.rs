@@ -11,6 +11,7 @@ mod process;
 mod progress;
 mod provision;
 mod rpmmd;
+mod toolbox;
 mod treefile;
 
 /// This build's version, recorded in commits and hashed into the input hash.
@@ -31,6 +32,14 @@ pub fn source_date_epoch() -> anyhow::Result<u64> {
 }
 
 fn main() {
+    // ostree's grub2 backend runs us as `$OSTREE_GRUB2_EXEC -o loader.N/grub.cfg`.
+    if let Some(r) = image::grub_generator_main() {
+        if let Err(e) = r {
+            eprintln!("hostforge (GRUB config generator): {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = cli::run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

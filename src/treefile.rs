@@ -147,6 +147,10 @@ pub struct TreefileDoc {
     pub rpmdb: Option<RpmdbBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selinux: Option<bool>,
+    /// A container root, not a bootable host: no kernel handling, no ostree layout, /etc
+    /// stays /etc, /tmp is a directory and documentation is dropped unless asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<bool>,
 }
 
 /// A loaded treefile: the flattened document plus where it came from.
@@ -262,7 +266,8 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
         no_initramfs,
         readonly_executables,
         rpmdb,
-        selinux
+        selinux,
+        container
     );
     merge_map(&mut base.variables, over.variables);
     merge_map(&mut base.add_commit_metadata, over.add_commit_metadata);
@@ -490,7 +495,12 @@ impl Treefile {
     }
 
     pub fn documentation(&self) -> bool {
-        self.doc.documentation.unwrap_or(true)
+        self.doc.documentation.unwrap_or(!self.container())
+    }
+
+    /// `container: true`: see [`TreefileDoc::container`].
+    pub fn container(&self) -> bool {
+        self.doc.container == Some(true)
     }
 
     /// The flattened treefile as canonical JSON (sorted keys through serde's struct order).

@@ -282,3 +282,216 @@ fn ab_image_deploy_boot_rollback_boot() {
     );
     unlock_tree(dir.path());
 }
+
+/// `images/metal.yaml`: one raw disk that boots through legacy BIOS and through UEFI (OVMF).
+#[test]
+fn metal_image_boots_with_bios_and_with_uefi() {
+    let (repo, commit) = composed_node();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("metal.raw");
+    assert_ok(&image_build(
+        &repo,
+        "hostforge/x86_64/node",
+        "metal.yaml",
+        "raw",
+        &disk,
+        None,
+    ));
+    // The ESP holds GRUB as the removable-media loader.
+    let esp = format!("{}@@{}", disk.display(), 2 << 20);
+    let listing = run(Command::new("mdir").args(["-i", &esp, "::/EFI/BOOT"]));
+    assert!(listing.contains("BOOTX64  EFI"), "{listing}");
+    let needle = format!("hostforge-booted: {commit}");
+    let drive = [
+        "-drive".to_string(),
+        format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
+    ];
+    let (found, _) = qemu_serial_until(&drive, "metal-bios", |l| l.contains(&needle));
+    assert!(found, "BIOS boot: see target/boot-logs/metal-bios.log");
+    let mut uefi = vec!["-bios".to_string(), "/usr/share/ovmf/OVMF.fd".to_string()];
+    uefi.extend(drive);
+    let (found, log) = qemu_serial_until(&uefi, "metal-uefi", |l| l.contains(&needle));
+    assert!(found, "UEFI boot: see target/boot-logs/metal-uefi.log");
+    assert!(
+        log.contains("BdsDxe") || log.contains("UEFI"),
+        "went through OVMF"
+    );
+    unlock_tree(dir.path());
+}
+
+/// `--compress zstd` and `--random-uuids`.
+#[test]
+fn image_build_compression_and_random_ids() {
+    let (repo, _) = composed_node();
+    let r = "hostforge/x86_64/node";
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml");
+    let build = |out: &Path, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+            .args(["image", "build", "--repo"])
+            .arg(&repo)
+            .args(["--ref", r, "--layout"])
+            .arg(&layout)
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert_ok(&out);
+    };
+    let plain = dir.path().join("plain.raw");
+    build(&plain, &["--format", "raw"]);
+    // A compressed raw image is the same disk as a zstd stream.
+    let zst = dir.path().join("node.raw.zst");
+    build(&zst, &["--format", "raw", "--compress", "zstd"]);
+    let unpacked = dir.path().join("unpacked.raw");
+    run(Command::new("zstd")
+        .args(["-q", "-d", "-o"])
+        .arg(&unpacked)
+        .arg(&zst));
+    assert!(Command::new("cmp")
+        .arg("-s")
+        .arg(&plain)
+        .arg(&unpacked)
+        .status()
+        .unwrap()
+        .success());
+    assert!(std::fs::metadata(&zst).unwrap().len() < std::fs::metadata(&plain).unwrap().len());
+    // qcow2 with zstd-compressed clusters.
+    let q = dir.path().join("node.qcow2");
+    build(&q, &["--compress", "zstd"]);
+    let info = run(Command::new("qemu-img").arg("info").arg(&q));
+    assert!(info.contains("compression type: zstd"), "{info}");
+    run(Command::new("qemu-img").arg("check").arg(&q));
+
+    // Random IDs: a different disk GUID and root UUID each time, still a working image.
+    let (r1, r2) = (dir.path().join("r1.raw"), dir.path().join("r2.raw"));
+    build(&r1, &["--format", "raw", "--random-uuids"]);
+    build(&r2, &["--format", "raw", "--random-uuids"]);
+    // The disk GUID: 16 bytes at offset 56 of the GPT header in LBA 1.
+    let guid = |p: &Path| {
+        std::fs::read(p)
+            .map(|b| b[512 + 56..512 + 72].to_vec())
+            .unwrap()
+    };
+    assert_ne!(guid(&r1), guid(&r2));
+    assert_ne!(guid(&r1), guid(&plain));
+    let st = image_status(&r1);
+    let kargs = st["deployments"][0]["kargs"].as_str().unwrap().to_string();
+    assert!(
+        !kargs.contains("5f607182-93a4-4b5c-c6d7-e8f901234567"),
+        "root=UUID follows the random UUID: {kargs}"
+    );
+    unlock_tree(dir.path());
+}
+
+/// The A/B operations on a live sysroot (`--sysroot`): a node's root filesystem with its
+/// /boot, read out of a built image, stands in for `/` on a booted node.
+#[test]
+fn live_sysroot_deploy_prune_pin_rollback() {
+    let (repo, a) = composed_node();
+    let b = composed_node_b();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.raw");
+    assert_ok(&image_build(
+        &repo,
+        "hostforge/x86_64/node",
+        "qemu.yaml",
+        "raw",
+        &img,
+        None,
+    ));
+    let sysroot = dir.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("boot")).unwrap();
+    // qemu.yaml: /boot at 2 MiB, / after it.
+    let at = |mib: u64| format!("{}?offset={}", img.display(), mib << 20);
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", sysroot.display()))
+        .arg(at(514)));
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", sysroot.join("boot").display()))
+        .arg(at(2)));
+    let hf = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+            .arg("image")
+            .args(args)
+            .arg("--sysroot")
+            .arg(&sysroot)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = || -> Vec<(String, bool)> {
+        let v: serde_json::Value = serde_json::from_str(&hf(&["status", "--json"])).unwrap();
+        v["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["commit"].as_str().unwrap().to_string(),
+                    d["pinned"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let commits = || status().into_iter().map(|d| d.0).collect::<Vec<_>>();
+    // GRUB's menu, read where GRUB reads it: the config inside the current loader directory.
+    let first_menu_commit = || {
+        let cfg = std::fs::read_to_string(sysroot.join("boot/loader/grub.cfg")).unwrap();
+        let line = cfg
+            .lines()
+            .find(|l| l.contains("ostree="))
+            .unwrap()
+            .to_string();
+        [&a, &b]
+            .into_iter()
+            .find(|c| line.contains(c.as_str()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(commits(), vec![a.clone()]);
+    let repo_s = repo.to_str().unwrap();
+    hf(&[
+        "deploy",
+        "--repo",
+        repo_s,
+        "--ref",
+        "hostforge/x86_64/node-b",
+    ]);
+    assert_eq!(commits(), vec![b.clone(), a.clone()]);
+    assert_eq!(first_menu_commit(), b);
+    // A third deployment prunes to two: the new one and the previous default.
+    hf(&["deploy", "--repo", repo_s, "--ref", "hostforge/x86_64/node"]);
+    assert_eq!(commits(), vec![a.clone(), b.clone()]);
+    assert_eq!(first_menu_commit(), a);
+    // ... unless the older one is pinned.
+    hf(&["pin", "--index", "1"]);
+    assert_eq!(status()[1], (b.clone(), true));
+    hf(&[
+        "deploy",
+        "--repo",
+        repo_s,
+        "--ref",
+        "hostforge/x86_64/node-b",
+    ]);
+    let st = status();
+    assert_eq!(st.len(), 3, "{st:?}");
+    assert_eq!(st[0], (b.clone(), false));
+    assert_eq!(st[1], (a.clone(), false));
+    assert_eq!(st[2], (b.clone(), true));
+    // Rollback swaps default and rollback, entries and GRUB menu together.
+    hf(&["rollback"]);
+    assert_eq!(commits()[..2], [a.clone(), b.clone()]);
+    assert_eq!(first_menu_commit(), a);
+    let loader = std::fs::read_link(sysroot.join("boot/loader")).unwrap();
+    assert!(
+        sysroot.join("boot").join(&loader).join("grub.cfg").exists(),
+        "the GRUB config lives in the loader directory ({loader:?})"
+    );
+    unlock_tree(dir.path());
+}

@@ -758,6 +758,10 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
 
 fn initramfs(ctx: &mut Ctx) -> Result<Flow> {
     let t = Timer::start();
+    if ctx.tf.container() {
+        step_note(ctx, "initramfs", &t, "container: no kernel handling");
+        return Ok(Flow::Continue);
+    }
     ctx.kver = kernel::prepare(&root(ctx), &ctx.tf, &ctx.work)?;
     let detail = match &ctx.kver {
         Some(k) if ctx.tf.doc.no_initramfs == Some(true) => format!("kernel {k}, no initramfs"),
@@ -803,8 +807,8 @@ fn layout(ctx: &mut Ctx) -> Result<Flow> {
                 )
             })?;
             let committed = match path.strip_prefix("/etc/") {
-                Some(rest) => format!("/usr/etc/{rest}"),
-                None => path.clone(),
+                Some(rest) if !tf.container() => format!("/usr/etc/{rest}"),
+                _ => path.clone(),
             };
             owners.insert(committed, (uid, gid));
         }
@@ -813,8 +817,13 @@ fn layout(ctx: &mut Ctx) -> Result<Flow> {
         ctx.work.join("owners.json"),
         serde_json::to_string(&owners)?,
     )?;
-    postprocess::ostree_layout(&r, tf)?;
-    step_note(ctx, "layout", &t, "ostree layout");
+    if tf.container() {
+        postprocess::container_layout(&r)?;
+        step_note(ctx, "layout", &t, "container layout");
+    } else {
+        postprocess::ostree_layout(&r, tf)?;
+        step_note(ctx, "layout", &t, "ostree layout");
+    }
     Ok(Flow::Continue)
 }
 

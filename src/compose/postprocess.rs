@@ -259,6 +259,28 @@ fn var_to_tmpfiles(root: &Path) -> Result<Vec<String>> {
 }
 
 /// The ostree layout: /etc → /usr/etc, /var empty, toplevel links into /var and /sysroot.
+/// A container root: the rpmdb stays in /usr/share/rpm with /var/lib/rpm pointing at it,
+/// /tmp is a sticky directory, and the mount points a runtime expects exist. /etc and /var
+/// stay where they are; there is no /boot.
+pub fn container_layout(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let rpm = root.join("var/lib/rpm");
+    remove_any(&rpm)?;
+    std::fs::create_dir_all(root.join("var/lib"))?;
+    symlink("../../usr/share/rpm", &rpm)?;
+    remove_any(&root.join("tmp"))?;
+    std::fs::create_dir_all(root.join("tmp"))?;
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    for d in ["dev", "proc", "sys", "run", "host"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    let boot = root.join("boot");
+    if std::fs::symlink_metadata(&boot).is_ok() {
+        remove_any(&boot)?;
+    }
+    Ok(())
+}
+
 pub fn ostree_layout(root: &Path, tf: &Treefile) -> Result<()> {
     if tf.doc.machineid_compat == Some(false) {
         remove_any(&root.join("etc/machine-id"))?;

@@ -15,8 +15,36 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bootloader {
+    /// GRUB's core.img in a BIOS boot partition, boot.img in the MBR.
     Grub2Bios,
+    /// GRUB as `EFI/BOOT/BOOTX64.EFI` on the ESP.
+    Grub2Efi,
     None,
+}
+
+/// `bootloader: grub2-bios` or `bootloader: [grub2-bios, grub2-efi]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Bootloader>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<Bootloader>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("grub2-bios, grub2-efi, none, or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Bootloader::deserialize(serde::de::value::StrDeserializer::new(v)).map(|b| vec![b])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = a.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -65,12 +93,22 @@ pub struct Layout {
     pub format: Format,
     pub size: String,
     pub disk_guid: String,
-    pub bootloader: Bootloader,
+    #[serde(deserialize_with = "one_or_many")]
+    pub bootloader: Vec<Bootloader>,
     #[serde(default)]
     pub kargs: Vec<String>,
     #[serde(default)]
     pub ostree: OstreeSettings,
     pub partitions: Vec<PartitionSpec>,
+}
+
+/// A FAT volume serial (`ABCD-1234`) as the number mformat takes.
+pub fn fat_serial(s: &str) -> Option<u32> {
+    let (a, b) = s.split_once('-')?;
+    if a.len() != 4 || b.len() != 4 {
+        return None;
+    }
+    u32::from_str_radix(&format!("{a}{b}"), 16).ok()
 }
 
 /// `512MiB` / `3GiB` / `1048576` as bytes.
@@ -127,10 +165,25 @@ impl Layout {
                     p.name
                 ),
             }
+            if p.kind == PartType::Esp {
+                if p.filesystem.as_deref() != Some("vfat") || p.mount.is_some() {
+                    bail!(
+                        "partition {}: an ESP has `filesystem: vfat` and no mount",
+                        p.name
+                    );
+                }
+                let serial = p.uuid.as_deref().unwrap_or_default();
+                if fat_serial(serial).is_none() {
+                    bail!(
+                        "partition {}: uuid {serial:?}: a FAT volume serial looks like ABCD-1234",
+                        p.name
+                    );
+                }
+            }
             if p.mount.is_some() {
                 if p.filesystem.as_deref() != Some("ext4") {
                     bail!(
-                        "partition {}: filesystem must be ext4 (the only one supported yet)",
+                        "partition {}: filesystem must be ext4 for / and /boot (the only one supported yet)",
                         p.name
                     );
                 }
@@ -147,10 +200,49 @@ impl Layout {
         if roots != 1 {
             bail!("exactly one partition must have `mount: /`");
         }
-        if self.bootloader == Bootloader::Grub2Bios
+        if self.has(Bootloader::Grub2Bios)
             && !self.partitions.iter().any(|p| p.kind == PartType::BiosBoot)
         {
             bail!("bootloader grub2-bios needs a partition of type bios-boot (1MiB is enough)");
+        }
+        if self.has(Bootloader::Grub2Efi)
+            && !self.partitions.iter().any(|p| p.kind == PartType::Esp)
+        {
+            bail!("bootloader grub2-efi needs a partition of type esp (filesystem: vfat)");
+        }
+        if self.bootloader.is_empty() {
+            bail!("bootloader: name one (grub2-bios, grub2-efi) or none");
+        }
+        Ok(())
+    }
+
+    pub fn has(&self, b: Bootloader) -> bool {
+        self.bootloader.contains(&b)
+    }
+
+    /// Whether any GRUB is installed (and so its config kept beside ostree's entries).
+    pub fn uses_grub(&self) -> bool {
+        self.has(Bootloader::Grub2Bios) || self.has(Bootloader::Grub2Efi)
+    }
+
+    /// Replaces the disk GUID, partition GUIDs and filesystem UUIDs with random ones
+    /// (`--random-uuids`): for images that must not share identities, at the cost of
+    /// reproducibility.
+    pub fn randomize_ids(&mut self) -> Result<()> {
+        let rand = || -> Result<String> {
+            Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
+                .trim()
+                .to_string())
+        };
+        self.disk_guid = rand()?;
+        for p in &mut self.partitions {
+            p.guid = rand()?;
+            if p.kind == PartType::Esp {
+                let u = rand()?.replace('-', "").to_uppercase();
+                p.uuid = Some(format!("{}-{}", &u[..4], &u[4..8]));
+            } else if p.uuid.is_some() {
+                p.uuid = Some(rand()?);
+            }
         }
         Ok(())
     }
@@ -172,6 +264,24 @@ mod tests {
         let l = Layout::load(&p).unwrap();
         assert_eq!(l.format, Format::Qcow2);
         assert!(l.kargs.iter().any(|k| k == "console=ttyS0"));
+        assert_eq!(l.bootloader, vec![Bootloader::Grub2Bios]);
+        let m = Layout::load(&p.with_file_name("metal.yaml")).unwrap();
+        assert_eq!(m.format, Format::Raw);
+        assert!(m.has(Bootloader::Grub2Bios) && m.has(Bootloader::Grub2Efi));
+    }
+
+    #[test]
+    fn random_ids_differ_and_keep_shapes() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/metal.yaml");
+        let a = Layout::load(&p).unwrap();
+        let mut b = a.clone();
+        b.randomize_ids().unwrap();
+        b.validate().unwrap();
+        assert_ne!(a.disk_guid, b.disk_guid);
+        for (x, y) in a.partitions.iter().zip(&b.partitions) {
+            assert_ne!(x.guid, y.guid);
+            assert_ne!(x.uuid, y.uuid);
+        }
     }
 
     #[test]

@@ -5,9 +5,11 @@
 
 pub mod gpt;
 mod grub;
+pub use grub::generator_main as grub_generator_main;
 pub mod layout;
 pub mod ops;
 
+use crate::progress::{Progress, Timer};
 use crate::{ostreeutil, process};
 use anyhow::{anyhow, bail, Context, Result};
 use layout::{Bootloader, Format, Layout, PartType};
@@ -25,6 +27,12 @@ pub struct BuildRequest<'a> {
     pub previous: Option<&'a str>,
     pub layout: &'a Path,
     pub format: Option<Format>,
+    /// Compress the output with zstd (qcow2: compressed clusters; raw: a .zst stream).
+    pub compress: bool,
+    /// Random GUIDs/UUIDs instead of the layout's fixed ones.
+    pub random_uuids: bool,
+    /// Print nothing but errors (otherwise one line per timed step on stderr).
+    pub quiet: bool,
     pub out: &'a Path,
 }
 
@@ -233,7 +241,10 @@ fn deploy(
 
 /// Builds the image; see the module docs.
 pub fn build(req: &BuildRequest) -> Result<()> {
-    let layout = Layout::load(req.layout)?;
+    let mut layout = Layout::load(req.layout)?;
+    if req.random_uuids {
+        layout.randomize_ids()?;
+    }
     let format = req.format.unwrap_or(layout.format);
     let repo = ostreeutil::open_existing(req.repo)?;
     let commit = ostreeutil::resolve(&repo, req.treeref)?
@@ -280,6 +291,8 @@ fn build_in(
     staging: &Path,
 ) -> Result<PathBuf> {
     let c = gio::Cancellable::NONE;
+    let progress = Progress::new(req.quiet, false);
+    let t = Timer::start();
     let sysroot_dir = staging.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
@@ -293,14 +306,24 @@ fn build_in(
         .context("initializing the stateroot")?;
     sysroot.load(c)?;
     let srepo = sysroot.repo();
-    // Nothing on the image decides the bootloader for ostree; we render GRUB's config.
-    let cfg = srepo.config();
-    cfg.set_string("sysroot", "bootloader", "none");
-    cfg.set_boolean("sysroot", "readonly", layout.ostree.sysroot_readonly);
-    srepo.write_config(&cfg)?;
-
     let root = layout.part("/").expect("validated");
     let boot = layout.part("/boot");
+    // ostree's grub2 backend has hostforge write GRUB's config into each new loader
+    // directory, so config and entries switch together; without GRUB, ostree writes none.
+    let cfg = srepo.config();
+    if layout.uses_grub() {
+        grub::configure_sysroot(&cfg, boot.is_some());
+        grub::use_as_generator()?;
+    } else {
+        cfg.set_string("sysroot", "bootloader", "none");
+    }
+    cfg.set_boolean("sysroot", "readonly", layout.ostree.sysroot_readonly);
+    // The staging tree is copied into filesystems and the image is synced as a whole; syncing
+    // each object and deployment here would only cost time.
+    cfg.set_boolean("core", "fsync", false);
+    srepo.write_config(&cfg)?;
+    srepo.reload_config(c)?;
+
     let mut kargs = vec![format!("root=UUID={}", root.uuid.as_deref().unwrap())];
     kargs.extend(layout.kargs.iter().cloned());
     if let Some(prev) = req.previous {
@@ -308,6 +331,8 @@ fn build_in(
         deploy(&sysroot, osname, prev, &pc, &kargs)?;
     }
     let nc = pull_into(&srepo, req.repo, req.treeref)?;
+    progress.step_done("pull", t.secs(), &nc);
+    let t = Timer::start();
     deploy(&sysroot, osname, req.treeref, &nc, &kargs)?;
 
     // The deployments mount /boot from its own partition.
@@ -323,14 +348,12 @@ fn build_in(
             std::fs::write(&fstab, text)?;
         }
     }
-    let boot_fs_uuid = boot.map(|b| b.uuid.clone().unwrap());
-    if layout.bootloader == Bootloader::Grub2Bios {
-        grub::write_config(
-            &sysroot_dir.join("boot"),
-            boot_fs_uuid.as_deref(),
-            boot.is_some(),
-        )?;
+    if layout.uses_grub() {
+        grub::link_config(&sysroot_dir.join("boot"))?;
     }
+
+    progress.step_done("deploy", t.secs(), osname);
+    let t = Timer::start();
 
     // Filesystems: /boot from sysroot/boot, / from the rest (with an empty /boot).
     let disk_bytes = layout::parse_size(&layout.size)?;
@@ -358,6 +381,21 @@ fn build_in(
             Some("/boot") => Some(&boot_dir),
             _ => None,
         };
+        if p.kind == PartType::Esp {
+            let boot_uuid = boot.or(Some(root)).and_then(|b| b.uuid.as_deref()).unwrap();
+            let efi = grub::efi_binary(staging, boot_uuid, boot.is_some())?;
+            disk.sync_all()?;
+            mkfs_esp(
+                &raw,
+                at.first_lba * gpt::SECTOR,
+                bytes,
+                p.label.as_deref().unwrap_or("EFI-SYSTEM"),
+                p.uuid.as_deref().unwrap_or_default(),
+                &efi,
+                staging,
+                epoch,
+            )?;
+        }
         if let Some(src) = src {
             // Straight into the disk image at the partition's offset: no copy of the filesystem.
             let label = p.label.clone().unwrap_or_else(|| p.name.clone());
@@ -388,7 +426,13 @@ fn build_in(
             attributes: 0,
         });
     }
-    if layout.bootloader == Bootloader::Grub2Bios {
+    progress.step_done(
+        "filesystems",
+        t.secs(),
+        &format!("{} partitions", layout.partitions.len()),
+    );
+    let t = Timer::start();
+    if layout.has(Bootloader::Grub2Bios) {
         let (i, _) = layout
             .partitions
             .iter()
@@ -418,19 +462,82 @@ fn build_in(
     disk.flush()?;
     disk.sync_all()?;
     drop(disk);
-    match format {
-        Format::Raw => Ok(raw),
-        Format::Qcow2 => {
-            let q = staging.join("disk.qcow2");
+    progress.step_done("bootloader", t.secs(), "GPT and boot code");
+    let t = Timer::start();
+    let out = match (format, req.compress) {
+        (Format::Raw, false) => Ok(raw),
+        (Format::Raw, true) => {
+            let z = staging.join("disk.raw.zst");
             process::run(
-                Command::new("qemu-img")
-                    .args(["convert", "-f", "raw", "-O", "qcow2"])
-                    .arg(&raw)
-                    .arg(&q),
+                Command::new("zstd")
+                    .args(["-q", "-T0", "--sparse", "-o"])
+                    .arg(&z)
+                    .arg(&raw),
             )
-            .context("converting to qcow2")?;
+            .context("compressing with zstd (apt-get install zstd)")?;
+            std::fs::remove_file(&raw)?;
+            Ok(z)
+        }
+        (Format::Qcow2, compress) => {
+            let q = staging.join("disk.qcow2");
+            let mut cmd = Command::new("qemu-img");
+            cmd.args(["convert", "-f", "raw", "-O", "qcow2"]);
+            if compress {
+                cmd.args(["-c", "-o", "compression_type=zstd"]);
+            }
+            process::run(cmd.arg(&raw).arg(&q)).context("converting to qcow2")?;
             std::fs::remove_file(&raw)?;
             Ok(q)
         }
-    }
+    };
+    progress.step_done("output", t.secs(), &format!("{format:?}").to_lowercase());
+    out
+}
+
+/// Makes the ESP (FAT, by mtools) at `offset` in `image` holding GRUB as the removable-media
+/// loader. mtools takes its timestamps from SOURCE_DATE_EPOCH, so the ESP is reproducible.
+#[allow(clippy::too_many_arguments)]
+fn mkfs_esp(
+    image: &Path,
+    offset: u64,
+    bytes: u64,
+    label: &str,
+    serial: &str,
+    efi: &Path,
+    staging: &Path,
+    epoch: u64,
+) -> Result<()> {
+    let serial = layout::fat_serial(serial).expect("validated");
+    let tree = staging.join("esp");
+    let boot = tree.join("EFI/BOOT");
+    std::fs::create_dir_all(&boot)?;
+    std::fs::copy(efi, boot.join("BOOTX64.EFI"))?;
+    clamp_times(&tree, epoch)?;
+    let target = format!("{}@@{offset}", image.display());
+    let sectors = bytes / 512;
+    process::run(
+        Command::new("mformat")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .arg("-i")
+            .arg(&target)
+            .args(["-F", "-h", "64", "-s", "32", "-T"])
+            .arg(sectors.to_string())
+            .arg("-v")
+            .arg(label)
+            .arg("-N")
+            .arg(format!("{serial:08x}"))
+            .arg("::"),
+    )
+    .context("making the ESP's FAT filesystem (apt-get install mtools)")?;
+    process::run(
+        Command::new("mcopy")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .arg("-i")
+            .arg(&target)
+            .args(["-s", "-m", "-Q"])
+            .arg(tree.join("EFI"))
+            .arg("::/"),
+    )
+    .context("copying GRUB onto the ESP")?;
+    Ok(())
 }

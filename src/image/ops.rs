@@ -1,7 +1,11 @@
-//! Offline operations on built images: `status` reads the boot loader entries and the
+//! A/B operations. On images, offline: `status` reads the boot loader entries and the
 //! deployment links without mounting anything (debugfs reads the filesystems); `rollback`
 //! makes the other deployment the default by rewriting the /boot filesystem (entries and GRUB
-//! config together) in a copy of the image that replaces the original in one rename.
+//! config together) in a copy of the image that replaces the original in one rename; `deploy`
+//! and `pin` edit the filesystems' trees with the `ostree` crate and make them again. On a
+//! live sysroot (`--sysroot /` on a booted node) the same operations go through libostree,
+//! whose loader swap changes the entries and GRUB's config (kept in the loader directory) in
+//! one rename.
 
 use super::{gpt, grub, mkfs_ext4, remove_staging};
 use crate::process;
@@ -17,10 +21,25 @@ pub struct Deployment {
     pub index: usize,
     pub default: bool,
     pub rollback: bool,
+    /// Kept when newer deployments would prune it.
+    pub pinned: bool,
     pub osname: String,
     pub commit: String,
+    /// The commit's `version` metadata, when it has one.
+    pub version: Option<String>,
     pub title: String,
     pub kargs: String,
+}
+
+/// The `version` in a serialized commit object's metadata.
+fn commit_version(commit_object: Vec<u8>) -> Option<String> {
+    use ostree::glib;
+    let v = glib::Variant::from_data_with_type(
+        commit_object,
+        glib::VariantTy::new("(a{sv}aya(say)sstayay)").ok()?,
+    );
+    let meta = glib::VariantDict::new(Some(&v.child_value(0)));
+    meta.lookup::<String>("version").ok().flatten()
 }
 
 fn is_qcow2(path: &Path) -> Result<bool> {
@@ -74,8 +93,9 @@ fn debugfs(fs: &Path, request: &str) -> Result<String> {
     process::run(Command::new("debugfs").arg("-R").arg(request).arg(fs))
 }
 
-/// The deployment commit a `ostree=` boot link points at, read from the root filesystem.
-fn commit_of(rootfs: &Path, ostree_path: &str) -> Result<(String, String)> {
+/// The deployment a `ostree=` boot link points at, read from the root filesystem:
+/// (osname, commit, deployment directory name).
+fn commit_of(rootfs: &Path, ostree_path: &str) -> Result<(String, String, String)> {
     let stat = debugfs(rootfs, &format!("stat {ostree_path}"))?;
     if !stat.contains("Type: symlink") {
         bail!("{ostree_path} is not a deployment link on the root filesystem");
@@ -101,7 +121,14 @@ fn commit_of(rootfs: &Path, ostree_path: &str) -> Result<(String, String)> {
         .copied()
         .unwrap_or_default()
         .to_string();
-    Ok((osname, commit))
+    Ok((osname, commit, name.to_string()))
+}
+
+/// Reads a file of the root filesystem through debugfs into `scratch` (binary-safe).
+fn read_root_file(rootfs: &Path, path: &str, scratch: &Path) -> Option<Vec<u8>> {
+    let _ = std::fs::remove_file(scratch);
+    debugfs(rootfs, &format!("dump {path} {}", scratch.display())).ok()?;
+    std::fs::read(scratch).ok()
 }
 
 struct Opened {
@@ -159,18 +186,45 @@ fn deployments(o: &Opened) -> Result<Vec<Deployment>> {
                 .split_whitespace()
                 .find_map(|a| a.strip_prefix("ostree="))
                 .ok_or_else(|| anyhow!("boot entry {:?} has no ostree= argument", e.title))?;
-            let (osname, commit) = commit_of(&o.root_fs, ostree_path)?;
+            let (osname, commit, dirname) = commit_of(&o.root_fs, ostree_path)?;
+            let scratch = o.staging.join("read.tmp");
+            let object = format!(
+                "/ostree/repo/objects/{}/{}.commit",
+                &commit[..2],
+                &commit[2..]
+            );
+            let version = read_root_file(&o.root_fs, &object, &scratch).and_then(commit_version);
+            let origin = format!("/ostree/deploy/{osname}/deploy/{dirname}.origin");
+            let pinned = read_root_file(&o.root_fs, &origin, &scratch)
+                .map(|b| origin_pinned(&String::from_utf8_lossy(&b)))
+                .unwrap_or(false);
             Ok(Deployment {
                 index: i,
                 default: i == 0,
                 rollback: i == 1,
+                pinned,
                 osname,
                 commit,
+                version,
                 title: e.title.clone(),
                 kargs: e.options.clone(),
             })
         })
         .collect()
+}
+
+/// `pinned=true` in an origin file's `[libostree-transient]` group.
+fn origin_pinned(origin: &str) -> bool {
+    let mut group = "";
+    for l in origin.lines() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            group = l;
+        } else if group == "[libostree-transient]" && l.replace(' ', "") == "pinned=true" {
+            return true;
+        }
+    }
+    false
 }
 
 /// The deployments of an image, default first.
@@ -260,7 +314,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
             std::fs::write(p, swapped)?;
         }
         let (label, uuid) = fs_identity(&o.boot_fs)?;
-        grub::write_config(&o.boot_dir, Some(&uuid), true)?;
+        grub::write_config(&o.boot_dir, true)?;
         let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
         let epoch = crate::source_date_epoch()?;
         super::clamp_times(&o.boot_dir, epoch)?;
@@ -292,14 +346,97 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
 /// filesystems are read out with debugfs, changed with the `ostree` crate's sysroot API, made
 /// again and written into a copy of the image that replaces the original in one rename.
 pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
+    offline_edit(img, "deploy", |sysroot| deploy_in(sysroot, repo, r))
+}
+
+/// Pins (or unpins) deployment `index` of the image, so later deploys keep it.
+pub fn pin(img: &Path, index: usize, pinned: bool) -> Result<Vec<Deployment>> {
+    offline_edit(img, "pin", |sysroot| pin_in(sysroot, index, pinned))
+}
+
+fn deploy_in(sysroot: &ostree::Sysroot, repo: &Path, r: &str) -> Result<()> {
+    use ostree::gio;
+    let c = gio::Cancellable::NONE;
+    let merge = sysroot
+        .merge_deployment(None)
+        .or_else(|| sysroot.deployments().into_iter().next())
+        .ok_or_else(|| anyhow!("the sysroot has no deployment to deploy over"))?;
+    let osname = merge.osname();
+    let kargs: Vec<String> = merge
+        .bootconfig()
+        .and_then(|b| b.get("options"))
+        .map(|o| {
+            o.split_whitespace()
+                .filter(|a| !a.starts_with("ostree="))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let commit = super::pull_into(&sysroot.repo(), repo, r)?;
+    let origin = sysroot.origin_new_from_refspec(r);
+    let kargs_ref: Vec<&str> = kargs.iter().map(String::as_str).collect();
+    let dep = sysroot
+        .deploy_tree(
+            Some(&osname),
+            &commit,
+            Some(&origin),
+            Some(&merge),
+            &kargs_ref,
+            c,
+        )
+        .with_context(|| format!("deploying {r} ({commit})"))?;
+    sysroot
+        .simple_write_deployment(
+            Some(&osname),
+            &dep,
+            Some(&merge),
+            ostree::SysrootSimpleWriteDeploymentFlags::NONE,
+            c,
+        )
+        .context("writing the deployments")?;
+    sysroot
+        .cleanup(c)
+        .context("pruning what the old deployments used")?;
+    Ok(())
+}
+
+fn pin_in(sysroot: &ostree::Sysroot, index: usize, pinned: bool) -> Result<()> {
+    let deps = sysroot.deployments();
+    let dep = deps.get(index).ok_or_else(|| {
+        anyhow!(
+            "there is no deployment {index}; the sysroot has {} (0 is the default)",
+            deps.len()
+        )
+    })?;
+    sysroot
+        .deployment_set_pinned(dep, pinned)
+        .context("changing the deployment's pin")?;
+    Ok(())
+}
+
+fn rollback_in(sysroot: &ostree::Sysroot) -> Result<()> {
+    let mut deps = sysroot.deployments();
+    if deps.len() < 2 {
+        bail!("the sysroot has one deployment; there is nothing to roll back to");
+    }
+    deps.swap(0, 1);
+    sysroot
+        .write_deployments(&deps, ostree::gio::Cancellable::NONE)
+        .context("writing the deployments in their new order")?;
+    Ok(())
+}
+
+/// Reads the image's root and /boot filesystems into a staging sysroot, runs `edit` on it
+/// through libostree, makes both filesystems again and replaces the image in one rename.
+fn offline_edit(
+    img: &Path,
+    op: &str,
+    edit: impl FnOnce(&ostree::Sysroot) -> Result<()>,
+) -> Result<Vec<Deployment>> {
     use ostree::gio;
     let o = open(img)?;
     let result = (|| -> Result<Vec<Deployment>> {
-        let current = deployments(&o)?;
-        let osname = current
-            .first()
-            .map(|d| d.osname.clone())
-            .ok_or_else(|| anyhow!("{} has no deployment", img.display()))?;
+        deployments(&o)?;
         let sysroot_dir = o.staging.join("sysroot");
         std::fs::create_dir_all(&sysroot_dir)?;
         debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
@@ -310,51 +447,15 @@ pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
         debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
         let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
 
-        let c = gio::Cancellable::NONE;
+        grub::use_as_generator()?;
         let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
-        sysroot.load(c).context("loading the image's sysroot")?;
-        let merge = sysroot
-            .merge_deployment(Some(&osname))
-            .ok_or_else(|| anyhow!("no deployment of {osname} to deploy over"))?;
-        let kargs: Vec<String> = merge
-            .bootconfig()
-            .and_then(|b| b.get("options"))
-            .map(|o| {
-                o.split_whitespace()
-                    .filter(|a| !a.starts_with("ostree="))
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let commit = super::pull_into(&sysroot.repo(), repo, r)?;
-        let origin = sysroot.origin_new_from_refspec(r);
-        let kargs_ref: Vec<&str> = kargs.iter().map(String::as_str).collect();
-        let dep = sysroot
-            .deploy_tree(
-                Some(&osname),
-                &commit,
-                Some(&origin),
-                Some(&merge),
-                &kargs_ref,
-                c,
-            )
-            .with_context(|| format!("deploying {r} ({commit})"))?;
         sysroot
-            .simple_write_deployment(
-                Some(&osname),
-                &dep,
-                Some(&merge),
-                ostree::SysrootSimpleWriteDeploymentFlags::NONE,
-                c,
-            )
-            .context("writing the deployments")?;
-        sysroot
-            .cleanup(c)
-            .context("pruning what the old deployments used")?;
+            .load(gio::Cancellable::NONE)
+            .context("loading the image's sysroot")?;
+        edit(&sysroot)?;
 
         let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
         let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
-        grub::write_config(&boot_dir, Some(&boot_uuid), true)?;
         let epoch = crate::source_date_epoch()?;
         let boot_copy = o.staging.join("bootfs");
         std::fs::rename(&boot_dir, &boot_copy)?;
@@ -392,9 +493,120 @@ pub fn deploy(img: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
         std::fs::create_dir_all(&o.boot_dir)?;
         debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
         let new_deps = deployments(&o)?;
-        replace_image(&o, img, "deploy")?;
+        replace_image(&o, img, op)?;
         Ok(new_deps)
     })();
     remove_staging(&o.staging)?;
     result
+}
+
+/// A live sysroot (a booted node's `/`, or any sysroot directory), loaded and locked.
+struct Live {
+    sysroot: ostree::Sysroot,
+}
+
+impl Live {
+    fn open(path: &Path) -> Result<Live> {
+        use ostree::gio;
+        if !path.join("ostree/repo").is_dir() {
+            bail!(
+                "{} is not an ostree sysroot (no ostree/repo)",
+                path.display()
+            );
+        }
+        let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+        sysroot
+            .load(gio::Cancellable::NONE)
+            .with_context(|| format!("loading the sysroot at {}", path.display()))?;
+        Ok(Live { sysroot })
+    }
+
+    /// Runs `edit` holding the sysroot lock, then reloads.
+    fn edit(&self, edit: impl FnOnce(&ostree::Sysroot) -> Result<()>) -> Result<()> {
+        grub::use_as_generator()?;
+        self.sysroot
+            .lock()
+            .context("locking the sysroot (is another ostree operation running?)")?;
+        let r = edit(&self.sysroot);
+        self.sysroot.unlock();
+        r?;
+        self.sysroot.load(ostree::gio::Cancellable::NONE)?;
+        Ok(())
+    }
+
+    fn deployments(&self) -> Result<Vec<Deployment>> {
+        let repo = self.sysroot.repo();
+        Ok(self
+            .sysroot
+            .deployments()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let commit = d.csum().to_string();
+                let version = crate::ostreeutil::commit_meta(&repo, &commit)
+                    .ok()
+                    .and_then(|m| crate::ostreeutil::meta_str(&m, "version"));
+                let bc = d.bootconfig();
+                let get = |k: &str| {
+                    bc.as_ref()
+                        .and_then(|b| b.get(k))
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                };
+                Deployment {
+                    index: i,
+                    default: i == 0,
+                    rollback: i == 1,
+                    pinned: d.is_pinned(),
+                    osname: d.osname().to_string(),
+                    commit,
+                    version,
+                    title: get("title"),
+                    kargs: get("options"),
+                }
+            })
+            .collect())
+    }
+}
+
+/// The deployments of a live sysroot, default first.
+pub fn live_status(sysroot: &Path) -> Result<Vec<Deployment>> {
+    Live::open(sysroot)?.deployments()
+}
+
+/// Deploys `r` on a live sysroot as the new default (the old default stays as rollback).
+pub fn live_deploy(sysroot: &Path, repo: &Path, r: &str) -> Result<Vec<Deployment>> {
+    let live = Live::open(sysroot)?;
+    live.edit(|s| deploy_in(s, repo, r))?;
+    live.deployments()
+}
+
+/// Swaps the default and rollback deployments of a live sysroot in one loader swap.
+pub fn live_rollback(sysroot: &Path) -> Result<Vec<Deployment>> {
+    let live = Live::open(sysroot)?;
+    live.edit(rollback_in)?;
+    live.deployments()
+}
+
+/// Pins or unpins deployment `index` of a live sysroot.
+pub fn live_pin(sysroot: &Path, index: usize, pinned: bool) -> Result<Vec<Deployment>> {
+    let live = Live::open(sysroot)?;
+    live.edit(|s| pin_in(s, index, pinned))?;
+    live.deployments()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_read_from_the_transient_group() {
+        assert!(origin_pinned(
+            "[origin]\nrefspec=a\n\n[libostree-transient]\npinned=true\n"
+        ));
+        assert!(!origin_pinned("[origin]\npinned=true\n"));
+        assert!(!origin_pinned(
+            "[origin]\nrefspec=a\n[libostree-transient]\npinned=false\n"
+        ));
+    }
 }

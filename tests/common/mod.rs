@@ -190,6 +190,14 @@ pub fn composed_node() -> (PathBuf, String) {
     let tf_dir = work.join("tf");
     std::fs::create_dir_all(&tf_dir).unwrap();
     std::fs::copy(top.join("treefiles/node.yaml"), tf_dir.join("node.yaml")).unwrap();
+    std::fs::create_dir_all(tf_dir.join("node")).unwrap();
+    for f in ["toolbox", "toolbox.conf"] {
+        std::fs::copy(
+            top.join("treefiles/node").join(f),
+            tf_dir.join("node").join(f),
+        )
+        .unwrap();
+    }
     std::fs::write(
         tf_dir.join("fixture-distro.repo"),
         format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),

@@ -15,7 +15,8 @@ use std::process::Command;
 const SOURCE: &str = include_str!("distro.rs");
 const BUILD_TIME: u32 = 1_700_000_000;
 
-/// What the node needs: a kernel, systemd, udev, the ostree boot pieces, dracut and a shell.
+/// What the node needs: a kernel, systemd, udev, the ostree boot pieces, dracut and a shell;
+/// and what the debug toolbox (`treefiles/toolbox.yaml`) adds: strace, tcpdump, iproute2, lsof.
 const DEBIAN_PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
     "systemd",
@@ -41,6 +42,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zstd",
     "cpio",
     "procps",
+    "strace",
+    "tcpdump",
+    "iproute2",
+    "lsof",
+    "iputils-ping",
+    "less",
 ];
 
 /// Parts of packages a node never needs; dropped like dpkg's path-exclude would.
@@ -436,9 +443,27 @@ fn node_base(passwd: &str, group: &str) -> Result<rpm::Package> {
 /// Copies treefiles/node.yaml into `dir` with a fixture-distro.repo pointing at `distro`;
 /// returns the treefile's path.
 pub fn node_treefile(top: &Path, distro: &Path, dir: &Path) -> Result<PathBuf> {
+    distro_treefile(top, distro, dir, "node.yaml")
+}
+
+/// Copies `treefiles/` (the treefiles and the files they add) into `dir` with a
+/// fixture-distro.repo pointing at `distro`; returns the path of treefile `name` there.
+pub fn distro_treefile(top: &Path, distro: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let tf = dir.join("node.yaml");
-    std::fs::copy(top.join("treefiles/node.yaml"), &tf)?;
+    let tf = dir.join(name);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(top.join("treefiles").join(&rel))? {
+            let e = e?;
+            let r = rel.join(e.file_name());
+            if e.file_type()?.is_dir() {
+                std::fs::create_dir_all(dir.join(&r))?;
+                stack.push(r);
+            } else {
+                std::fs::copy(e.path(), dir.join(&r))?;
+            }
+        }
+    }
     std::fs::write(
         dir.join("fixture-distro.repo"),
         format!("[fixture-distro]\nbaseurl=file://{}\n", distro.display()),

@@ -34,6 +34,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "qemu-system-x86",
     "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "mtools",
+    "ovmf",
+    "zstd",
+    "buildah",
+    "skopeo",
+    "podman",
+    "docker-registry",
 ];
 
 fn top() -> PathBuf {
@@ -187,6 +195,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("test") => test(&args[1..]),
+        // The QEMU boot tier alone (`cargo xtask test` runs it with everything else).
+        Some("boot-test") => {
+            let mut a = vec!["--test".to_string(), "boot".to_string()];
+            a.extend(args[1..].iter().cloned());
+            test(&a)
+        }
         Some("demo") => demo(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("compose") => {
@@ -208,7 +222,9 @@ fn main() -> Result<()> {
             _ => bail!("usage: cargo xtask bench compose|node|image"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <deps|fixtures|test|demo|bench compose|node|image>");
+            eprintln!(
+                "usage: cargo xtask <deps|fixtures|test|boot-test|demo|bench compose|node|image>"
+            );
             Ok(())
         }
     }

@@ -1,0 +1,367 @@
+//! Debug toolbox images: a `container: true` treefile composed like any other (same package
+//! cache), checked out, and packed into an OCI image by buildah with a fixed timestamp, so the
+//! same commit always gives the same digest. Pushed to a registry and/or written as an OCI
+//! layout directory. Nodes pull it on demand with `/usr/bin/toolbox` (treefiles/node/toolbox).
+
+use crate::{compose, ostreeutil, process};
+use anyhow::{anyhow, bail, Context, Result};
+use ostree::gio;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct BuildRequest<'a> {
+    pub treefile: &'a Path,
+    pub tag: &'a str,
+    pub push: bool,
+    pub oci_dir: Option<&'a Path>,
+    pub tls_verify: bool,
+    pub authfile: Option<&'a Path>,
+    pub cachedir: &'a Path,
+    pub quiet: bool,
+}
+
+/// What was built.
+#[derive(Debug, serde::Serialize)]
+pub struct Built {
+    pub tag: String,
+    pub commit: String,
+    /// The manifest digest in the registry, when pushed.
+    pub digest: Option<String>,
+    pub oci_dir: Option<PathBuf>,
+}
+
+/// Checks `REGISTRY/NAME:TAG` the way registries do, before anything is built.
+pub fn check_tag(tag: &str) -> Result<()> {
+    let explain = "use REGISTRY/NAME:TAG, e.g. registry.example.com/hostforge/toolbox:1";
+    let (name, t) = tag
+        .rsplit_once(':')
+        .filter(|(n, t)| !t.contains('/') && !n.is_empty())
+        .ok_or_else(|| anyhow!("--tag {tag:?}: no :TAG; {explain}"))?;
+    let (registry, path) = name
+        .split_once('/')
+        .ok_or_else(|| anyhow!("--tag {tag:?}: no registry; {explain}"))?;
+    if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+        bail!("--tag {tag:?}: {registry:?} is not a registry host (it needs a dot, a port or to be localhost); {explain}");
+    }
+    let tag_ok = !t.is_empty()
+        && t.len() <= 128
+        && !t.starts_with(['.', '-'])
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !tag_ok {
+        bail!("--tag {tag:?}: tag {t:?} may only have letters, digits, _ . - (at most 128, not starting with . or -)");
+    }
+    let path_ok = path.split('/').all(|part| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+    });
+    if !path_ok {
+        bail!("--tag {tag:?}: repository {path:?} must be lowercase letters, digits and . _ - separated by /");
+    }
+    Ok(())
+}
+
+/// buildah with hostforge's own storage under the cachedir (vfs: works anywhere as root),
+/// so builds neither see nor touch the host's containers.
+struct Buildah {
+    root: PathBuf,
+    runroot: PathBuf,
+}
+
+impl Buildah {
+    fn new(cachedir: &Path) -> Result<Buildah> {
+        if process::which("buildah").is_none() {
+            bail!("buildah is not installed; toolbox images are built with it (apt-get install buildah)");
+        }
+        let base = cachedir.join("toolbox");
+        Ok(Buildah {
+            root: base.join("storage"),
+            runroot: base.join("run"),
+        })
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--storage-driver", "vfs"]);
+        c
+    }
+
+    fn run(&self, args: &[&str], what: &str) -> Result<String> {
+        process::run(self.cmd().args(args)).with_context(|| what.to_string())
+    }
+}
+
+/// Checks out `commit` of `repo` into `dest` with real ownership and modes.
+fn checkout(repo: &ostree::Repo, commit: &str, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        std::fs::remove_dir_all(dest)
+            .with_context(|| format!("removing a stale checkout {}", dest.display()))?;
+    }
+    let opts = ostree::RepoCheckoutAtOptions {
+        mode: ostree::RepoCheckoutMode::None,
+        ..Default::default()
+    };
+    repo.checkout_at(
+        Some(&opts),
+        libc_at_fdcwd(),
+        dest,
+        commit,
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("checking out {commit} to {}", dest.display()))?;
+    Ok(())
+}
+
+/// `AT_FDCWD` without a libc dependency: relative paths resolve against the cwd.
+fn libc_at_fdcwd() -> i32 {
+    -100
+}
+
+/// Composes the toolbox treefile and builds (and pushes) its image.
+pub fn build(req: &BuildRequest) -> Result<Built> {
+    check_tag(req.tag)?;
+    if !req.push && req.oci_dir.is_none() {
+        bail!("nothing to deliver the image to: give --push, --oci-dir DIR, or both");
+    }
+    let buildah = Buildah::new(req.cachedir)?;
+    let tf = crate::treefile::Treefile::load(req.treefile)?;
+    if !tf.container() {
+        bail!(
+            "{}: a toolbox treefile needs `container: true` (no kernel, no ostree layout)",
+            req.treefile.display()
+        );
+    }
+
+    // Compose into a repo of our own beside the package cache; unchanged inputs skip all work.
+    std::fs::create_dir_all(req.cachedir)?;
+    let repo_path = req.cachedir.join("toolbox/repo");
+    std::fs::create_dir_all(repo_path.parent().unwrap())?;
+    let repo = ostreeutil::open_or_create(&repo_path, ostree::RepoMode::BareUser)?;
+    let idfile = req
+        .cachedir
+        .join(format!("toolbox/commit-id.{}", std::process::id()));
+    let _ = std::fs::remove_file(&idfile);
+    compose::compose_tree(compose::Options {
+        treefile: req.treefile.to_path_buf(),
+        repo: Some(repo_path.clone()),
+        cachedir: req.cachedir.to_path_buf(),
+        write_commitid_to: Some(idfile.clone()),
+        quiet: req.quiet,
+        ..Default::default()
+    })?;
+    let treeref = tf.treeref();
+    let commit = match std::fs::read_to_string(&idfile) {
+        Ok(c) => c.trim().to_string(),
+        // No change: the ref already names the commit.
+        Err(_) => ostreeutil::resolve(&repo, &treeref)?
+            .ok_or_else(|| anyhow!("the compose left no commit on {treeref}"))?,
+    };
+    let meta = ostreeutil::commit_meta(&repo, &commit)?;
+    let version = ostreeutil::meta_str(&meta, "version");
+    let epoch = if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+        crate::source_date_epoch()?
+    } else {
+        let c = repo.load_variant(ostree::ObjectType::Commit, &commit)?;
+        ostree::commit_get_timestamp(&c)
+    };
+
+    let _ = std::fs::remove_file(&idfile);
+    // Per process: two builds sharing a cachedir must not check out over each other.
+    let rootfs = req
+        .cachedir
+        .join(format!("toolbox/rootfs.{}", std::process::id()));
+    checkout(&repo, &commit, &rootfs)?;
+    let result = pack(&buildah, req, &rootfs, &commit, version.as_deref(), epoch);
+    let _ = std::fs::remove_dir_all(&rootfs);
+    result
+}
+
+fn pack(
+    buildah: &Buildah,
+    req: &BuildRequest,
+    rootfs: &Path,
+    commit: &str,
+    version: Option<&str>,
+    epoch: u64,
+) -> Result<Built> {
+    let name = format!("hostforge-toolbox-{}", std::process::id());
+    let _ = buildah.run(&["rm", &name], "removing a stale build container");
+    buildah.run(
+        &["from", "--name", &name, "scratch"],
+        "starting an empty image (buildah from scratch)",
+    )?;
+    let result = (|| -> Result<Built> {
+        let mut root_arg = rootfs.as_os_str().to_owned();
+        root_arg.push("/");
+        process::run(buildah.cmd().arg("add").arg(&name).arg(&root_arg).arg("/"))
+            .context("adding the composed root to the image")?;
+        let mut labels = vec![
+            "com.github.containers.toolbox=true".to_string(),
+            format!("org.opencontainers.image.revision={commit}"),
+            format!("io.hostforge.commit={commit}"),
+            format!(
+                "io.hostforge.treefile={}",
+                req.treefile
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            ),
+            format!("org.opencontainers.image.created={}", rfc3339(epoch)),
+        ];
+        if let Some(v) = version {
+            labels.push(format!("org.opencontainers.image.version={v}"));
+        }
+        let mut config: Vec<String> = vec![
+            "config".into(),
+            "--os".into(),
+            "linux".into(),
+            "--arch".into(),
+            "amd64".into(),
+            "--entrypoint".into(),
+            r#"["/usr/bin/env"]"#.into(),
+            "--cmd".into(),
+            "/bin/bash".into(),
+            "--env".into(),
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            "--env".into(),
+            "HOST=/host".into(),
+            "--workingdir".into(),
+            "/".into(),
+            "--created-by".into(),
+            format!("hostforge {}", crate::HOSTFORGE_VERSION),
+        ];
+        for l in &labels {
+            config.push("--label".into());
+            config.push(l.clone());
+        }
+        config.push(name.clone());
+        let config_ref: Vec<&str> = config.iter().map(String::as_str).collect();
+        buildah.run(&config_ref, "setting the image config")?;
+        let epoch_s = epoch.to_string();
+        buildah.run(
+            &[
+                "commit",
+                "--quiet",
+                "--format",
+                "oci",
+                "--timestamp",
+                &epoch_s,
+                &name,
+                req.tag,
+            ],
+            "committing the image (buildah commit)",
+        )?;
+        let mut digest = None;
+        if let Some(dir) = req.oci_dir {
+            let t = req.tag.rsplit_once(':').map(|x| x.1).unwrap_or("latest");
+            let _ = std::fs::remove_dir_all(dir);
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            buildah.run(
+                &[
+                    "push",
+                    "--quiet",
+                    req.tag,
+                    &format!("oci:{}:{t}", dir.display()),
+                ],
+                &format!("writing the OCI layout {}", dir.display()),
+            )?;
+        }
+        if req.push {
+            let digestfile = buildah
+                .root
+                .with_file_name(format!("digest-{}", std::process::id()));
+            let mut cmd = buildah.cmd();
+            cmd.args(["push", "--quiet", "--retry", "1", "--retry-delay", "1s"])
+                .arg(format!("--tls-verify={}", req.tls_verify))
+                .arg("--digestfile")
+                .arg(&digestfile);
+            if let Some(a) = req.authfile {
+                cmd.arg("--authfile").arg(a);
+            }
+            cmd.arg(req.tag).arg(format!("docker://{}", req.tag));
+            process::run(&mut cmd).map_err(|e| {
+                let registry = req.tag.split('/').next().unwrap_or_default();
+                anyhow!(
+                    "pushing {} failed; is the registry {registry} up and reachable{}?\n{e:#}",
+                    req.tag,
+                    if req.tls_verify {
+                        " over HTTPS (--tls-verify=false for plain HTTP)"
+                    } else {
+                        ""
+                    }
+                )
+            })?;
+            digest = Some(std::fs::read_to_string(&digestfile)?.trim().to_string());
+            let _ = std::fs::remove_file(&digestfile);
+        }
+        Ok(Built {
+            tag: req.tag.to_string(),
+            commit: commit.to_string(),
+            digest,
+            oci_dir: req.oci_dir.map(Path::to_path_buf),
+        })
+    })();
+    let _ = buildah.run(&["rm", &name], "removing the build container");
+    result
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC time.
+fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86400) as i64;
+    let secs = epoch % 86400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        check_tag("127.0.0.1:5000/hostforge/toolbox:1").unwrap();
+        check_tag("localhost/toolbox:latest").unwrap();
+        check_tag("registry.example.com/a/b-c_d.e:v1.2").unwrap();
+        for bad in [
+            "toolbox:1",
+            "registry.example.com/toolbox",
+            "registry.example.com/Toolbox:1",
+            "registry.example.com/toolbox:bad tag",
+            "nodots/toolbox:1",
+            "registry.example.com/toolbox:-x",
+        ] {
+            let e = check_tag(bad).unwrap_err().to_string();
+            assert!(e.contains("--tag"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
