@@ -441,18 +441,24 @@ fn live_sysroot_deploy_prune_pin_rollback() {
     };
     let commits = || status().into_iter().map(|d| d.0).collect::<Vec<_>>();
     // GRUB's menu, read where GRUB reads it: the config inside the current loader directory.
+    // Its first entry boots the deployment `ostree=` names; status says whose that is.
+    let ostree_arg = |line: &str| {
+        line.split_whitespace()
+            .find(|w| w.starts_with("ostree="))
+            .unwrap()
+            .to_string()
+    };
     let first_menu_commit = || {
         let cfg = std::fs::read_to_string(sysroot.join("boot/loader/grub.cfg")).unwrap();
-        let line = cfg
-            .lines()
-            .find(|l| l.contains("ostree="))
+        let first = ostree_arg(cfg.lines().find(|l| l.contains("ostree=")).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&hf(&["status", "--json"])).unwrap();
+        v["deployments"]
+            .as_array()
             .unwrap()
-            .to_string();
-        [&a, &b]
-            .into_iter()
-            .find(|c| line.contains(c.as_str()))
-            .cloned()
-            .unwrap_or_default()
+            .iter()
+            .find(|d| ostree_arg(d["kargs"].as_str().unwrap()) == first)
+            .map(|d| d["commit"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("menu entry {first} is no deployment's:\n{cfg}\n{v}"))
     };
     assert_eq!(commits(), vec![a.clone()]);
     let repo_s = repo.to_str().unwrap();

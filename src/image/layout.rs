@@ -280,8 +280,36 @@ mod tests {
         assert_ne!(a.disk_guid, b.disk_guid);
         for (x, y) in a.partitions.iter().zip(&b.partitions) {
             assert_ne!(x.guid, y.guid);
-            assert_ne!(x.uuid, y.uuid);
+            if x.uuid.is_some() {
+                assert_ne!(x.uuid, y.uuid);
+            }
         }
+    }
+
+    #[test]
+    fn bootloader_needs_its_partition() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l.yaml");
+        let base =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
+                .unwrap();
+        std::fs::write(
+            &p,
+            base.replace(
+                "bootloader: grub2-bios",
+                "bootloader: [grub2-bios, grub2-efi]",
+            ),
+        )
+        .unwrap();
+        let e = format!("{:#}", Layout::load(&p).unwrap_err());
+        assert!(e.contains("grub2-efi needs a partition of type esp"), "{e}");
+        std::fs::write(
+            &p,
+            base.replace("bootloader: grub2-bios", "bootloader: lilo"),
+        )
+        .unwrap();
+        let e = format!("{:#}", Layout::load(&p).unwrap_err());
+        assert!(e.contains("l.yaml:") && e.contains("lilo"), "{e}");
     }
 
     #[test]

@@ -357,11 +357,15 @@ pub fn pin(img: &Path, index: usize, pinned: bool) -> Result<Vec<Deployment>> {
 fn deploy_in(sysroot: &ostree::Sysroot, repo: &Path, r: &str) -> Result<()> {
     use ostree::gio;
     let c = gio::Cancellable::NONE;
-    let merge = sysroot
-        .merge_deployment(None)
+    // The booted deployment's stateroot on a node; the default's otherwise.
+    let osname = sysroot
+        .booted_deployment()
         .or_else(|| sysroot.deployments().into_iter().next())
-        .ok_or_else(|| anyhow!("the sysroot has no deployment to deploy over"))?;
-    let osname = merge.osname();
+        .ok_or_else(|| anyhow!("the sysroot has no deployment to deploy over"))?
+        .osname();
+    let merge = sysroot
+        .merge_deployment(Some(&osname))
+        .ok_or_else(|| anyhow!("no deployment of {osname} to deploy over"))?;
     let kargs: Vec<String> = merge
         .bootconfig()
         .and_then(|b| b.get("options"))
