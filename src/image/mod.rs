@@ -117,14 +117,22 @@ fn mkfs_ext4(
     // mkfs copies each inode's ctime from the source, which no program can set, and atime,
     // which reading the tree moves; pin both to the epoch in one debugfs run so the
     // filesystem is reproducible.
+    // One path per source inode: mkfs keeps hardlinks (a deployment shares most inodes with
+    // the repo's objects), so the other names would only repeat the work.
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
     let mut cmds = String::new();
     let mut stack = vec![dir.to_path_buf()];
     cmds.push_str(&format!("sif / ctime @{epoch}\nsif / atime @{epoch}\n"));
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
             let p = e?.path();
-            if std::fs::symlink_metadata(&p)?.is_dir() {
+            let m = std::fs::symlink_metadata(&p)?;
+            if m.is_dir() {
                 stack.push(p.clone());
+            } else if m.is_file() && m.nlink() > 1 && !seen.insert(m.ino()) {
+                // (mkfs links only regular files; a hardlinked symlink becomes two inodes.)
+                continue;
             }
             let rel = p
                 .strip_prefix(dir)?
@@ -374,6 +382,7 @@ fn build_in(
         .open(&raw)?;
     disk.set_len(disk_bytes)?;
     let mut parts = Vec::new();
+    let mut ext4_jobs = Vec::new();
     for (p, at) in layout.partitions.iter().zip(&placed) {
         let bytes = (at.last_lba - at.first_lba + 1) * gpt::SECTOR;
         let src = match p.mount.as_deref() {
@@ -397,18 +406,14 @@ fn build_in(
             )?;
         }
         if let Some(src) = src {
-            // Straight into the disk image at the partition's offset: no copy of the filesystem.
             let label = p.label.clone().unwrap_or_else(|| p.name.clone());
-            disk.sync_all()?;
-            mkfs_ext4(
+            ext4_jobs.push((
                 src,
-                &raw,
                 at.first_lba * gpt::SECTOR,
                 bytes,
-                &label,
+                label,
                 p.uuid.as_deref().unwrap(),
-                epoch,
-            )?;
+            ));
         }
         parts.push(gpt::Partition {
             type_guid: match p.kind {
@@ -426,6 +431,22 @@ fn build_in(
             attributes: 0,
         });
     }
+    // Straight into the disk image at each partition's offset (no copy of a filesystem), the
+    // partitions side by side: they are disjoint ranges of the file.
+    disk.sync_all()?;
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = ext4_jobs
+            .iter()
+            .map(|(src, offset, bytes, label, uuid)| {
+                let raw = &raw;
+                scope.spawn(move || mkfs_ext4(src, raw, *offset, *bytes, label, uuid, epoch))
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("a mkfs thread panicked"))??;
+        }
+        Ok(())
+    })?;
     progress.step_done(
         "filesystems",
         t.secs(),
