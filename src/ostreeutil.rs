@@ -186,3 +186,23 @@ pub fn list_commit_dir(repo: &ostree::Repo, commit: &str, path: &str) -> Result<
     names.sort();
     Ok(names)
 }
+
+/// Checks out `commit` into the new directory `dest` with real ownership and modes, sharing
+/// inodes with the repo's objects where the repo mode allows (bare, bare-user as root).
+pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &std::path::Path) -> Result<()> {
+    /// `AT_FDCWD`: `dest` resolves against the working directory, or is absolute.
+    const AT_FDCWD: i32 = -100;
+    let opts = ostree::RepoCheckoutAtOptions {
+        mode: ostree::RepoCheckoutMode::None,
+        ..Default::default()
+    };
+    repo.checkout_at(
+        Some(&opts),
+        AT_FDCWD,
+        dest,
+        commit,
+        ostree::gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("checking out {commit} to {}", dest.display()))?;
+    Ok(())
+}

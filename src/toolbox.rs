@@ -5,7 +5,6 @@
 
 use crate::{compose, ostreeutil, process};
 use anyhow::{anyhow, bail, Context, Result};
-use ostree::gio;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -98,30 +97,13 @@ impl Buildah {
     }
 }
 
-/// Checks out `commit` of `repo` into `dest` with real ownership and modes.
+/// Checks out `commit` into `dest`, replacing what a failed run left there.
 fn checkout(repo: &ostree::Repo, commit: &str, dest: &Path) -> Result<()> {
     if dest.exists() {
         std::fs::remove_dir_all(dest)
             .with_context(|| format!("removing a stale checkout {}", dest.display()))?;
     }
-    let opts = ostree::RepoCheckoutAtOptions {
-        mode: ostree::RepoCheckoutMode::None,
-        ..Default::default()
-    };
-    repo.checkout_at(
-        Some(&opts),
-        libc_at_fdcwd(),
-        dest,
-        commit,
-        gio::Cancellable::NONE,
-    )
-    .with_context(|| format!("checking out {commit} to {}", dest.display()))?;
-    Ok(())
-}
-
-/// `AT_FDCWD` without a libc dependency: relative paths resolve against the cwd.
-fn libc_at_fdcwd() -> i32 {
-    -100
+    ostreeutil::checkout(repo, commit, dest)
 }
 
 /// Composes the toolbox treefile and builds (and pushes) its image.

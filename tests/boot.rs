@@ -257,6 +257,29 @@ fn ab_image_deploy_boot_rollback_boot() {
         deps[0]["kargs"].as_str().unwrap().contains("console=ttyS0"),
         "kargs carried over"
     );
+    // The deployments still share inodes with the repo's objects after the offline edit.
+    let raw = dir.path().join("check.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&img)
+        .arg(&raw));
+    let stat = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!(
+            "stat /ostree/deploy/node/deploy/{a}.0/usr/bin/bash"
+        ))
+        .arg(format!("{}?offset={}", raw.display(), 514u64 << 20)));
+    let links: u32 = stat
+        .split("Links: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        links >= 2,
+        "bash is no longer hardlinked to its object: {stat}"
+    );
+    std::fs::remove_file(&raw).unwrap();
     boot_until(&img, "qcow2", &format!("hostforge-booted: {b}"));
 
     let out = hf().args(["image", "rollback"]).arg(&img).output().unwrap();

@@ -456,6 +456,7 @@ fn offline_edit(
         sysroot
             .load(gio::Cancellable::NONE)
             .context("loading the image's sysroot")?;
+        relink_deployments(&sysroot, &sysroot_dir)?;
         edit(&sysroot)?;
 
         let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
@@ -502,6 +503,35 @@ fn offline_edit(
     })();
     remove_staging(&o.staging)?;
     result
+}
+
+/// debugfs' rdump writes every name as its own file, so a deployment read out of an image no
+/// longer shares inodes with the repo's objects (the root filesystem would double with each
+/// deploy). Each deployment is checked out again from the repo, with hardlinks, keeping its
+/// own /etc; everything else in a deployment is the commit's content.
+fn relink_deployments(sysroot: &ostree::Sysroot, sysroot_dir: &Path) -> Result<()> {
+    let repo = sysroot.repo();
+    for dep in sysroot.deployments() {
+        let dir = sysroot_dir.join(sysroot.deployment_dirpath(&dep).as_str());
+        let fresh = dir.with_extension("relink");
+        let old = dir.with_extension("old");
+        for p in [&fresh, &old] {
+            if p.exists() {
+                std::fs::remove_dir_all(p)?;
+            }
+        }
+        crate::ostreeutil::checkout(&repo, dep.csum().as_str(), &fresh)
+            .context("checking the deployment out again with hardlinks")?;
+        let etc = dir.join("etc");
+        if etc.exists() {
+            let _ = std::fs::remove_dir_all(fresh.join("etc"));
+            std::fs::rename(&etc, fresh.join("etc"))?;
+        }
+        std::fs::rename(&dir, &old)?;
+        std::fs::rename(&fresh, &dir)?;
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
 }
 
 /// A live sysroot (a booted node's `/`, or any sysroot directory), loaded and locked.

@@ -175,11 +175,33 @@ fn demo() -> Result<()> {
             .arg(format!("--repo={}", repo.display()))
             .args(["log", r]))?;
     }
+    eprintln!("== a bootable qcow2 of the node (images/qemu.yaml)");
+    let disk = work.join("node.qcow2");
+    run(Command::new(&bin)
+        .args(["image", "build", "--repo"])
+        .arg(&repo)
+        .args(["--ref", "hostforge/x86_64/node", "--layout"])
+        .arg(top().join("images/qemu.yaml"))
+        .arg("-o")
+        .arg(&disk))?;
+    eprintln!("== the debug toolbox image, as an OCI layout (treefiles/toolbox.yaml)");
+    let oci = work.join("toolbox-oci");
+    run(Command::new(&bin)
+        .args(["toolbox", "build", "--quiet"])
+        .arg(work.join("treefiles/toolbox.yaml"))
+        .args(["--tag", "localhost/hostforge/toolbox:demo", "--oci-dir"])
+        .arg(&oci)
+        .arg("--cachedir")
+        .arg(work.join("cache")))?;
     eprintln!(
-        "repo: {}\ncompose.json: {} and {}",
+        "repo: {}\ncompose.json: {} and {}\ndisk image: {} (boot it: qemu-system-x86_64 -m 1024 \
+         -nographic -drive file={},if=virtio)\ntoolbox: {}",
         repo.display(),
         work.join("fixture.json").display(),
-        work.join("node.json").display()
+        work.join("node.json").display(),
+        disk.display(),
+        disk.display(),
+        oci.display()
     );
     Ok(())
 }
