@@ -89,6 +89,26 @@ fn extract_fs(raw: &Path, part: &gpt::Found, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A node that was switched off (or a VM killed) leaves its journal unreplayed; debugfs does
+/// not replay it and would read stale directories. e2fsck replays it into our copy.
+fn replay_journal(fs: &Path) -> Result<()> {
+    let out = Command::new("e2fsck")
+        .args(["-E", "journal_only", "-p"])
+        .arg(fs)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("starting e2fsck (apt-get install e2fsprogs)")?;
+    // 0: clean; 1: fixed (the journal was replayed).
+    match out.status.code() {
+        Some(0) | Some(1) => Ok(()),
+        _ => bail!(
+            "e2fsck could not replay the journal of the filesystem read from the image ({}):\n{}",
+            process::status_text(&out.status),
+            process::tail(&String::from_utf8_lossy(&out.stderr), 10)
+        ),
+    }
+}
+
 fn debugfs(fs: &Path, request: &str) -> Result<String> {
     process::run(Command::new("debugfs").arg("-R").arg(request).arg(fs))
 }
@@ -160,6 +180,8 @@ fn open(img: &Path) -> Result<Opened> {
     let root_fs = staging.join("root.ext4");
     extract_fs(&raw, &boot_part, &boot_fs)?;
     extract_fs(&raw, &root_part, &root_fs)?;
+    replay_journal(&boot_fs)?;
+    replay_journal(&root_fs)?;
     let boot_dir = staging.join("boot");
     std::fs::create_dir_all(&boot_dir)?;
     debugfs(&boot_fs, &format!("rdump / {}", boot_dir.display()))
