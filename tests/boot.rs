@@ -522,5 +522,24 @@ fn live_sysroot_deploy_prune_pin_rollback() {
         sysroot.join("boot").join(&loader).join("grub.cfg").exists(),
         "the GRUB config lives in the loader directory ({loader:?})"
     );
+
+    // The node's own generator (installed as /usr/sbin/grub-mkconfig) writes the same menu...
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/node/grub-mkconfig");
+    let theirs = sysroot.join("boot/loader/grub.cfg.node");
+    run(Command::new("sh").arg(&script).arg("-o").arg(&theirs));
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        std::fs::read_to_string(sysroot.join("boot/loader/grub.cfg")).unwrap(),
+        "the node's grub-mkconfig and hostforge's generator disagree"
+    );
+    std::fs::remove_file(&theirs).unwrap();
+    // ... so ostree's own `admin deploy` on the node keeps GRUB's menu right.
+    run(Command::new("ostree")
+        .args(["admin", "deploy", "--os=node"])
+        .arg(format!("--sysroot={}", sysroot.display()))
+        .arg("hostforge/x86_64/node-b")
+        .env("OSTREE_GRUB2_EXEC", &script));
+    assert_eq!(commits()[0], b);
+    assert_eq!(first_menu_commit(), b);
     unlock_tree(dir.path());
 }

@@ -362,6 +362,7 @@ fn node_image_ships_the_toolbox_command() {
             "hostforge/x86_64/node",
             "/usr/bin/toolbox",
             "/usr/etc/hostforge/toolbox.conf",
+            "/usr/sbin/grub-mkconfig",
         ])
         .output()
         .unwrap();
@@ -372,4 +373,5 @@ fn node_image_ships_the_toolbox_command() {
         "{ls}"
     );
     assert!(ls.contains("/usr/etc/hostforge/toolbox.conf"), "{ls}");
+    assert!(ls.contains("/usr/sbin/grub-mkconfig"), "{ls}");
 }

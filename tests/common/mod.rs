@@ -191,7 +191,7 @@ pub fn composed_node() -> (PathBuf, String) {
     std::fs::create_dir_all(&tf_dir).unwrap();
     std::fs::copy(top.join("treefiles/node.yaml"), tf_dir.join("node.yaml")).unwrap();
     std::fs::create_dir_all(tf_dir.join("node")).unwrap();
-    for f in ["toolbox", "toolbox.conf"] {
+    for f in ["toolbox", "toolbox.conf", "grub-mkconfig"] {
         std::fs::copy(
             top.join("treefiles/node").join(f),
             tf_dir.join("node").join(f),
