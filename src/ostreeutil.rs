@@ -206,3 +206,13 @@ pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &std::path::Path) -> Re
     .with_context(|| format!("checking out {commit} to {}", dest.display()))?;
     Ok(())
 }
+
+/// Timestamp for everything built from `commit` (image filesystems, container layers):
+/// SOURCE_DATE_EPOCH when set, else the commit's own time, so one commit gives one output.
+pub fn commit_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
+    if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
+        return crate::source_date_epoch();
+    }
+    let c = repo.load_variant(ostree::ObjectType::Commit, commit)?;
+    Ok(ostree::commit_get_timestamp(&c))
+}

@@ -126,35 +126,22 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
     let repo_path = req.cachedir.join("toolbox/repo");
     std::fs::create_dir_all(repo_path.parent().unwrap())?;
     let repo = ostreeutil::open_or_create(&repo_path, ostree::RepoMode::BareUser)?;
-    let idfile = req
-        .cachedir
-        .join(format!("toolbox/commit-id.{}", std::process::id()));
-    let _ = std::fs::remove_file(&idfile);
-    compose::compose_tree(compose::Options {
+    let summary = compose::compose_tree(compose::Options {
         treefile: req.treefile.to_path_buf(),
         repo: Some(repo_path.clone()),
         cachedir: req.cachedir.to_path_buf(),
-        write_commitid_to: Some(idfile.clone()),
         quiet: req.quiet,
         ..Default::default()
     })?;
-    let treeref = tf.treeref();
-    let commit = match std::fs::read_to_string(&idfile) {
-        Ok(c) => c.trim().to_string(),
-        // No change: the ref already names the commit.
-        Err(_) => ostreeutil::resolve(&repo, &treeref)?
-            .ok_or_else(|| anyhow!("the compose left no commit on {treeref}"))?,
-    };
+    // The new commit, or with unchanged inputs the one the ref already names.
+    let commit = summary["commit"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the compose of {} left no commit", req.treefile.display()))?
+        .to_string();
     let meta = ostreeutil::commit_meta(&repo, &commit)?;
     let version = ostreeutil::meta_str(&meta, "version");
-    let epoch = if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
-        crate::source_date_epoch()?
-    } else {
-        let c = repo.load_variant(ostree::ObjectType::Commit, &commit)?;
-        ostree::commit_get_timestamp(&c)
-    };
+    let epoch = ostreeutil::commit_epoch(&repo, &commit)?;
 
-    let _ = std::fs::remove_file(&idfile);
     // Per process: two builds sharing a cachedir must not check out over each other.
     let rootfs = req
         .cachedir

@@ -36,15 +36,6 @@ pub struct BuildRequest<'a> {
     pub out: &'a Path,
 }
 
-/// Timestamp for everything in the image: SOURCE_DATE_EPOCH, else the commit's own time.
-fn image_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
-    if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
-        return crate::source_date_epoch();
-    }
-    let c = repo.load_variant(ostree::ObjectType::Commit, commit)?;
-    Ok(ostree::commit_get_timestamp(&c))
-}
-
 /// Pulls `r` from `repo` into the sysroot's repo by checksum (a stale summary file cannot
 /// redirect it) and gives it the same ref there, so deploy's cleanup keeps it.
 fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<String> {
@@ -261,7 +252,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         ostreeutil::resolve(&repo, prev)?
             .ok_or_else(|| anyhow!("--previous {prev} is not in {}", req.repo.display()))?;
     }
-    let epoch = image_epoch(&repo, &commit)?;
+    let epoch = ostreeutil::commit_epoch(&repo, &commit)?;
     let out_name = req
         .out
         .file_name()
