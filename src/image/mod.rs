@@ -54,10 +54,8 @@ fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<String
     Ok(commit)
 }
 
-/// Sets every timestamp under `dir` to `epoch`, symlinks included, so filesystems built
-/// from it are byte-identical run after run.
-fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
-    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
+/// Calls `f` on every entry under `dir` (not `dir` itself), without following symlinks.
+fn walk(dir: &Path, mut f: impl FnMut(&Path, &std::fs::Metadata) -> Result<()>) -> Result<()> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d)? {
@@ -66,20 +64,34 @@ fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
             if m.is_dir() {
                 stack.push(p.clone());
             }
-            if filetime::set_symlink_file_times(&p, t, t).is_err() && m.is_dir() {
-                // ostree marks deployment roots immutable; lift that to set the time.
-                process::run(Command::new("chattr").arg("-i").arg(&p))?;
-                filetime::set_symlink_file_times(&p, t, t)
-                    .with_context(|| format!("setting times of {}", p.display()))?;
-            }
+            f(&p, &m)?;
         }
     }
-    filetime::set_symlink_file_times(dir, t, t)?;
     Ok(())
 }
 
+/// Sets the atime and mtime of `p` (a symlink itself, not its target) to `t`; a directory
+/// ostree made immutable has the flag lifted first.
+fn set_time(p: &Path, is_dir: bool, t: filetime::FileTime) -> Result<()> {
+    if filetime::set_symlink_file_times(p, t, t).is_ok() || !is_dir {
+        return Ok(());
+    }
+    process::run(Command::new("chattr").arg("-i").arg(p))?;
+    filetime::set_symlink_file_times(p, t, t)
+        .with_context(|| format!("setting times of {}", p.display()))
+}
+
+/// Sets every timestamp under `dir` to `epoch`, symlinks included, so filesystems built
+/// from it are byte-identical run after run.
+fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
+    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
+    walk(dir, |p, m| set_time(p, m.is_dir(), t))?;
+    set_time(dir, true, t)
+}
+
 /// Makes an ext4 filesystem of `bytes` from `dir`, `offset` bytes into `image` (a partition
-/// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times.
+/// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times (`dir`'s
+/// own times are set to `epoch` on the way).
 fn mkfs_ext4(
     dir: &Path,
     image: &Path,
@@ -89,6 +101,33 @@ fn mkfs_ext4(
     uuid: &str,
     epoch: u64,
 ) -> Result<()> {
+    // One walk of the tree clamps its times (see [`clamp_times`]) and lists the debugfs
+    // commands that pin what mkfs cannot take from it: each inode's ctime, which no program
+    // can set, and atime, which reading the tree for mkfs moves. One path per source inode:
+    // mkfs keeps hardlinks (a deployment shares most inodes with the repo's objects), so the
+    // other names would only repeat the work.
+    use std::os::unix::fs::MetadataExt;
+    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
+    let mut seen = std::collections::HashSet::new();
+    let mut cmds = format!("sif / ctime @{epoch}\nsif / atime @{epoch}\n");
+    walk(dir, |p, m| {
+        if m.is_file() && m.nlink() > 1 && !seen.insert(m.ino()) {
+            // (mkfs links only regular files; a hardlinked symlink becomes two inodes.)
+            return Ok(());
+        }
+        set_time(p, m.is_dir(), t)?;
+        let rel = p
+            .strip_prefix(dir)?
+            .to_string_lossy()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        cmds.push_str(&format!(
+            "sif \"/{rel}\" ctime @{epoch}\nsif \"/{rel}\" atime @{epoch}\n"
+        ));
+        Ok(())
+    })?;
+    set_time(dir, true, t)?;
+
     if offset == 0 {
         let _ = std::fs::remove_file(image);
     }
@@ -105,36 +144,6 @@ fn mkfs_ext4(
             .arg(format!("{}k", bytes / 1024)),
     )
     .with_context(|| format!("making the {label} filesystem from {}", dir.display()))?;
-    // mkfs copies each inode's ctime from the source, which no program can set, and atime,
-    // which reading the tree moves; pin both to the epoch in one debugfs run so the
-    // filesystem is reproducible.
-    // One path per source inode: mkfs keeps hardlinks (a deployment shares most inodes with
-    // the repo's objects), so the other names would only repeat the work.
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut cmds = String::new();
-    let mut stack = vec![dir.to_path_buf()];
-    cmds.push_str(&format!("sif / ctime @{epoch}\nsif / atime @{epoch}\n"));
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let p = e?.path();
-            let m = std::fs::symlink_metadata(&p)?;
-            if m.is_dir() {
-                stack.push(p.clone());
-            } else if m.is_file() && m.nlink() > 1 && !seen.insert(m.ino()) {
-                // (mkfs links only regular files; a hardlinked symlink becomes two inodes.)
-                continue;
-            }
-            let rel = p
-                .strip_prefix(dir)?
-                .to_string_lossy()
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"");
-            cmds.push_str(&format!(
-                "sif \"/{rel}\" ctime @{epoch}\nsif \"/{rel}\" atime @{epoch}\n"
-            ));
-        }
-    }
     let script = image.with_extension(format!("{offset}.debugfs"));
     std::fs::write(&script, cmds)?;
     process::run(
@@ -361,9 +370,7 @@ fn build_in(
     if boot.is_some() {
         std::fs::rename(sysroot_dir.join("boot"), &boot_dir)?;
         std::fs::create_dir(sysroot_dir.join("boot"))?;
-        clamp_times(&boot_dir, epoch)?;
     }
-    clamp_times(&sysroot_dir, epoch)?;
     let raw = staging.join("disk.raw");
     let mut disk = std::fs::OpenOptions::new()
         .read(true)

@@ -339,7 +339,6 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
         grub::write_config(&o.boot_dir, true)?;
         let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
         let epoch = crate::source_date_epoch()?;
-        super::clamp_times(&o.boot_dir, epoch)?;
         mkfs_ext4(
             &o.boot_dir,
             &o.boot_fs,
@@ -487,8 +486,6 @@ fn offline_edit(
         let boot_copy = o.staging.join("bootfs");
         std::fs::rename(&boot_dir, &boot_copy)?;
         std::fs::create_dir(&boot_dir)?;
-        super::clamp_times(&boot_copy, epoch)?;
-        super::clamp_times(&sysroot_dir, epoch)?;
         let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;
         mkfs_ext4(
             &boot_copy,
