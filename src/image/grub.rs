@@ -201,22 +201,12 @@ pub fn install_bios(
     boot_part: usize,
     separate_boot: bool,
 ) -> Result<()> {
-    let early = staging.join("grub-early.cfg");
-    std::fs::write(
-        &early,
-        early_config(&format!("set root=(hd0,gpt{boot_part})"), separate_boot),
+    let core = mkimage(
+        &BIOS,
+        staging,
+        &format!("set root=(hd0,gpt{boot_part})"),
+        separate_boot,
     )?;
-    let core = staging.join("core.img");
-    process::run(
-        Command::new("grub-mkimage")
-            .args(["-O", "i386-pc", "-d", GRUB_I386_PC, "-o"])
-            .arg(&core)
-            .arg("-c")
-            .arg(&early)
-            .args(["-p", "/grub", "biosdisk"])
-            .args(MODULES),
-    )
-    .context("building GRUB's core.img (apt-get install grub-pc-bin)")?;
     let mut core_img = std::fs::read(&core)?;
     let sectors = core_img.len().div_ceil(512) as u64;
     if sectors > max_sectors {
@@ -242,24 +232,55 @@ pub fn install_bios(
 /// GRUB as a removable-media EFI application (`EFI/BOOT/BOOTX64.EFI`): it finds /boot by
 /// filesystem UUID, so firmware boot entries are not needed.
 pub fn efi_binary(staging: &Path, boot_uuid: &str, separate_boot: bool) -> Result<PathBuf> {
-    let early = staging.join("grub-early-efi.cfg");
-    std::fs::write(
-        &early,
-        early_config(
-            &format!("search --no-floppy --fs-uuid --set=root {boot_uuid}"),
-            separate_boot,
-        ),
-    )?;
-    let out = staging.join("BOOTX64.EFI");
+    mkimage(
+        &EFI,
+        staging,
+        &format!("search --no-floppy --fs-uuid --set=root {boot_uuid}"),
+        separate_boot,
+    )
+}
+
+/// A GRUB image format and what goes into it beyond [`MODULES`].
+struct Platform {
+    format: &'static str,
+    dir: &'static str,
+    modules: &'static [&'static str],
+    file: &'static str,
+    package: &'static str,
+}
+
+const BIOS: Platform = Platform {
+    format: "i386-pc",
+    dir: GRUB_I386_PC,
+    modules: &["biosdisk"],
+    file: "core.img",
+    package: "grub-pc-bin",
+};
+
+const EFI: Platform = Platform {
+    format: "x86_64-efi",
+    dir: GRUB_X86_64_EFI,
+    modules: &["fat", "efi_gop", "all_video"],
+    file: "BOOTX64.EFI",
+    package: "grub-efi-amd64-bin",
+};
+
+/// Runs grub-mkimage for `p` with the early config `find_root` + [`early_config`] built in;
+/// returns the image's path in `staging`.
+fn mkimage(p: &Platform, staging: &Path, find_root: &str, separate_boot: bool) -> Result<PathBuf> {
+    let early = staging.join(format!("grub-early-{}.cfg", p.format));
+    std::fs::write(&early, early_config(find_root, separate_boot))?;
+    let out = staging.join(p.file);
     process::run(
         Command::new("grub-mkimage")
-            .args(["-O", "x86_64-efi", "-d", GRUB_X86_64_EFI, "-o"])
+            .args(["-O", p.format, "-d", p.dir, "-o"])
             .arg(&out)
             .arg("-c")
             .arg(&early)
-            .args(["-p", "/grub", "fat", "efi_gop", "all_video"])
+            .args(["-p", "/grub"])
+            .args(p.modules)
             .args(MODULES),
     )
-    .context("building GRUB's EFI binary (apt-get install grub-efi-amd64-bin)")?;
+    .with_context(|| format!("building GRUB's {} (apt-get install {})", p.file, p.package))?;
     Ok(out)
 }
