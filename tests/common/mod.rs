@@ -207,20 +207,24 @@ pub fn composed_node() -> (PathBuf, String) {
     if !repo.join("config").exists() {
         ostree_at(&repo, &["init", "--mode=archive"]);
     }
+    let commit = compose_node_treefile(&repo, &tf_dir.join("node.yaml"), "hostforge/x86_64/node");
+    (repo, commit)
+}
+
+/// Composes a node treefile into the shared test-node repo and cache; returns `r`'s commit.
+fn compose_node_treefile(repo: &Path, treefile: &Path, r: &str) -> String {
+    let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node");
     let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
         .args(["compose", "tree", "--repo"])
-        .arg(&repo)
+        .arg(repo)
         .arg("--cachedir")
         .arg(work.join("cache"))
-        .arg(tf_dir.join("node.yaml"))
+        .arg(treefile)
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap();
     assert_ok(&out);
-    let commit = ostree_at(&repo, &["rev-parse", "hostforge/x86_64/node"])
-        .trim()
-        .to_string();
-    (repo, commit)
+    ostree_at(repo, &["rev-parse", r]).trim().to_string()
 }
 
 /// Serves `dir` over HTTP on 127.0.0.1 until dropped.
@@ -282,19 +286,11 @@ pub fn composed_node_b() -> String {
         "{tf}"
     );
     std::fs::write(work.join("tf/node-b.yaml"), tf).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
-        .args(["compose", "tree", "--repo"])
-        .arg(&repo)
-        .arg("--cachedir")
-        .arg(work.join("cache"))
-        .arg(work.join("tf/node-b.yaml"))
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    ostree_at(&repo, &["rev-parse", "hostforge/x86_64/node-b"])
-        .trim()
-        .to_string()
+    compose_node_treefile(
+        &repo,
+        &work.join("tf/node-b.yaml"),
+        "hostforge/x86_64/node-b",
+    )
 }
 
 /// Runs QEMU (`args` after the common ones: TCG unless HOSTFORGE_QEMU_ACCEL says otherwise,
