@@ -160,6 +160,10 @@ pub struct ImageBuildArgs {
     /// Random disk, partition and filesystem IDs instead of the layout's fixed ones
     #[arg(long)]
     pub random_uuids: bool,
+    /// Scratch space for the staging sysroot and intermediate disk (default: /dev/shm when
+    /// it has room for twice the layout's disk size, else beside the output)
+    #[arg(long, value_name = "DIR")]
+    pub tmpdir: Option<PathBuf>,
     /// Print nothing but errors and the output path
     #[arg(long, short)]
     pub quiet: bool,
@@ -324,6 +328,7 @@ pub fn run() -> Result<()> {
                 compress: matches!(a.compress, Some(Compression::Zstd)),
                 random_uuids: a.random_uuids,
                 quiet: a.quiet,
+                tmpdir: a.tmpdir.as_deref(),
                 out: &a.output,
             })?;
             println!("{}", a.output.display());

@@ -3,6 +3,7 @@
 //! the GRUB boot code written into the image file directly, qcow2 by `qemu-img`. Nothing is
 //! mounted; the output appears by rename only when complete.
 
+mod ext4;
 pub mod gpt;
 mod grub;
 pub use grub::generator_main as grub_generator_main;
@@ -33,6 +34,8 @@ pub struct BuildRequest<'a> {
     pub random_uuids: bool,
     /// Print nothing but errors (otherwise one line per timed step on stderr).
     pub quiet: bool,
+    /// Scratch space for the staging sysroot (default: see [`scratch_dir`]).
+    pub tmpdir: Option<&'a Path>,
     pub out: &'a Path,
 }
 
@@ -42,12 +45,16 @@ fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<String
     let src = ostreeutil::open_existing(repo)?;
     let commit = ostreeutil::resolve(&src, r)?
         .ok_or_else(|| anyhow!("ref {r} is not in {}", repo.display()))?;
-    let opts = glib::VariantDict::new(None);
-    opts.insert("refs", vec![commit.clone()]);
-    let url = format!("file://{}", repo.canonicalize()?.display());
-    sysroot_repo
-        .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+    let imported = ostreeutil::import_archive_commit(repo, sysroot_repo, &commit)
         .with_context(|| format!("pulling {r} ({commit}) from {}", repo.display()))?;
+    if !imported {
+        let opts = glib::VariantDict::new(None);
+        opts.insert("refs", vec![commit.clone()]);
+        let url = format!("file://{}", repo.canonicalize()?.display());
+        sysroot_repo
+            .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+            .with_context(|| format!("pulling {r} ({commit}) from {}", repo.display()))?;
+    }
     sysroot_repo
         .set_ref_immediate(None, r, Some(&commit), gio::Cancellable::NONE)
         .with_context(|| format!("setting ref {r} in the sysroot repo"))?;
@@ -90,8 +97,10 @@ fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
 }
 
 /// Makes an ext4 filesystem of `bytes` from `dir`, `offset` bytes into `image` (a partition
-/// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times (`dir`'s
-/// own times are set to `epoch` on the way).
+/// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times: mkfs
+/// takes its own times from `E2FSPROGS_FAKE_TIME` and each file's from the tree, which
+/// [`ext4::pin_times`] then sets to `epoch` in the inode tables (a ctime cannot be set in
+/// the tree, and reading the tree moves atimes).
 fn mkfs_ext4(
     dir: &Path,
     image: &Path,
@@ -101,33 +110,6 @@ fn mkfs_ext4(
     uuid: &str,
     epoch: u64,
 ) -> Result<()> {
-    // One walk of the tree clamps its times (see [`clamp_times`]) and lists the debugfs
-    // commands that pin what mkfs cannot take from it: each inode's ctime, which no program
-    // can set, and atime, which reading the tree for mkfs moves. One path per source inode:
-    // mkfs keeps hardlinks (a deployment shares most inodes with the repo's objects), so the
-    // other names would only repeat the work.
-    use std::os::unix::fs::MetadataExt;
-    let t = filetime::FileTime::from_unix_time(epoch as i64, 0);
-    let mut seen = std::collections::HashSet::new();
-    let mut cmds = format!("sif / ctime @{epoch}\nsif / atime @{epoch}\n");
-    walk(dir, |p, m| {
-        if m.is_file() && m.nlink() > 1 && !seen.insert(m.ino()) {
-            // (mkfs links only regular files; a hardlinked symlink becomes two inodes.)
-            return Ok(());
-        }
-        set_time(p, m.is_dir(), t)?;
-        let rel = p
-            .strip_prefix(dir)?
-            .to_string_lossy()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"");
-        cmds.push_str(&format!(
-            "sif \"/{rel}\" ctime @{epoch}\nsif \"/{rel}\" atime @{epoch}\n"
-        ));
-        Ok(())
-    })?;
-    set_time(dir, true, t)?;
-
     if offset == 0 {
         let _ = std::fs::remove_file(image);
     }
@@ -144,19 +126,23 @@ fn mkfs_ext4(
             .arg(format!("{}k", bytes / 1024)),
     )
     .with_context(|| format!("making the {label} filesystem from {}", dir.display()))?;
-    let script = image.with_extension(format!("{offset}.debugfs"));
-    std::fs::write(&script, cmds)?;
-    process::run(
-        Command::new("debugfs")
-            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
-            .arg("-w")
-            .arg("-f")
-            .arg(&script)
-            .arg(format!("{}?offset={offset}", image.display())),
-    )
-    .context("pinning inode change times with debugfs")?;
-    std::fs::remove_file(&script)?;
+    ext4::pin_times(image, offset, epoch as i64)
+        .with_context(|| format!("pinning the inode times of the {label} filesystem"))?;
     Ok(())
+}
+
+/// Lifts the immutable flag (which ostree puts on each deployment's root directory) from
+/// `p`; errors are ignored, the removal that follows reports what still fails.
+fn lift_immutable(p: &Path) {
+    use rustix::fs::{ioctl_getflags, ioctl_setflags, IFlags};
+    let Ok(f) = std::fs::File::open(p) else {
+        return;
+    };
+    if let Ok(flags) = ioctl_getflags(&f) {
+        if flags.contains(IFlags::IMMUTABLE) {
+            let _ = ioctl_setflags(&f, flags - IFlags::IMMUTABLE);
+        }
+    }
 }
 
 /// Removes a staging directory, lifting the immutable flag ostree puts on deployments.
@@ -165,16 +151,100 @@ fn remove_staging(dir: &Path) -> Result<()> {
         return Ok(());
     }
     if std::fs::remove_dir_all(dir).is_err() {
-        let _ = Command::new("chattr")
-            .arg("-R")
-            .arg("-i")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        // Deployments are ostree/deploy/OS/deploy/CSUM.N below some sysroot directory.
+        let mut stack = vec![(dir.to_path_buf(), 0)];
+        while let Some((d, depth)) = stack.pop() {
+            lift_immutable(&d);
+            if depth >= 6 {
+                continue;
+            }
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(())
+}
+
+/// A scratch directory for the staging sysroot and the intermediate disk: a tmpfs
+/// (`/dev/shm`) when it and free memory have room for twice the disk (the tree and the
+/// filesystems made from it), so nothing of it is written back to a disk or synced; else
+/// `None` (the staging directory beside the output). Named after the output, so a build
+/// killed before cleaning up is cleaned up by the next build of the same output.
+fn scratch_dir(out: &Path, disk_bytes: u64) -> Option<PathBuf> {
+    let base = Path::new(SHM);
+    let st = rustix::fs::statvfs(base).ok()?;
+    let free = st.f_bavail * st.f_frsize;
+    let avail_mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?
+        * 1024;
+    if free < 2 * disk_bytes || avail_mem < 2 * disk_bytes {
+        return None;
+    }
+    let key = std::path::absolute(out).ok()?;
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, key.as_os_str().as_encoded_bytes());
+    let name = format!(
+        "{SCRATCH_PREFIX}{}",
+        &hex::encode(sha2::Digest::finalize(h))[..16]
+    );
+    Some(base.join(name))
+}
+
+const SHM: &str = "/dev/shm";
+const SCRATCH_PREFIX: &str = "hostforge-image-";
+
+/// Creates `dir` and holds an exclusive lock in it for as long as the returned file lives;
+/// refuses a directory another live build holds.
+fn claim_scratch(dir: &Path) -> Result<std::fs::File> {
+    use rustix::fs::{flock, FlockOperation};
+    if let Ok(f) = std::fs::File::open(dir.join(".lock")) {
+        if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+            bail!(
+                "{} is in use by another hostforge image build of the same output",
+                dir.display()
+            );
+        }
+    }
+    remove_staging(dir)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the scratch directory {}", dir.display()))?;
+    let f = std::fs::File::create(dir.join(".lock"))?;
+    flock(&f, FlockOperation::NonBlockingLockExclusive)
+        .with_context(|| format!("locking {}", dir.display()))?;
+    Ok(f)
+}
+
+/// Removes the scratch directories in `base` left by builds that were killed (their lock
+/// is free), so a tmpfs does not keep them until the next reboot.
+fn sweep_scratch(base: &Path) {
+    use rustix::fs::{flock, FlockOperation};
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        let dir = e.path();
+        let stale = match std::fs::File::open(dir.join(".lock")) {
+            Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok(),
+            // Without a lock file: a build between mkdir and lock, unless it is old.
+            Err(_) => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 600)),
+        };
+        if stale {
+            let _ = remove_staging(&dir);
+        }
+    }
 }
 
 struct Placed {
@@ -277,32 +347,62 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     let staging = parent.join(format!(".{out_name}.hostforge-tmp"));
     remove_staging(&staging)?;
     std::fs::create_dir_all(&staging)?;
-    let result = build_in(req, &layout, format, &repo, &commit, epoch, &staging);
-    if result.is_err() {
-        let _ = remove_staging(&staging);
-    }
-    let tmp_image = result?;
+    let disk_bytes = layout::parse_size(&layout.size)?;
+    sweep_scratch(Path::new(SHM));
+    let scratch = req
+        .tmpdir
+        .map(|d| d.join(format!(".{out_name}.hostforge-scratch")))
+        .or_else(|| scratch_dir(req.out, disk_bytes))
+        .unwrap_or_else(|| staging.join("scratch"));
+    let lock = claim_scratch(&scratch)?;
+    let dirs = Dirs {
+        staging: &staging,
+        scratch: &scratch,
+    };
+    let result = build_in(req, &layout, format, epoch, &dirs);
+    let tmp_image = match result {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = remove_staging(&scratch);
+            let _ = remove_staging(&staging);
+            return Err(e);
+        }
+    };
     process::fault_point("image");
     std::fs::rename(&tmp_image, req.out)
         .with_context(|| format!("moving the image to {}", req.out.display()))?;
+    remove_staging(&scratch)?;
+    drop(lock);
     remove_staging(&staging)?;
     Ok(())
+}
+
+/// Where a build writes: `staging`, beside the output on its filesystem, gets the finished
+/// image (so the last step is a rename); `scratch` everything on the way (sysroot, trees,
+/// an intermediate raw disk), in a tmpfs when there is room (see [`scratch_dir`]).
+struct Dirs<'a> {
+    staging: &'a Path,
+    scratch: &'a Path,
 }
 
 fn build_in(
     req: &BuildRequest,
     layout: &Layout,
     format: Format,
-    _repo: &ostree::Repo,
-    _commit: &str,
     epoch: u64,
-    staging: &Path,
+    dirs: &Dirs,
 ) -> Result<PathBuf> {
+    let staging = dirs.scratch;
     let c = gio::Cancellable::NONE;
     let progress = Progress::new(req.quiet, false);
     let t = Timer::start();
     let sysroot_dir = staging.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
+    // A deploy ends with sync(), flushing every filesystem of the machine; the staging
+    // sysroot is thrown away after mkfs reads it, so only its own syncfs is left.
+    if std::env::var_os("OSTREE_SYSROOT_OPTS").is_none() {
+        std::env::set_var("OSTREE_SYSROOT_OPTS", "skip-sync");
+    }
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
     sysroot
         .ensure_initialized(c)
@@ -371,7 +471,12 @@ fn build_in(
         std::fs::rename(sysroot_dir.join("boot"), &boot_dir)?;
         std::fs::create_dir(sysroot_dir.join("boot"))?;
     }
-    let raw = staging.join("disk.raw");
+    // A raw image without compression is the output itself: make it beside OUT.
+    let raw = if format == Format::Raw && !req.compress {
+        dirs.staging.join("disk.raw")
+    } else {
+        staging.join("disk.raw")
+    };
     let mut disk = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -486,7 +591,7 @@ fn build_in(
     let out = match (format, req.compress) {
         (Format::Raw, false) => Ok(raw),
         (Format::Raw, true) => {
-            let z = staging.join("disk.raw.zst");
+            let z = dirs.staging.join("disk.raw.zst");
             process::run(
                 Command::new("zstd")
                     .args(["-q", "-T0", "--sparse", "-o"])
@@ -498,7 +603,7 @@ fn build_in(
             Ok(z)
         }
         (Format::Qcow2, compress) => {
-            let q = staging.join("disk.qcow2");
+            let q = dirs.staging.join("disk.qcow2");
             let mut cmd = Command::new("qemu-img");
             cmd.args(["convert", "-f", "raw", "-O", "qcow2"]);
             if compress {
