@@ -225,7 +225,10 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
 
 /// `cargo xtask bench image`: `hostforge image build` of the node against the floor of the
 /// same work done by plain tools (mkfs.ext4 -d of the deployed tree + qemu-img convert).
+/// Each side runs [`ROUNDS`] times, alternating, after a `sync` (so no run pays for the
+/// write-back of the one before); the medians are compared.
 pub fn image(top: &Path, bin: &Path) -> Result<()> {
+    const ROUNDS: usize = 3;
     let distro = crate::distro::build(top)?;
     let work = top.join("target/bench-image");
     let _ = Command::new("chattr")
@@ -243,19 +246,8 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
         &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile),
     )?;
     let r = "hostforge/x86_64/node";
-    let (ours, steps) = timed_output(
-        "hostforge: image build (qcow2)",
-        Command::new(bin)
-            .args(["image", "build", "--repo"])
-            .arg(&repo)
-            .args(["--ref", r, "--layout"])
-            .arg(top.join("images/qemu.yaml"))
-            .arg("-o")
-            .arg(work.join("node.qcow2")),
-    )?;
 
-    // The floor: the deployed tree made with ostree's CLI (not timed), then only the two
-    // steps no image builder can skip.
+    // The floor's deployed tree, made with ostree's CLI (timed, but not part of the floor).
     let sysroot = work.join("sysroot");
     std::fs::create_dir_all(&sysroot)?;
     let sr = format!("--sysroot={}", sysroot.display());
@@ -281,34 +273,79 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
         "floor setup: ostree admin deploy",
         Command::new("ostree").args(["admin", "deploy", &sr, "--os=node", r]),
     )?;
-    let raw = work.join("floor.raw");
-    let mkfs = timed(
-        "floor: mkfs.ext4 -d",
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-d"])
-            .arg(&sysroot)
-            .arg(&raw)
-            .arg("3G"),
-    )?;
-    let convert = timed(
-        "floor: qemu-img convert",
-        Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(work.join("floor.qcow2")),
-    )?;
-    let floor = mkfs + convert;
+
+    let sync = || Command::new("sync").status();
+    let (mut ours_runs, mut mkfs_runs, mut convert_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut steps = String::new();
+    for round in 1..=ROUNDS {
+        sync()?;
+        let (secs, out) = timed_output(
+            &format!("hostforge: image build (qcow2), round {round}"),
+            Command::new(bin)
+                .args(["image", "build", "--repo"])
+                .arg(&repo)
+                .args(["--ref", r, "--layout"])
+                .arg(top.join("images/qemu.yaml"))
+                .arg("-o")
+                .arg(work.join("node.qcow2")),
+        )?;
+        ours_runs.push(secs);
+        if round == ROUNDS.div_ceil(2) {
+            steps = out;
+        }
+        // The floor: only the two steps no image builder can skip.
+        let raw = work.join("floor.raw");
+        let _ = std::fs::remove_file(&raw);
+        sync()?;
+        mkfs_runs.push(timed(
+            &format!("floor: mkfs.ext4 -d, round {round}"),
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-d"])
+                .arg(&sysroot)
+                .arg(&raw)
+                .arg("3G"),
+        )?);
+        convert_runs.push(timed(
+            &format!("floor: qemu-img convert, round {round}"),
+            Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&raw)
+                .arg(work.join("floor.qcow2")),
+        )?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let floor_runs: Vec<f64> = mkfs_runs
+        .iter()
+        .zip(&convert_runs)
+        .map(|(a, b)| a + b)
+        .collect();
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (ours_list, floor_list) = (list(&ours_runs), list(&floor_runs));
+    let ours = median(&mut ours_runs);
+    let floor = median(&mut floor_runs.clone());
+    let mkfs = median(&mut mkfs_runs);
+    let convert = median(&mut convert_runs);
     let body = format!(
         "## image\n\n\
          `hostforge image build` of the fixture node (qcow2, `images/qemu.yaml`) against the floor \
-         of the same work by plain tools, in one run; `nproc` = {cpus}.\n\n\
+         of the same work by plain tools, in one run; `nproc` = {cpus}. Medians of {ROUNDS} \
+         alternating rounds, each after `sync` (hostforge: {ours_list} s; floor: {floor_list} s).\n\n\
          | run | seconds | ratio | target |\n|---|---:|---:|---|\n\
          | floor: `mkfs.ext4 -d` of the deployed tree + `qemu-img convert` | {floor:.2} | 1.00 | |\n\
          | hostforge image build (deploy, GRUB, two filesystems, GPT, qcow2) | {ours:.2} | {ratio:.2}× | ≤ 1.5× |\n\n\
-         Floor split: mkfs {mkfs:.2} s, convert {convert:.2} s. Its untimed setup, which \
+         Floor split (medians): mkfs {mkfs:.2} s, convert {convert:.2} s. Its setup, not counted, which \
          hostforge does inside its run: `ostree pull-local` {setup_pull:.2} s, `ostree admin deploy` \
          {setup_deploy:.2} s (floor + setup = {with_setup:.2} s, {ratio_setup:.2}×).\n\n\
-         hostforge's steps: {split}.\n",
+         hostforge's steps in round {mid}: {split}.\n",
+        mid = ROUNDS.div_ceil(2),
         with_setup = floor + setup_pull + setup_deploy,
         ratio_setup = ours / (floor + setup_pull + setup_deploy),
         split = step_split(&steps),
