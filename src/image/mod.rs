@@ -319,6 +319,7 @@ fn deploy(
 
 /// Builds the image; see the module docs.
 pub fn build(req: &BuildRequest) -> Result<()> {
+    let started = Timer::start();
     let mut layout = Layout::load(req.layout)?;
     if req.random_uuids {
         layout.randomize_ids()?;
@@ -359,6 +360,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         staging: &staging,
         scratch: &scratch,
     };
+    Progress::new(req.quiet, false).step_done("prepare", started.secs(), &commit);
     let result = build_in(req, &layout, format, epoch, &dirs);
     let tmp_image = match result {
         Ok(t) => t,
@@ -371,9 +373,13 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     process::fault_point("image");
     std::fs::rename(&tmp_image, req.out)
         .with_context(|| format!("moving the image to {}", req.out.display()))?;
+    let t = Timer::start();
     remove_staging(&scratch)?;
     drop(lock);
     remove_staging(&staging)?;
+    let progress = Progress::new(req.quiet, false);
+    progress.step_done("cleanup", t.secs(), "scratch removed");
+    progress.step_done("total", started.secs(), &req.out.display().to_string());
     Ok(())
 }
 
@@ -535,8 +541,37 @@ fn build_in(
         });
     }
     // Straight into the disk image at each partition's offset (no copy of a filesystem), the
-    // partitions side by side: they are disjoint ranges of the file.
+    // partitions side by side, and the boot code and GPT beside them: all are disjoint ranges
+    // of the file.
     disk.sync_all()?;
+    let write_boot_code = |disk: &mut std::fs::File| -> Result<()> {
+        if layout.has(Bootloader::Grub2Bios) {
+            let (i, _) = layout
+                .partitions
+                .iter()
+                .enumerate()
+                .find(|(_, p)| p.kind == PartType::BiosBoot)
+                .expect("validated");
+            let boot_index = layout
+                .partitions
+                .iter()
+                .position(|p| {
+                    p.mount.as_deref() == Some(if boot.is_some() { "/boot" } else { "/" })
+                })
+                .unwrap();
+            grub::install_bios(
+                disk,
+                staging,
+                placed[i].first_lba,
+                placed[i].last_lba - placed[i].first_lba + 1,
+                boot_index + 1,
+                boot.is_some(),
+            )?;
+        }
+        gpt::write(disk, disk_bytes / gpt::SECTOR, &layout.disk_guid, &parts)?;
+        disk.flush()?;
+        Ok(())
+    };
     std::thread::scope(|scope| -> Result<()> {
         let handles: Vec<_> = ext4_jobs
             .iter()
@@ -545,48 +580,29 @@ fn build_in(
                 scope.spawn(move || mkfs_ext4(src, raw, *offset, *bytes, label, uuid, epoch))
             })
             .collect();
+        let boot_code = scope.spawn(|| write_boot_code(&mut disk));
         for h in handles {
             h.join().map_err(|_| anyhow!("a mkfs thread panicked"))??;
         }
+        boot_code
+            .join()
+            .map_err(|_| anyhow!("the boot code thread panicked"))??;
         Ok(())
     })?;
+    disk.sync_all()?;
+    drop(disk);
     progress.step_done(
         "filesystems",
         t.secs(),
-        &format!("{} partitions", layout.partitions.len()),
+        &format!("{} partitions, GPT and boot code", layout.partitions.len()),
     );
-    let t = Timer::start();
-    if layout.has(Bootloader::Grub2Bios) {
-        let (i, _) = layout
-            .partitions
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.kind == PartType::BiosBoot)
-            .expect("validated");
-        let boot_index = layout
-            .partitions
-            .iter()
-            .position(|p| p.mount.as_deref() == Some(if boot.is_some() { "/boot" } else { "/" }))
-            .unwrap();
-        grub::install_bios(
-            &mut disk,
-            staging,
-            placed[i].first_lba,
-            placed[i].last_lba - placed[i].first_lba + 1,
-            boot_index + 1,
-            boot.is_some(),
-        )?;
-    }
-    gpt::write(
-        &mut disk,
-        disk_bytes / gpt::SECTOR,
-        &layout.disk_guid,
-        &parts,
-    )?;
-    disk.flush()?;
-    disk.sync_all()?;
-    drop(disk);
-    progress.step_done("bootloader", t.secs(), "GPT and boot code");
+    // The trees are in the filesystems now: free them while the output is written.
+    let trees = [sysroot_dir.clone(), boot_dir.clone()];
+    let freeing = std::thread::spawn(move || {
+        for t in &trees {
+            let _ = remove_staging(t);
+        }
+    });
     let t = Timer::start();
     let out = match (format, req.compress) {
         (Format::Raw, false) => Ok(raw),
@@ -604,16 +620,28 @@ fn build_in(
         }
         (Format::Qcow2, compress) => {
             let q = dirs.staging.join("disk.qcow2");
-            let mut cmd = Command::new("qemu-img");
-            cmd.args(["convert", "-f", "raw", "-O", "qcow2"]);
-            if compress {
-                cmd.args(["-c", "-o", "compression_type=zstd"]);
-            }
-            process::run(cmd.arg(&raw).arg(&q)).context("converting to qcow2")?;
+            let convert = |direct: bool| {
+                let mut cmd = Command::new("qemu-img");
+                cmd.args(["convert", "-f", "raw", "-O", "qcow2", "-W"]);
+                if direct {
+                    // O_DIRECT: the image goes to the disk without filling the page cache
+                    // (and evicting what the machine had there) on the way.
+                    cmd.args(["-t", "none"]);
+                }
+                if compress {
+                    cmd.args(["-c", "-o", "compression_type=zstd"]);
+                }
+                process::run(cmd.arg(&raw).arg(&q))
+            };
+            // Filesystems without O_DIRECT (tmpfs) get the page cache after all.
+            convert(true)
+                .or_else(|_| convert(false))
+                .context("converting to qcow2")?;
             std::fs::remove_file(&raw)?;
             Ok(q)
         }
     };
+    let _ = freeing.join();
     progress.step_done("output", t.secs(), &format!("{format:?}").to_lowercase());
     out
 }
