@@ -225,7 +225,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
 
 /// `cargo xtask bench image`: `hostforge image build` of the node against the floor of the
 /// same work done by plain tools (mkfs.ext4 -d of the deployed tree + qemu-img convert).
-/// Each side runs [`ROUNDS`] times, alternating, after a `sync` (so no run pays for the
+/// Each side runs three times, alternating, after a `sync` (so no run pays for the
 /// write-back of the one before); the medians are compared.
 pub fn image(top: &Path, bin: &Path) -> Result<()> {
     const ROUNDS: usize = 3;
