@@ -380,10 +380,19 @@ mod tests {
         std::fs::write(tree.join("usr/bin/tool"), vec![7u8; 300_000]).unwrap();
         std::fs::write(tree.join("usr/empty"), "").unwrap();
         std::os::unix::fs::symlink("bin/tool", tree.join("usr/link")).unwrap();
-        let _ = Command::new("setfattr")
-            .args(["-n", "user.test", "-v", "on"])
-            .arg(tree.join("usr/empty"))
-            .status();
+        rustix::fs::setxattr(
+            tree.join("usr/empty"),
+            "user.test",
+            b"on",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(tree.join("usr/bin/tool"), Some(1000), Some(1001)).unwrap();
+        std::fs::set_permissions(
+            tree.join("usr/bin/tool"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+        )
+        .unwrap();
         ostree(&src, &["init", "--mode=archive"]);
         let commit = ostree(
             &src,
@@ -391,8 +400,6 @@ mod tests {
                 "commit",
                 "-b",
                 "t",
-                "--owner-uid=0",
-                "--owner-gid=0",
                 &format!("--tree=dir={}", tree.display()),
             ],
         );
@@ -400,10 +407,10 @@ mod tests {
         let dest_repo = open_or_create(&dest, ostree::RepoMode::Bare).unwrap();
         assert!(import_archive_commit(&src, &dest_repo, commit).unwrap());
         ostree(&dest, &["fsck", "--quiet"]);
-        assert_eq!(
-            ostree(&src, &["ls", "-RX", commit]),
-            ostree(&dest, &["ls", "-RX", commit])
-        );
+        let listing = ostree(&dest, &["ls", "-RX", commit]);
+        assert_eq!(ostree(&src, &["ls", "-RX", commit]), listing);
+        assert!(listing.contains("user.test"), "{listing}");
+        assert!(listing.contains("-04755 1000 1001"), "{listing}");
         // A bare source is left to libostree's pull.
         let other = open_or_create(&dir.path().join("other"), ostree::RepoMode::Bare).unwrap();
         assert!(!import_archive_commit(&dest, &other, commit).unwrap());
