@@ -214,11 +214,19 @@ fn claim_scratch(dir: &Path) -> Result<std::fs::File> {
         }
     }
     remove_staging(dir)?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating the scratch directory {}", dir.display()))?;
-    let f = std::fs::File::create(dir.join(".lock"))?;
+    // Made and locked under another name, then renamed into place: a sweep by another build
+    // (see [`sweep_scratch`]) never sees it unlocked.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let claim = parent.join(format!(".hostforge-claim-{}", std::process::id()));
+    remove_staging(&claim)?;
+    std::fs::create_dir(&claim)
+        .with_context(|| format!("creating the scratch directory {}", claim.display()))?;
+    let f = std::fs::File::create(claim.join(".lock"))?;
     flock(&f, FlockOperation::NonBlockingLockExclusive)
-        .with_context(|| format!("locking {}", dir.display()))?;
+        .with_context(|| format!("locking {}", claim.display()))?;
+    std::fs::rename(&claim, dir)
+        .with_context(|| format!("creating the scratch directory {}", dir.display()))?;
     Ok(f)
 }
 
@@ -236,11 +244,8 @@ fn sweep_scratch(base: &Path) {
         let dir = e.path();
         let stale = match std::fs::File::open(dir.join(".lock")) {
             Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok(),
-            // Without a lock file: a build between mkdir and lock, unless it is old.
-            Err(_) => e
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 600)),
+            // Without a lock file: not one of ours (they are renamed into place locked).
+            Err(_) => false,
         };
         if stale {
             let _ = remove_staging(&dir);
@@ -693,4 +698,31 @@ fn mkfs_esp(
     )
     .context("copying GRUB onto the ESP")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep removes scratch directories of killed builds (lock free) and keeps those of
+    /// live builds (lock held) and anything not named like ours; a held one is refused.
+    #[test]
+    fn sweep_keeps_live_scratch_and_removes_stale() {
+        let base = tempfile::tempdir().unwrap();
+        let live = base.path().join(format!("{SCRATCH_PREFIX}live"));
+        let stale = base.path().join(format!("{SCRATCH_PREFIX}stale"));
+        let other = base.path().join("something-else");
+        let held = claim_scratch(&live).unwrap();
+        drop(claim_scratch(&stale).unwrap());
+        std::fs::create_dir(&other).unwrap();
+        sweep_scratch(base.path());
+        assert!(live.join(".lock").exists());
+        assert!(!stale.exists());
+        assert!(other.exists());
+        let err = claim_scratch(&live).unwrap_err();
+        assert!(format!("{err:#}").contains("in use"), "{err:#}");
+        drop(held);
+        sweep_scratch(base.path());
+        assert!(!live.exists());
+    }
 }

@@ -178,13 +178,15 @@ pub fn distro() -> PathBuf {
     p
 }
 
+/// Tests of one binary run in parallel; one of them writes the shared treefile directory and
+/// composes into the shared repo at a time.
+static COMPOSE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// treefiles/node.yaml composed from the fixture distro into an archive repo shared by the
 /// boot-tier tests (target/test-node): the first caller composes, later ones find no changes.
 /// Returns the repo and the commit.
 pub fn composed_node() -> (PathBuf, String) {
-    // Tests of one binary run in parallel; one of them composes at a time.
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = COMPOSE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = top.join("target/test-node");
     let tf_dir = work.join("tf");
@@ -273,8 +275,12 @@ impl Drop for HttpServer {
 /// in the same shared repo as [`composed_node`]. Returns B's commit.
 pub fn composed_node_b() -> String {
     let (repo, _) = composed_node();
-    let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node");
-    let tf = std::fs::read_to_string(work.join("tf/node.yaml"))
+    // composed_node() rewrites tf/ (B's treefile refers to tf/node/) and composes into the
+    // same repo and cache: not while B is being written and composed.
+    let _guard = COMPOSE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = top.join("target/test-node");
+    let tf = std::fs::read_to_string(top.join("treefiles/node.yaml"))
         .unwrap()
         .replace(
             "ref: hostforge/${basearch}/node",
