@@ -86,7 +86,15 @@ fn cachedir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-toolbox/cache")
 }
 
+/// Builds share the cache's buildah storage, which one test empties: one build at a time.
+static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn toolbox_build(tf: &Path, tag: &str, extra: &[&str], path: Option<&str>) -> Output {
+    let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    toolbox_build_unlocked(tf, tag, extra, path)
+}
+
+fn toolbox_build_unlocked(tf: &Path, tag: &str, extra: &[&str], path: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
     cmd.args(["toolbox", "build", "--quiet", "--json"])
         .arg(tf)
@@ -207,8 +215,12 @@ fn toolbox_builds_pushes_reproducibly_and_nodes_pull_on_demand() {
     assert!(oci.join("index.json").exists());
 
     // Built again from scratch storage: the same digest.
-    std::fs::remove_dir_all(cachedir().join("toolbox/storage")).unwrap();
-    let again = toolbox_build(&tf, &tag, &["--push", "--tls-verify=false"], None);
+    let again = {
+        // (Not while another test's build writes into that storage.)
+        let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        std::fs::remove_dir_all(cachedir().join("toolbox/storage")).unwrap();
+        toolbox_build_unlocked(&tf, &tag, &["--push", "--tls-verify=false"], None)
+    };
     assert_ok(&again);
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(
