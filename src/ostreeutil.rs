@@ -219,8 +219,8 @@ pub fn commit_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
 
 /// Copies `commit` and everything it reaches from the archive repo at `src_path` into the
 /// bare repo `dest`, on every core: libostree parses each `.filez` header and writes each
-/// object (`write_content_trusted`), libdeflate inflates the payloads, which is most of the
-/// work and what makes libostree's own local pull single-core per object and slow (zlib).
+/// object (`write_content_trusted`), libdeflate inflates the payloads. Inflating is most of
+/// the work, and libostree's own local pull does it with zlib, several times slower.
 /// Metadata objects are imported with libostree, the commit last, so `dest` never holds the
 /// commit without its tree. Returns `false` (nothing done) when `src` is not an archive repo
 /// of its own (bare sources are better served by libostree's hardlinking pull).

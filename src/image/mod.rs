@@ -152,16 +152,14 @@ fn remove_staging(dir: &Path) -> Result<()> {
         return Ok(());
     }
     if std::fs::remove_dir_all(dir).is_err() {
-        // Deployments are ostree/deploy/OS/deploy/CSUM.N below some sysroot directory.
-        let mut stack = vec![(dir.to_path_buf(), 0)];
-        while let Some((d, depth)) = stack.pop() {
+        // Deployments (ostree/deploy/OS/deploy/CSUM.N) sit at whatever depth the sysroot
+        // is below `dir`: lift the flag on every directory.
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
             lift_immutable(&d);
-            if depth >= 6 {
-                continue;
-            }
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((e.path(), depth + 1));
+                    stack.push(e.path());
                 }
             }
         }
@@ -404,13 +402,13 @@ fn build_in(
     epoch: u64,
     dirs: &Dirs,
 ) -> Result<PathBuf> {
-    let staging = dirs.scratch;
+    let scratch = dirs.scratch;
     let c = gio::Cancellable::NONE;
     let progress = Progress::new(req.quiet, false);
     let t = Timer::start();
-    let sysroot_dir = staging.join("sysroot");
+    let sysroot_dir = scratch.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
-    // A deploy ends with sync(), flushing every filesystem of the machine; the staging
+    // A deploy ends with sync(), flushing every filesystem of the machine; the scratch
     // sysroot is thrown away after mkfs reads it, so only its own syncfs is left.
     if std::env::var_os("OSTREE_SYSROOT_OPTS").is_none() {
         std::env::set_var("OSTREE_SYSROOT_OPTS", "skip-sync");
@@ -438,7 +436,7 @@ fn build_in(
         cfg.set_string("sysroot", "bootloader", "none");
     }
     cfg.set_boolean("sysroot", "readonly", layout.ostree.sysroot_readonly);
-    // The staging tree is copied into filesystems and the image is synced as a whole; syncing
+    // The scratch tree is copied into filesystems and the image is synced as a whole; syncing
     // each object and deployment here would only cost time.
     cfg.set_boolean("core", "fsync", false);
     srepo.write_config(&cfg)?;
@@ -478,7 +476,7 @@ fn build_in(
     // Filesystems: /boot from sysroot/boot, / from the rest (with an empty /boot).
     let disk_bytes = layout::parse_size(&layout.size)?;
     let placed = place(layout, disk_bytes)?;
-    let boot_dir = staging.join("bootfs");
+    let boot_dir = scratch.join("bootfs");
     if boot.is_some() {
         std::fs::rename(sysroot_dir.join("boot"), &boot_dir)?;
         std::fs::create_dir(sysroot_dir.join("boot"))?;
@@ -487,7 +485,7 @@ fn build_in(
     let raw = if format == Format::Raw && !req.compress {
         dirs.staging.join("disk.raw")
     } else {
-        staging.join("disk.raw")
+        scratch.join("disk.raw")
     };
     let mut disk = std::fs::OpenOptions::new()
         .read(true)
@@ -507,7 +505,7 @@ fn build_in(
         };
         if p.kind == PartType::Esp {
             let boot_uuid = boot.or(Some(root)).and_then(|b| b.uuid.as_deref()).unwrap();
-            let efi = grub::efi_binary(staging, boot_uuid, boot.is_some())?;
+            let efi = grub::efi_binary(scratch, boot_uuid, boot.is_some())?;
             disk.sync_all()?;
             mkfs_esp(
                 &raw,
@@ -516,7 +514,7 @@ fn build_in(
                 p.label.as_deref().unwrap_or("EFI-SYSTEM"),
                 p.uuid.as_deref().unwrap_or_default(),
                 &efi,
-                staging,
+                scratch,
                 epoch,
             )?;
         }
@@ -567,7 +565,7 @@ fn build_in(
                 .unwrap();
             grub::install_bios(
                 disk,
-                staging,
+                scratch,
                 placed[i].first_lba,
                 placed[i].last_lba - placed[i].first_lba + 1,
                 boot_index + 1,
