@@ -4,6 +4,7 @@
 //! code written into the image file directly, qcow2 by `qemu-img`. Nothing is mounted; the
 //! output appears by rename only when complete.
 
+mod ext2fs;
 mod ext4;
 pub mod gpt;
 mod grub;
@@ -98,10 +99,10 @@ fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
 }
 
 /// Makes an ext4 filesystem of `bytes` from `dir`, `offset` bytes into `image` (a partition
-/// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times: mkfs
-/// takes its own times from `E2FSPROGS_FAKE_TIME` and each file's from the tree, which
-/// [`ext4::pin_times`] then sets to `epoch` in the inode tables (a ctime cannot be set in
-/// the tree, and reading the tree moves atimes).
+/// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times:
+/// `mkfs.ext4` formats (its own times from `E2FSPROGS_FAKE_TIME`), [`ext2fs::Fs`] copies the
+/// tree in (libext2fs's times from `epoch`), and [`ext4::pin_times`] then makes sure every
+/// inode's times are `epoch`.
 fn mkfs_ext4(
     dir: &Path,
     image: &Path,
@@ -114,6 +115,21 @@ fn mkfs_ext4(
     if offset == 0 {
         let _ = std::fs::remove_file(image);
     }
+    let mut fs = format_ext4(image, offset, bytes, label, uuid, epoch)?;
+    fs.add(dir, Path::new(""))
+        .with_context(|| format!("filling the {label} filesystem from {}", dir.display()))?;
+    finish_ext4(fs, image, offset, label, epoch)
+}
+
+/// An empty ext4 filesystem at `offset` in `image` (made by `mkfs.ext4`), open for filling.
+fn format_ext4(
+    image: &Path,
+    offset: u64,
+    bytes: u64,
+    label: &str,
+    uuid: &str,
+    epoch: u64,
+) -> Result<ext2fs::Fs> {
     process::run(
         Command::new("mkfs.ext4")
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
@@ -121,12 +137,38 @@ fn mkfs_ext4(
             .arg("-E")
             .arg(format!("root_owner=0:0,hash_seed={uuid},offset={offset}"))
             // GRUB 2.06 cannot read ext4 with orphan_file or metadata_csum_seed.
-            .args(["-O", "^orphan_file,^metadata_csum_seed", "-d"])
-            .arg(dir)
+            .args(["-O", "^orphan_file,^metadata_csum_seed"])
             .arg(image)
             .arg(format!("{}k", bytes / 1024)),
     )
-    .with_context(|| format!("making the {label} filesystem from {}", dir.display()))?;
+    .with_context(|| format!("making the {label} filesystem"))?;
+    ext2fs::Fs::open(image, offset, epoch as i64)
+}
+
+/// Where a sysroot keeps its repo's objects.
+const OBJECTS: &str = "ostree/repo/objects";
+
+/// A directory's path and modification time (which changes with each entry added or removed).
+type DirStamp = (PathBuf, std::time::SystemTime);
+
+/// The stamps of `dir` and of the directories right below it: enough to see whether
+/// anything was added to or removed from a repo's objects.
+fn dir_stamps(dir: &Path) -> Result<Vec<DirStamp>> {
+    let mut stamps = vec![(dir.to_path_buf(), std::fs::metadata(dir)?.modified()?)];
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            stamps.push((e.path(), e.metadata()?.modified()?));
+        }
+    }
+    stamps.sort();
+    Ok(stamps)
+}
+
+/// Closes a filled filesystem and pins its inode times to `epoch`.
+fn finish_ext4(fs: ext2fs::Fs, image: &Path, offset: u64, label: &str, epoch: u64) -> Result<()> {
+    fs.finish()
+        .with_context(|| format!("writing the {label} filesystem"))?;
     ext4::pin_times(image, offset, epoch as i64)
         .with_context(|| format!("pinning the inode times of the {label} filesystem"))?;
     Ok(())
@@ -444,43 +486,17 @@ fn build_in(
 
     let mut kargs = vec![format!("root=UUID={}", root.uuid.as_deref().unwrap())];
     kargs.extend(layout.kargs.iter().cloned());
-    if let Some(prev) = req.previous {
-        let pc = pull_into(&srepo, req.repo, prev)?;
-        deploy(&sysroot, osname, prev, &pc, &kargs)?;
-    }
+    let pc = match req.previous {
+        Some(prev) => Some(pull_into(&srepo, req.repo, prev)?),
+        None => None,
+    };
     let nc = pull_into(&srepo, req.repo, req.treeref)?;
     progress.step_done("pull", t.secs(), &nc);
     let t = Timer::start();
-    deploy(&sysroot, osname, req.treeref, &nc, &kargs)?;
 
-    // The deployments mount /boot from its own partition.
-    if let Some(b) = boot {
-        for dep in sysroot.deployments() {
-            let dir = sysroot_dir.join(sysroot.deployment_dirpath(&dep).as_str());
-            let fstab = dir.join("etc/fstab");
-            let mut text = std::fs::read_to_string(&fstab).unwrap_or_default();
-            text.push_str(&format!(
-                "UUID={} /boot ext4 defaults 0 2\n",
-                b.uuid.as_deref().unwrap()
-            ));
-            std::fs::write(&fstab, text)?;
-        }
-    }
-    if layout.uses_grub() {
-        grub::link_config(&sysroot_dir.join("boot"))?;
-    }
-
-    progress.step_done("deploy", t.secs(), osname);
-    let t = Timer::start();
-
-    // Filesystems: /boot from sysroot/boot, / from the rest (with an empty /boot).
+    // The disk, its partitions placed.
     let disk_bytes = layout::parse_size(&layout.size)?;
     let placed = place(layout, disk_bytes)?;
-    let boot_dir = scratch.join("bootfs");
-    if boot.is_some() {
-        std::fs::rename(sysroot_dir.join("boot"), &boot_dir)?;
-        std::fs::create_dir(sysroot_dir.join("boot"))?;
-    }
     // A raw image without compression is the output itself: make it beside OUT.
     let raw = if format == Format::Raw && !req.compress {
         dirs.staging.join("disk.raw")
@@ -494,104 +510,174 @@ fn build_in(
         .truncate(true)
         .open(&raw)?;
     disk.set_len(disk_bytes)?;
-    let mut parts = Vec::new();
-    let mut ext4_jobs = Vec::new();
-    for (p, at) in layout.partitions.iter().zip(&placed) {
-        let bytes = (at.last_lba - at.first_lba + 1) * gpt::SECTOR;
-        let src = match p.mount.as_deref() {
-            Some("/") => Some(&sysroot_dir),
-            Some("/boot") => Some(&boot_dir),
-            _ => None,
-        };
-        if p.kind == PartType::Esp {
-            let boot_uuid = boot.or(Some(root)).and_then(|b| b.uuid.as_deref()).unwrap();
-            let efi = grub::efi_binary(scratch, boot_uuid, boot.is_some())?;
-            disk.sync_all()?;
-            mkfs_esp(
+    let part_bytes = |i: usize| (placed[i].last_lba - placed[i].first_lba + 1) * gpt::SECTOR;
+    let label_of = |p: &layout::PartitionSpec| p.label.clone().unwrap_or_else(|| p.name.clone());
+    let root_index = layout
+        .partitions
+        .iter()
+        .position(|p| p.mount.as_deref() == Some("/"))
+        .expect("validated");
+    let root_offset = placed[root_index].first_lba * gpt::SECTOR;
+    let root_label = label_of(&layout.partitions[root_index]);
+
+    let boot_dir = scratch.join("bootfs");
+    let t = std::thread::scope(|scope| -> Result<Timer> {
+        // The root filesystem's bulk, the repo's objects, goes in while ostree deploys (the
+        // deployment is hardlinks to them): a thread formats the partition and adds
+        // ostree/repo/objects, which nothing writes to after the pull.
+        let objects = scope.spawn(|| -> Result<(ext2fs::Fs, Vec<DirStamp>)> {
+            let mut fs = format_ext4(
                 &raw,
-                at.first_lba * gpt::SECTOR,
-                bytes,
-                p.label.as_deref().unwrap_or("EFI-SYSTEM"),
-                p.uuid.as_deref().unwrap_or_default(),
-                &efi,
-                scratch,
+                root_offset,
+                part_bytes(root_index),
+                &root_label,
+                root.uuid.as_deref().unwrap(),
                 epoch,
             )?;
-        }
-        if let Some(src) = src {
-            let label = p.label.clone().unwrap_or_else(|| p.name.clone());
-            ext4_jobs.push((
-                src,
-                at.first_lba * gpt::SECTOR,
-                bytes,
-                label,
-                p.uuid.as_deref().unwrap(),
-            ));
-        }
-        parts.push(gpt::Partition {
-            type_guid: match p.kind {
-                PartType::BiosBoot => gpt::TYPE_BIOS_BOOT,
-                PartType::Esp => gpt::TYPE_ESP,
-                PartType::Xbootldr => gpt::TYPE_XBOOTLDR,
-                PartType::Root => gpt::TYPE_ROOT_X86_64,
-                PartType::Linux => gpt::TYPE_LINUX,
-            }
-            .to_string(),
-            guid: p.guid.clone(),
-            name: p.name.clone(),
-            first_lba: at.first_lba,
-            last_lba: at.last_lba,
-            attributes: 0,
+            let stamps = dir_stamps(&sysroot_dir.join(OBJECTS))?;
+            fs.add(&sysroot_dir, Path::new(OBJECTS))
+                .with_context(|| format!("filling the {root_label} filesystem"))?;
+            Ok((fs, stamps))
         });
-    }
-    // Straight into the disk image at each partition's offset (no copy of a filesystem), the
-    // partitions side by side, and the boot code and GPT beside them: all are disjoint ranges
-    // of the file.
-    disk.sync_all()?;
-    let write_boot_code = |disk: &mut std::fs::File| -> Result<()> {
-        if layout.has(Bootloader::Grub2Bios) {
-            let (i, _) = layout
-                .partitions
-                .iter()
-                .enumerate()
-                .find(|(_, p)| p.kind == PartType::BiosBoot)
-                .expect("validated");
-            let boot_index = layout
-                .partitions
-                .iter()
-                .position(|p| {
-                    p.mount.as_deref() == Some(if boot.is_some() { "/boot" } else { "/" })
-                })
-                .unwrap();
-            grub::install_bios(
-                disk,
-                scratch,
-                placed[i].first_lba,
-                placed[i].last_lba - placed[i].first_lba + 1,
-                boot_index + 1,
-                boot.is_some(),
-            )?;
-        }
-        gpt::write(disk, disk_bytes / gpt::SECTOR, &layout.disk_guid, &parts)?;
-        disk.flush()?;
-        Ok(())
-    };
-    std::thread::scope(|scope| -> Result<()> {
-        let handles: Vec<_> = ext4_jobs
-            .iter()
-            .map(|(src, offset, bytes, label, uuid)| {
-                let raw = &raw;
-                scope.spawn(move || mkfs_ext4(src, raw, *offset, *bytes, label, uuid, epoch))
-            })
-            .collect();
-        let boot_code = scope.spawn(|| write_boot_code(&mut disk));
-        for h in handles {
-            h.join().map_err(|_| anyhow!("a mkfs thread panicked"))??;
-        }
-        boot_code
+        let deployed = (|| -> Result<()> {
+            if let (Some(prev), Some(pc)) = (req.previous, &pc) {
+                deploy(&sysroot, osname, prev, pc, &kargs)?;
+            }
+            deploy(&sysroot, osname, req.treeref, &nc, &kargs)?;
+            // The deployments mount /boot from its own partition.
+            if let Some(b) = boot {
+                for dep in sysroot.deployments() {
+                    let dir = sysroot_dir.join(sysroot.deployment_dirpath(&dep).as_str());
+                    let fstab = dir.join("etc/fstab");
+                    let mut text = std::fs::read_to_string(&fstab).unwrap_or_default();
+                    text.push_str(&format!(
+                        "UUID={} /boot ext4 defaults 0 2\n",
+                        b.uuid.as_deref().unwrap()
+                    ));
+                    std::fs::write(&fstab, text)?;
+                }
+            }
+            if layout.uses_grub() {
+                grub::link_config(&sysroot_dir.join("boot"))?;
+            }
+            Ok(())
+        })();
+        let objects = objects
             .join()
-            .map_err(|_| anyhow!("the boot code thread panicked"))??;
-        Ok(())
+            .map_err(|_| anyhow!("the root filesystem thread panicked"))?;
+        deployed?;
+        let (mut root_fs, stamps) = objects?;
+        if dir_stamps(&sysroot_dir.join(OBJECTS))? != stamps {
+            bail!(
+                "ostree/repo/objects changed during the deploy; the root filesystem would miss it"
+            );
+        }
+        progress.step_done("deploy", t.secs(), osname);
+        let t = Timer::start();
+
+        // Filesystems: /boot from sysroot/boot, / from the rest (with an empty /boot).
+        if boot.is_some() {
+            std::fs::rename(sysroot_dir.join("boot"), &boot_dir)?;
+            std::fs::create_dir(sysroot_dir.join("boot"))?;
+        }
+        let mut parts = Vec::new();
+        let mut ext4_jobs = Vec::new();
+        for (i, (p, at)) in layout.partitions.iter().zip(&placed).enumerate() {
+            if p.kind == PartType::Esp {
+                let boot_uuid = boot.or(Some(root)).and_then(|b| b.uuid.as_deref()).unwrap();
+                let efi = grub::efi_binary(scratch, boot_uuid, boot.is_some())?;
+                disk.sync_all()?;
+                mkfs_esp(
+                    &raw,
+                    at.first_lba * gpt::SECTOR,
+                    part_bytes(i),
+                    p.label.as_deref().unwrap_or("EFI-SYSTEM"),
+                    p.uuid.as_deref().unwrap_or_default(),
+                    &efi,
+                    scratch,
+                    epoch,
+                )?;
+            }
+            if p.mount.as_deref() == Some("/boot") {
+                ext4_jobs.push((
+                    &boot_dir,
+                    at.first_lba * gpt::SECTOR,
+                    part_bytes(i),
+                    label_of(p),
+                    p.uuid.as_deref().unwrap(),
+                ));
+            }
+            parts.push(gpt::Partition {
+                type_guid: match p.kind {
+                    PartType::BiosBoot => gpt::TYPE_BIOS_BOOT,
+                    PartType::Esp => gpt::TYPE_ESP,
+                    PartType::Xbootldr => gpt::TYPE_XBOOTLDR,
+                    PartType::Root => gpt::TYPE_ROOT_X86_64,
+                    PartType::Linux => gpt::TYPE_LINUX,
+                }
+                .to_string(),
+                guid: p.guid.clone(),
+                name: p.name.clone(),
+                first_lba: at.first_lba,
+                last_lba: at.last_lba,
+                attributes: 0,
+            });
+        }
+        // Straight into the disk image at each partition's offset (no copy of a filesystem),
+        // the partitions side by side, and the boot code and GPT beside them: all are
+        // disjoint ranges of the file.
+        disk.sync_all()?;
+        let write_boot_code = |disk: &mut std::fs::File| -> Result<()> {
+            if layout.has(Bootloader::Grub2Bios) {
+                let (i, _) = layout
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .find(|(_, p)| p.kind == PartType::BiosBoot)
+                    .expect("validated");
+                let boot_index = layout
+                    .partitions
+                    .iter()
+                    .position(|p| {
+                        p.mount.as_deref() == Some(if boot.is_some() { "/boot" } else { "/" })
+                    })
+                    .unwrap();
+                grub::install_bios(
+                    disk,
+                    scratch,
+                    placed[i].first_lba,
+                    placed[i].last_lba - placed[i].first_lba + 1,
+                    boot_index + 1,
+                    boot.is_some(),
+                )?;
+            }
+            gpt::write(disk, disk_bytes / gpt::SECTOR, &layout.disk_guid, &parts)?;
+            disk.flush()?;
+            Ok(())
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            let handles: Vec<_> = ext4_jobs
+                .iter()
+                .map(|(src, offset, bytes, label, uuid)| {
+                    let raw = &raw;
+                    scope.spawn(move || mkfs_ext4(src, raw, *offset, *bytes, label, uuid, epoch))
+                })
+                .collect();
+            let boot_code = scope.spawn(|| write_boot_code(&mut disk));
+            // The rest of the root filesystem: the deployments, /etc, the repo's refs.
+            root_fs
+                .add(&sysroot_dir, Path::new(""))
+                .with_context(|| format!("filling the {root_label} filesystem"))?;
+            finish_ext4(root_fs, &raw, root_offset, &root_label, epoch)?;
+            for h in handles {
+                h.join().map_err(|_| anyhow!("a mkfs thread panicked"))??;
+            }
+            boot_code
+                .join()
+                .map_err(|_| anyhow!("the boot code thread panicked"))??;
+            Ok(())
+        })?;
+        Ok(t)
     })?;
     disk.sync_all()?;
     drop(disk);

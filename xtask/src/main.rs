@@ -16,6 +16,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "rpm",
     "librpm-dev",
     "libdnf-dev",
+    "libext2fs-dev",
+    "comerr-dev",
     "librepo-dev",
     "libsolv-dev",
     "createrepo-c",
