@@ -63,6 +63,9 @@ pub struct Fs {
     complete: HashSet<PathBuf>,
     xattr_names: Vec<u8>,
     xattr_value: Vec<u8>,
+    /// Whether `copy_file_range` works from the tree into the image.
+    in_kernel_copy: bool,
+    buf: Vec<u8>,
 }
 
 // SAFETY: the handle belongs to this value alone and libext2fs keeps no thread-local
@@ -121,6 +124,8 @@ impl Fs {
             complete: HashSet::new(),
             xattr_names: vec![0; 65536],
             xattr_value: vec![0; 65536],
+            in_kernel_copy: true,
+            buf: vec![0; 1 << 20],
         };
         // SAFETY: fs is a valid handle from here on.
         unsafe {
@@ -374,23 +379,52 @@ impl Fs {
         )?;
         let src = std::fs::File::open(path)?;
         for (lblk, pblk, len) in self.extents(ino)? {
-            let mut from = lblk * self.block_size;
+            let from = lblk * self.block_size;
             let end = ((lblk + len) * self.block_size).min(size);
-            let mut to = self.offset + pblk * self.block_size;
-            while from < end {
-                let want = (end - from) as usize;
-                let n = rustix::fs::copy_file_range(
-                    &src,
-                    Some(&mut from),
-                    &self.image,
-                    Some(&mut to),
-                    want,
-                )
+            let to = self.offset + pblk * self.block_size;
+            self.copy_range(&src, from, end, to)
                 .with_context(|| format!("copying the data of {}", path.display()))?;
-                if n == 0 {
-                    bail!("{} got shorter while it was copied", path.display());
-                }
+        }
+        Ok(())
+    }
+
+    /// Copies bytes `from..end` of `src` to offset `to` of the image: in the kernel when
+    /// both are on one filesystem, else through a buffer.
+    fn copy_range(
+        &mut self,
+        src: &std::fs::File,
+        mut from: u64,
+        end: u64,
+        mut to: u64,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        while from < end && self.in_kernel_copy {
+            let want = (end - from) as usize;
+            match rustix::fs::copy_file_range(
+                src,
+                Some(&mut from),
+                &self.image,
+                Some(&mut to),
+                want,
+            ) {
+                Ok(0) => bail!("the file got shorter while it was copied"),
+                Ok(_) => {}
+                // Across filesystems (a tmpfs tree into an image on disk), or no support.
+                Err(
+                    rustix::io::Errno::XDEV
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::OPNOTSUPP,
+                ) => self.in_kernel_copy = false,
+                Err(e) => return Err(e.into()),
             }
+        }
+        while from < end {
+            let n = ((end - from) as usize).min(self.buf.len());
+            src.read_exact_at(&mut self.buf[..n], from)?;
+            self.image.write_all_at(&self.buf[..n], to)?;
+            from += n as u64;
+            to += n as u64;
         }
         Ok(())
     }
@@ -506,7 +540,11 @@ mod tests {
     #[test]
     fn filled_filesystem_matches_the_tree_and_is_clean() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let (src, img) = (dir.path().join("src"), dir.path().join("disk.img"));
+        // The image on another filesystem where there is one (as a raw OUT on disk is from
+        // a tree in tmpfs): the data then goes through the buffer, not copy_file_range.
+        let shm = Path::new("/dev/shm");
+        let img_dir = tempfile::tempdir_in(if shm.is_dir() { shm } else { dir.path() }).unwrap();
+        let (src, img) = (dir.path().join("src"), img_dir.path().join("disk.img"));
         let objects = src.join("repo/objects");
         std::fs::create_dir_all(&objects).unwrap();
         std::fs::create_dir_all(src.join("usr/bin")).unwrap();
