@@ -616,6 +616,36 @@ mod tests {
         assert_eq!(ino("/repo/objects/big"), ino("/usr/bin/big"));
     }
 
+    /// A file of more extents than fit in the inode (an extent tree of depth 1, here from
+    /// 1 KiB blocks: 8 MiB groups, 32 MiB extents at most) keeps its bytes.
+    #[test]
+    fn files_of_many_extents_keep_their_bytes() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let (src, img) = (dir.path().join("src"), dir.path().join("disk.img"));
+        std::fs::create_dir_all(&src).unwrap();
+        let data: Vec<u8> = (0..70_000_000u64)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(src.join("big"), &data).unwrap();
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "1024"])
+            .arg(&img)
+            .arg("100M"));
+        let mut fs = Fs::open(&img, 0, 0).unwrap();
+        fs.add(&src, Path::new("")).unwrap();
+        fs.finish().unwrap();
+        let dev = img.to_str().unwrap();
+        run(Command::new("e2fsck").args(["-fn", dev]));
+        let extents = run(Command::new("debugfs").args(["-R", "ex /big", dev]));
+        assert!(
+            extents.lines().any(|l| l.trim_start().starts_with("0/ 1")),
+            "{extents}"
+        );
+        let out = dir.path().join("out");
+        run(Command::new("debugfs").args(["-R", &format!("dump /big {}", out.display()), dev]));
+        assert!(std::fs::read(&out).unwrap() == data, "the bytes differ");
+    }
+
     /// Entries ostree trees cannot hold are refused with the path named.
     #[test]
     fn unsupported_entries_are_named() {
