@@ -524,14 +524,7 @@ mod tests {
     use std::process::Command;
 
     fn run(cmd: &mut Command) -> String {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::process::run(cmd).unwrap()
     }
 
     /// A tree with every kind of entry ostree trees have, added in two passes (a subtree

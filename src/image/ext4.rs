@@ -1,7 +1,9 @@
-//! One in-place edit of an ext4 filesystem that `mke2fs -d` wrote: every inode's timestamps
-//! set to one value, with each inode's checksum redone. `mke2fs -d` copies a file's ctime
-//! from the source tree, and no program can set a ctime, so without this edit a filesystem
-//! made twice from the same commit differs. Only inode table bytes change; bitmaps, group
+//! One in-place edit of a finished ext4 filesystem: every inode's timestamps set to one
+//! value, with each inode's checksum redone, so a filesystem made twice from the same commit
+//! is the same. (`mke2fs -d` copied each file's ctime from the source tree, which no program
+//! can set; libext2fs, which fills filesystems now, takes its times from one value already,
+//! but keeps 32-bit seconds and falls back to the clock for 0: this edit writes the epoch
+//! bits past 2038 and any value exactly.) Only inode table bytes change; bitmaps, group
 //! descriptors and the superblock keep their checksums.
 //!
 //! Offsets are from the kernel's `Documentation/filesystems/ext4/` (superblock, group

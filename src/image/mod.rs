@@ -1,9 +1,8 @@
 //! Disk images from commits: an ostree sysroot deployed in a scratch directory (a tmpfs when
 //! there is room) with the `ostree` crate's sysroot API, filesystems formatted by `mkfs.ext4`
 //! and filled from directories by [`ext2fs`] (inode times then pinned in place by [`ext4`]),
-//! a GPT and the GRUB boot
-//! code written into the image file directly, qcow2 by `qemu-img`. Nothing is mounted; the
-//! output appears by rename only when complete.
+//! a GPT and the GRUB boot code written into the image file directly, qcow2 by `qemu-img`.
+//! Nothing is mounted; the output appears by rename only when complete.
 
 mod ext2fs;
 mod ext4;
