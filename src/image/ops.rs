@@ -7,7 +7,7 @@
 //! whose loader swap changes the entries and GRUB's config (kept in the loader directory) in
 //! one rename.
 
-use super::{gpt, grub, mkfs_ext4, remove_staging};
+use super::{claim_scratch, gpt, grub, mkfs_ext4, remove_staging, scratch_dir, sweep_scratch, SHM};
 use crate::process;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -51,9 +51,11 @@ fn is_qcow2(path: &Path) -> Result<bool> {
 }
 
 /// A raw copy of the image to work on, in `staging`.
-fn working_copy(img: &Path, staging: &Path) -> Result<(PathBuf, bool)> {
+/// The raw disk to edit: a qcow2 image is converted into `scratch`; a raw image is copied
+/// into `staging` (beside it), where the edited copy is renamed over the original.
+fn working_copy(img: &Path, staging: &Path, scratch: &Path) -> Result<(PathBuf, bool)> {
     let qcow2 = is_qcow2(img)?;
-    let raw = staging.join("work.raw");
+    let raw = if qcow2 { scratch } else { staging }.join("work.raw");
     if qcow2 {
         process::run(
             Command::new("qemu-img")
@@ -152,7 +154,11 @@ fn read_root_file(rootfs: &Path, path: &str, scratch: &Path) -> Option<Vec<u8>> 
 }
 
 struct Opened {
+    /// Beside the image: where the edited image is made, so it replaces the image by rename.
     staging: PathBuf,
+    /// Everything else (filesystems read out, trees): a tmpfs when there is room.
+    scratch: PathBuf,
+    _lock: std::fs::File,
     raw: PathBuf,
     qcow2: bool,
     boot_part: gpt::Found,
@@ -172,22 +178,27 @@ fn open(img: &Path) -> Result<Opened> {
     let staging = parent.join(format!(".{}.hostforge-op", name.to_string_lossy()));
     remove_staging(&staging)?;
     std::fs::create_dir_all(&staging)?;
-    let (raw, qcow2) = working_copy(img, &staging)?;
+    sweep_scratch(Path::new(SHM));
+    let scratch = scratch_dir(img, virtual_size(img)?).unwrap_or_else(|| staging.join("scratch"));
+    let lock = claim_scratch(&scratch)?;
+    let (raw, qcow2) = working_copy(img, &staging, &scratch)?;
     let boot_part = partition(&raw, gpt::TYPE_XBOOTLDR)
         .context("finding /boot (hostforge images keep it on its own partition)")?;
     let root_part = partition(&raw, gpt::TYPE_ROOT_X86_64)?;
-    let boot_fs = staging.join("boot.ext4");
-    let root_fs = staging.join("root.ext4");
+    let boot_fs = scratch.join("boot.ext4");
+    let root_fs = scratch.join("root.ext4");
     extract_fs(&raw, &boot_part, &boot_fs)?;
     extract_fs(&raw, &root_part, &root_fs)?;
     replay_journal(&boot_fs)?;
     replay_journal(&root_fs)?;
-    let boot_dir = staging.join("boot");
+    let boot_dir = scratch.join("boot");
     std::fs::create_dir_all(&boot_dir)?;
     debugfs(&boot_fs, &format!("rdump / {}", boot_dir.display()))
         .context("reading the /boot filesystem")?;
     Ok(Opened {
         staging,
+        scratch,
+        _lock: lock,
         raw,
         qcow2,
         boot_part,
@@ -195,6 +206,27 @@ fn open(img: &Path) -> Result<Opened> {
         boot_dir,
         root_fs,
     })
+}
+
+/// The size of the disk in `img` (a qcow2's virtual size, a raw file's length).
+fn virtual_size(img: &Path) -> Result<u64> {
+    let info = process::run(
+        Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(img),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&info)?;
+    v["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("qemu-img info gave no virtual-size for {}", img.display()))
+}
+
+impl Opened {
+    /// Removes the scratch and staging directories.
+    fn remove(&self) -> Result<()> {
+        remove_staging(&self.scratch)?;
+        remove_staging(&self.staging)
+    }
 }
 
 fn deployments(o: &Opened) -> Result<Vec<Deployment>> {
@@ -209,7 +241,7 @@ fn deployments(o: &Opened) -> Result<Vec<Deployment>> {
                 .find_map(|a| a.strip_prefix("ostree="))
                 .ok_or_else(|| anyhow!("boot entry {:?} has no ostree= argument", e.title))?;
             let (osname, commit, dirname) = commit_of(&o.root_fs, ostree_path)?;
-            let scratch = o.staging.join("read.tmp");
+            let scratch = o.scratch.join("read.tmp");
             let object = format!(
                 "/ostree/repo/objects/{}/{}.commit",
                 &commit[..2],
@@ -253,7 +285,7 @@ fn origin_pinned(origin: &str) -> bool {
 pub fn status(img: &Path) -> Result<Vec<Deployment>> {
     let o = open(img)?;
     let result = deployments(&o);
-    remove_staging(&o.staging)?;
+    o.remove()?;
     result
 }
 
@@ -358,7 +390,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
         replace_image(&o, img, "rollback")?;
         Ok(new_deps)
     })();
-    remove_staging(&o.staging)?;
+    o.remove()?;
     result
 }
 
@@ -462,7 +494,7 @@ fn offline_edit(
     let o = open(img)?;
     let result = (|| -> Result<Vec<Deployment>> {
         deployments(&o)?;
-        let sysroot_dir = o.staging.join("sysroot");
+        let sysroot_dir = o.scratch.join("sysroot");
         std::fs::create_dir_all(&sysroot_dir)?;
         debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
             .context("reading the root filesystem")?;
@@ -483,7 +515,7 @@ fn offline_edit(
         let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
         let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
         let epoch = crate::source_date_epoch()?;
-        let boot_copy = o.staging.join("bootfs");
+        let boot_copy = o.scratch.join("bootfs");
         std::fs::rename(&boot_dir, &boot_copy)?;
         std::fs::create_dir(&boot_dir)?;
         let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;
@@ -520,7 +552,7 @@ fn offline_edit(
         replace_image(&o, img, op)?;
         Ok(new_deps)
     })();
-    remove_staging(&o.staging)?;
+    o.remove()?;
     result
 }
 
