@@ -94,6 +94,11 @@ impl Fs {
         let name = cstr(image.as_os_str().as_bytes())?;
         let opts = cstr(format!("offset={offset}").as_bytes())?;
         let flags = sys::EXT2_FLAG_RW | sys::EXT2_FLAG_64BITS | sys::EXT2_FLAG_IGNORE_CSUM_ERRORS;
+        // Opened first: once libext2fs has a handle, nothing fails before `Fs` owns it.
+        let image_file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .with_context(what)?;
         let mut fs: sys::ext2_filsys = std::ptr::null_mut();
         // SAFETY: valid C strings; unix_io_manager is libext2fs's own static manager.
         check(
@@ -110,10 +115,6 @@ impl Fs {
             },
             what,
         )?;
-        let image_file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(image)
-            .with_context(what)?;
         let mut me = Fs {
             fs,
             image: image_file,

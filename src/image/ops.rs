@@ -50,7 +50,6 @@ fn is_qcow2(path: &Path) -> Result<bool> {
     Ok(&magic == b"QFI\xfb")
 }
 
-/// A raw copy of the image to work on, in `staging`.
 /// The raw disk to edit: a qcow2 image is converted into `scratch`; a raw image is copied
 /// into `staging` (beside it), where the edited copy is renamed over the original.
 fn working_copy(img: &Path, staging: &Path, scratch: &Path) -> Result<(PathBuf, bool)> {
