@@ -29,6 +29,21 @@ pub enum Command {
     /// Build debug toolbox container images
     #[command(subcommand)]
     Toolbox(ToolboxCmd),
+    /// Write the GRUB menu for a loader directory's entries (ostree's grub2 hook)
+    ///
+    /// ostree's grub2 backend runs this, through the script `image build` and the image
+    /// operations leave in their scratch directory and name in OSTREE_GRUB2_EXEC, while the
+    /// new `boot/loader.N` is still unpublished; nodes carry a shell twin at
+    /// /usr/sbin/grub-mkconfig.
+    #[command(hide = true)]
+    GrubMkconfig(GrubMkconfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GrubMkconfigArgs {
+    /// The config to write: SYSROOT/boot/loader.N/grub.cfg
+    #[arg(short = 'o', value_name = "PATH")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +279,10 @@ fn parse_kv(s: &str) -> Result<(String, String)> {
     if k.is_empty() {
         return Err(anyhow!("--add-metadata-string {s:?}: empty key"));
     }
+    if k == "version" {
+        // The version is written into os-release, which shells source.
+        crate::validate::one_line_text("--add-metadata-string version", v)?;
+    }
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -394,6 +413,7 @@ pub fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::GrubMkconfig(a) => crate::image::grub::mkconfig(&a.output),
         Command::Dracut(DracutCmd::Emit(a)) => {
             let module = crate::dracut::Module {
                 name: a.name,
@@ -467,6 +487,18 @@ mod tests {
             parse_kv(&a.add_metadata_string[0]).unwrap(),
             ("a".into(), "b".into())
         );
+    }
+
+    #[test]
+    fn a_version_that_would_break_os_release_is_refused() {
+        for v in ["1'; reboot; '", "1\nID=evil", "$(id)", "1\"x"] {
+            let e = parse_kv(&format!("version={v}")).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("--add-metadata-string version"),
+                "{v:?}: {e:#}"
+            );
+        }
+        parse_kv("version=39.20240101.0").unwrap();
     }
 
     #[test]

@@ -40,8 +40,18 @@ pub fn prepare_root_conf(settings: &[String]) -> Result<String> {
         let (section, key) = lhs
             .split_once('.')
             .ok_or_else(|| anyhow!("prepare-root setting {s:?}: expected SECTION.KEY=VALUE"))?;
-        if section.is_empty() || key.is_empty() {
-            bail!("prepare-root setting {s:?}: empty section or key");
+        let keyfile_name = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        };
+        if !keyfile_name(section) || !keyfile_name(key) {
+            bail!(
+                "prepare-root setting {s:?}: section and key must be letters, digits, '-' or '_'"
+            );
+        }
+        if value.chars().any(char::is_control) {
+            bail!("prepare-root setting {s:?}: the value must be one line");
         }
         sections.entry(section).or_default().push((key, value));
     }
@@ -62,9 +72,7 @@ impl Module {
 
     /// Writes the module into `modules_d/NNname/`, replacing what was there; returns the dir.
     pub fn write(&self, modules_d: &Path) -> Result<PathBuf> {
-        if self.name.is_empty() || self.name.contains('/') {
-            bail!("dracut module name {:?} is not a plain name", self.name);
-        }
+        crate::validate::plain_name("--name (the dracut module name)", &self.name)?;
         if self.number > 99 {
             bail!("dracut module number {} is not two digits", self.number);
         }
@@ -122,5 +130,32 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o111, 0o111);
         assert!(dir.join("prepare-root.conf").exists());
+    }
+
+    #[test]
+    fn prepare_root_settings_cannot_add_lines_or_sections() {
+        for bad in [
+            "sysroot.readonly=true\n[composefs]\nenabled=yes",
+            "sysroot.readonly=true\renabled",
+            "sys]root.readonly=true",
+            "sysroot.read only=true",
+            "[x].y=1",
+        ] {
+            let e = prepare_root_conf(&[bad.into()]).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("prepare-root setting"),
+                "{bad:?}: {e:#}"
+            );
+        }
+        for bad in ["../x", "a b", "x\ny", ""] {
+            let m = Module {
+                name: bad.into(),
+                number: 98,
+                prepare_root: vec![],
+            };
+            let d = tempfile::tempdir().unwrap();
+            let e = m.write(d.path()).unwrap_err();
+            assert!(format!("{e:#}").contains("--name"), "{bad:?}: {e:#}");
+        }
     }
 }

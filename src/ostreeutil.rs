@@ -207,11 +207,25 @@ pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &std::path::Path) -> Re
     Ok(())
 }
 
+/// Seconds since the epoch for everything hostforge stamps (commit times, filesystem times):
+/// `SOURCE_DATE_EPOCH` when set, for reproducible output, else now.
+pub fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
 /// Timestamp for everything built from `commit` (image filesystems, container layers):
 /// SOURCE_DATE_EPOCH when set, else the commit's own time, so one commit gives one output.
 pub fn commit_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
     if std::env::var_os("SOURCE_DATE_EPOCH").is_some() {
-        return crate::source_date_epoch();
+        return source_date_epoch();
     }
     let c = repo.load_variant(ostree::ObjectType::Commit, commit)?;
     Ok(ostree::commit_get_timestamp(&c))

@@ -2,7 +2,7 @@
 //! stderr (or of the combined output) put into the error so the user sees why it failed.
 
 use anyhow::{bail, Context, Result};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// Host programs hostforge needs, with the Debian package that provides each.
 pub const REQUIRED_PROGRAMS: &[(&str, &str)] = &[
@@ -83,6 +83,36 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: impl Into<Stdio>) -> Result<Stri
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `cmd` to completion with `input` as its standard input (none: /dev/null) and returns
+/// its output whatever the exit status. The input is written on its own thread while stdout
+/// and stderr are read, so a program that prints a lot before reading cannot deadlock with us;
+/// a program that exits without reading all of it is not an error.
+pub fn output_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Result<Output> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    let stdin = child.stdin.take();
+    std::thread::scope(|s| {
+        if let (Some(mut pipe), Some(data)) = (stdin, input) {
+            s.spawn(move || {
+                use std::io::Write;
+                // EPIPE when the program stops reading early; dropping the pipe closes it.
+                let _ = pipe.write_all(data);
+            });
+        }
+        child
+            .wait_with_output()
+            .with_context(|| format!("waiting for {}", describe(cmd)))
+    })
+}
+
 /// Exit code or signal name in words.
 pub fn status_text(status: &std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -99,5 +129,28 @@ pub fn fault_point(name: &str) {
     if std::env::var("HOSTFORGE_FAULT").is_ok_and(|v| v == name) {
         eprintln!("HOSTFORGE_FAULT: aborting at {name}");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a script that prints more than a pipe holds before reading its input
+    /// deadlocked when the input was written first.
+    #[test]
+    fn big_input_and_big_output_do_not_deadlock() {
+        let input = vec![b'x'; 3 << 20];
+        let out = output_with_input(
+            Command::new("sh").args(["-c", "head -c 2097152 /dev/zero; wc -c"]),
+            Some(&input),
+        )
+        .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), (2 << 20) + "3145728\n".len());
+        assert!(out.stdout.ends_with(b"3145728\n"));
+        // A program that never reads its input is fine too.
+        let out = output_with_input(&mut Command::new("true"), Some(&input)).unwrap();
+        assert!(out.status.success());
     }
 }

@@ -129,17 +129,6 @@ impl Default for Spec {
     }
 }
 
-fn plain_name(what: &str, v: &str) -> Result<()> {
-    if v.is_empty()
-        || !v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        bail!("{what} {v:?} must be letters, digits, '-', '_' or '.'");
-    }
-    Ok(())
-}
-
 /// `aa:bb:cc:dd:ee:ff` as PXELINUX names it: `01-aa-bb-cc-dd-ee-ff`.
 pub fn pxelinux_mac_name(mac: &str) -> Result<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();
@@ -163,54 +152,108 @@ impl Spec {
         Ok(spec)
     }
 
+    /// Holds every field to what its place in the kickstart and boot configs can carry; an
+    /// error names the spec key.
     pub fn validate(&self) -> Result<()> {
-        plain_name("name", &self.name)?;
-        plain_name("osname", &self.osname)?;
-        plain_name("remote", &self.remote)?;
+        use crate::validate as v;
+        v::plain_name("name", &self.name)?;
+        v::plain_name("osname", &self.osname)?;
+        v::plain_name("remote", &self.remote)?;
         if let Some(d) = &self.disk {
-            plain_name("disk", d)?;
+            v::plain_name("disk", d)?;
         }
         if !matches!(self.fstype.as_str(), "xfs" | "ext4") {
             bail!("fstype {:?}: use xfs or ext4", self.fstype);
         }
-        match self.network.bootproto.as_str() {
+        self.network.validate()?;
+        if let Some(h) = &self.root_password_hash {
+            if !h.starts_with('$') {
+                bail!(
+                    "root-password-hash must be a crypt(3) hash such as $6$...; \
+                     make one with `openssl passwd -6`"
+                );
+            }
+            v::word(
+                "root-password-hash",
+                h,
+                "./$=,_-",
+                "a crypt(3) hash such as $6$salt$...",
+            )?;
+        }
+        if self.root_password_hash.is_none() && self.ssh_keys.is_empty() {
+            bail!("give root-password-hash or ssh-keys: otherwise nobody can log in to the node");
+        }
+        for k in &self.ssh_keys {
+            v::ssh_key("ssh-keys", k)?;
+        }
+        for m in &self.macs {
+            pxelinux_mac_name(m)?;
+        }
+        for k in &self.kargs {
+            v::kernel_arg("kargs", k)?;
+        }
+        if let Some(p) = &self.post {
+            v::kickstart_script("post", p)?;
+        }
+        if let Some(u) = &self.ks_url {
+            v::http_url("ks-url", u)?;
+        }
+        if let Some(u) = &self.stage2 {
+            v::http_url("stage2", u)?;
+        }
+        v::word("lang", &self.lang, "_.@-", "en_US.UTF-8")?;
+        v::word("keyboard", &self.keyboard, "_.-", "us or de-nodeadkeys")?;
+        v::word(
+            "timezone",
+            &self.timezone,
+            "_/+-",
+            "Etc/UTC or Europe/Berlin",
+        )?;
+        Ok(())
+    }
+}
+
+impl Network {
+    fn validate(&self) -> Result<()> {
+        use crate::validate as v;
+        match self.bootproto.as_str() {
             "dhcp" => {}
             "static" => {
-                for (k, v) in [
-                    ("ip", &self.network.ip),
-                    ("netmask", &self.network.netmask),
-                    ("gateway", &self.network.gateway),
+                for (k, val) in [
+                    ("ip", &self.ip),
+                    ("netmask", &self.netmask),
+                    ("gateway", &self.gateway),
                 ] {
-                    if v.is_none() {
+                    if val.is_none() {
                         bail!("network: bootproto static needs {k}");
                     }
                 }
             }
             other => bail!("network: bootproto {other:?}: use dhcp or static"),
         }
-        if let Some(h) = &self.root_password_hash {
-            if !h.starts_with('$') || h.contains(char::is_whitespace) {
-                bail!(
-                    "root-password-hash must be a crypt(3) hash such as $6$...; \
-                     make one with `openssl passwd -6`"
-                );
+        if self.device != "link" {
+            v::word(
+                "network.device",
+                &self.device,
+                ":_.-",
+                "eno1, link or a MAC address",
+            )?;
+        }
+        for (k, val) in [("network.ip", &self.ip), ("network.gateway", &self.gateway)] {
+            if let Some(a) = val {
+                v::ip_addr(k, a)?;
             }
         }
-        if self.root_password_hash.is_none() && self.ssh_keys.is_empty() {
-            bail!("give root-password-hash or ssh-keys: otherwise nobody can log in to the node");
-        }
-        for k in &self.ssh_keys {
-            if k.contains('"') || k.split_whitespace().count() < 2 {
-                bail!("ssh-keys: {k:?} is not a public key line like \"ssh-ed25519 AAAA...\"");
+        if let Some(m) = &self.netmask {
+            if !(m.parse::<u8>().is_ok_and(|n| n <= 128)) {
+                v::ip_addr("network.netmask", m)?;
             }
         }
-        for m in &self.macs {
-            pxelinux_mac_name(m)?;
+        for ns in &self.nameservers {
+            v::ip_addr("network.nameservers", ns)?;
         }
-        for k in &self.kargs {
-            if k.contains(char::is_whitespace) || k.contains('"') {
-                bail!("kargs: {k:?} must be one argument without spaces or quotes");
-            }
+        if let Some(h) = &self.hostname {
+            v::hostname("network.hostname", h)?;
         }
         Ok(())
     }
@@ -270,6 +313,8 @@ pub fn render_all(
 
     let mut env = Environment::new();
     env.set_keep_trailing_newline(true);
+    // Foreman renders its templates with ERB: a literal `<%` must reach it as `<%%`.
+    env.add_filter("erb", |v: String| crate::validate::erb_literal(&v));
     for (name, src) in TEMPLATES {
         env.add_template(name, src)?;
     }
@@ -324,12 +369,8 @@ pub fn render_all(
 pub fn provision(req: &Request) -> Result<Vec<PathBuf>> {
     let spec = &req.spec;
     spec.validate()?;
-    if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {
-        bail!(
-            "--url {:?} must be an http:// or https:// URL the installer can reach",
-            req.url
-        );
-    }
+    crate::validate::http_url("--url", req.url)?;
+    crate::validate::ostree_ref("--ref", req.treeref)?;
     let repo = ostreeutil::open_existing(req.repo)?;
     if repo.mode() != ostree::RepoMode::Archive {
         bail!(
@@ -454,6 +495,163 @@ mod tests {
 }
 
 #[cfg(test)]
+mod smuggling {
+    //! Every string of the spec, and each flag that lands in a file, is tried with values that
+    //! would add a line, a directive, an argument or a command: each must be refused with an
+    //! error naming the key. A field added later without a check fails here.
+    use super::*;
+    use serde_json::Value;
+
+    /// Appended to a valid value: each would escape its place in some generated file.
+    const ANYWHERE: &[&str] = &[
+        "\nreboot",
+        "\r\n%post",
+        "$(reboot)",
+        "`reboot`",
+        "'x",
+        "\"x",
+        "<%= `reboot` %>",
+    ];
+    /// Also refused where a value is one word of a command line or a directive.
+    const IN_A_WORD: &[&str] = &[" --reboot", "\tx", ";reboot", "}", "&&reboot", "|reboot"];
+
+    fn full() -> Spec {
+        super::golden::variants().pop().unwrap().1
+    }
+
+    /// (key path, value) of every string leaf of `v`; arrays give their key for each element.
+    fn leaves(v: &Value, path: &str, out: &mut Vec<(String, Vec<usize>)>, idx: Vec<usize>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    leaves(x, &p, out, idx.clone());
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    let mut j = idx.clone();
+                    j.push(i);
+                    leaves(x, path, out, j);
+                }
+            }
+            Value::String(_) => out.push((path.to_string(), idx)),
+            _ => {}
+        }
+    }
+
+    fn set(v: &mut Value, path: &str, idx: &[usize], f: &dyn Fn(&str) -> String) {
+        let mut cur = v;
+        for k in path.split('.') {
+            cur = cur.get_mut(k).unwrap();
+        }
+        for i in idx {
+            cur = cur.get_mut(i).unwrap();
+        }
+        let old = cur.as_str().unwrap().to_string();
+        *cur = Value::String(f(&old));
+    }
+
+    #[test]
+    fn every_spec_string_refuses_smuggled_text() {
+        let base = serde_json::to_value(full()).unwrap();
+        full().validate().unwrap();
+        let mut fields = Vec::new();
+        leaves(&base, "", &mut fields, Vec::new());
+        assert!(fields.len() > 15, "{fields:?}");
+        let mut tried = 0;
+        for (path, idx) in &fields {
+            if path == "post" {
+                continue;
+            }
+            let key = path.rsplit('.').next().unwrap();
+            let payloads: Vec<&str> = if path == "ssh-keys" {
+                ANYWHERE.to_vec()
+            } else {
+                ANYWHERE.iter().chain(IN_A_WORD).copied().collect()
+            };
+            for p in payloads {
+                let mut doc = base.clone();
+                set(&mut doc, path, idx, &|old| format!("{old}{p}"));
+                let spec: Spec = serde_json::from_value(doc).unwrap();
+                let err = spec
+                    .validate()
+                    .err()
+                    .unwrap_or_else(|| panic!("{path}: {p:?} was accepted"));
+                let msg = format!("{err:#}");
+                assert!(
+                    msg.contains(key),
+                    "{path}: {p:?}: error does not name it: {msg}"
+                );
+                tried += 1;
+            }
+        }
+        assert!(tried > 150);
+    }
+
+    #[test]
+    fn post_cannot_end_its_section_and_is_literal_for_foreman() {
+        for bad in [
+            "echo\n%end\nrootpw --plaintext x",
+            "  %include http://h/x",
+            "%pre",
+        ] {
+            let spec = Spec {
+                post: Some(bad.into()),
+                ..full()
+            };
+            let msg = format!("{:#}", spec.validate().unwrap_err());
+            assert!(msg.contains("post: line"), "{bad:?}: {msg}");
+        }
+        let spec = Spec {
+            post: Some("echo '<%= `reboot` %>' > /etc/motd".into()),
+            ..full()
+        };
+        spec.validate().unwrap();
+        let files = render_all(&spec, "http://h/repo", "a/b", "0").unwrap();
+        let (_, foreman) = files
+            .iter()
+            .find(|(r, _)| r == "foreman/provision.erb")
+            .unwrap();
+        assert!(
+            foreman.contains("echo '<%%= `reboot` %>' > /etc/motd"),
+            "{foreman}"
+        );
+        let (_, ks) = files.iter().find(|(r, _)| r.starts_with("ks/")).unwrap();
+        assert!(ks.contains("echo '<%= `reboot` %>' > /etc/motd"), "{ks}");
+    }
+
+    #[test]
+    fn url_and_ref_flags_are_checked_before_anything_is_written() {
+        let out = tempfile::tempdir().unwrap();
+        let req = |url: &'static str, treeref: &'static str| Request {
+            repo: Path::new("/nonexistent"),
+            treeref,
+            url,
+            out: out.path(),
+            spec: full(),
+        };
+        for (url, treeref, flag) in [
+            ("http://h/repo\nreboot", "a/b", "--url"),
+            ("http://h/repo inst.ks=http://evil/x", "a/b", "--url"),
+            ("http://h/repo;reboot", "a/b", "--url"),
+            ("ftp://h/repo", "a/b", "--url"),
+            ("http://h/repo", "a/b --nogpg", "--ref"),
+            ("http://h/repo", "a/b\nreboot", "--ref"),
+            ("http://h/repo", "../b", "--ref"),
+        ] {
+            let msg = format!("{:#}", provision(&req(url, treeref)).unwrap_err());
+            assert!(msg.contains(flag), "{url:?} {treeref:?}: {msg}");
+        }
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    }
+}
+
+#[cfg(test)]
 mod golden {
     //! The rendered files for two specs are compared with `tests/golden/provision/`;
     //! `UPDATE_GOLDEN=1 cargo test` rewrites them after an intended template change.
@@ -461,7 +659,7 @@ mod golden {
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    fn variants() -> Vec<(&'static str, Spec)> {
+    pub(super) fn variants() -> Vec<(&'static str, Spec)> {
         let minimal = Spec {
             ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFixture ops@example".into()],
             ..Default::default()

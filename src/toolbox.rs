@@ -204,7 +204,7 @@ fn pack(
             "--workingdir".into(),
             "/".into(),
             "--created-by".into(),
-            format!("hostforge {}", crate::HOSTFORGE_VERSION),
+            format!("hostforge {}", compose::HOSTFORGE_VERSION),
         ];
         for l in &labels {
             config.push("--label".into());

@@ -389,6 +389,22 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
             }
         }
     }
+    // Values that reach generated files: unit names become paths, the version prefix and
+    // mutate-os-release's text end up in os-release (which shells source).
+    for unit in doc.units.iter().flatten() {
+        crate::validate::unit_name("units", unit).with_context(|| at("units"))?;
+    }
+    if let Some(t) = &doc.default_target {
+        crate::validate::unit_name("default-target", t).with_context(|| at("default-target"))?;
+    }
+    if let Some(p) = &doc.automatic_version_prefix {
+        crate::validate::one_line_text("automatic-version-prefix", p)
+            .with_context(|| at("automatic-version-prefix"))?;
+    }
+    if let Some(m) = &doc.mutate_os_release {
+        crate::validate::one_line_text("mutate-os-release", m)
+            .with_context(|| at("mutate-os-release"))?;
+    }
     if let Some(cp) = &doc.check_passwd {
         if cp.kind == CheckPasswdType::File && cp.filename.is_none() {
             bail!(
@@ -535,6 +551,40 @@ mod tests {
         let err = format!("{:#}", Treefile::load(&p).unwrap_err());
         assert!(err.contains("bogus-key"), "{err}");
         assert!(err.contains("t.yaml:4:"), "{err}");
+    }
+
+    #[test]
+    fn values_bound_for_generated_files_are_checked_at_their_line() {
+        let d = tempfile::tempdir().unwrap();
+        for (key, value, line) in [
+            ("units", "[\"../../etc/shadow.service\"]", "units"),
+            ("units", "[\"a b.service\"]", "units"),
+            (
+                "default-target",
+                "\"multi-user.target\\n\"",
+                "default-target",
+            ),
+            (
+                "automatic-version-prefix",
+                "\"39'; reboot; '\"",
+                "automatic-version-prefix",
+            ),
+            (
+                "automatic-version-prefix",
+                "\"39\\nID=x\"",
+                "automatic-version-prefix",
+            ),
+            ("mutate-os-release", "\"$(id)\"", "mutate-os-release"),
+        ] {
+            let p = write(
+                d.path(),
+                "t.yaml",
+                &format!("ref: a/b\nrepos: [r]\npackages: [x]\n{key}: {value}\n"),
+            );
+            let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+            assert!(err.contains("t.yaml:4:"), "{key}: {err}");
+            assert!(err.contains(line), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -8,10 +8,10 @@ mod scripts;
 
 use crate::ostreeutil::{self, MetaBuilder};
 use crate::pkgcache::{self, PkgInfo};
+use crate::process;
 use crate::progress::{Progress, Timer};
 use crate::rpmmd::{self, RepoDef, Solved};
 use crate::treefile::Treefile;
-use crate::{process, HOSTFORGE_VERSION};
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use ostree::glib;
@@ -21,6 +21,9 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// This build's version, recorded in commits and hashed into the input hash.
+pub const HOSTFORGE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What `hostforge compose tree` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -895,7 +898,7 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
                     .to_string_lossy()
             ),
         };
-        let time = crate::source_date_epoch()?;
+        let time = crate::ostreeutil::source_date_epoch()?;
         let c = cache.write_commit_with_time(
             ctx.parent.as_deref(),
             Some(&subject),

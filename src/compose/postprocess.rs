@@ -30,11 +30,38 @@ pub fn remove_files(root: &Path, tf: &Treefile) -> Result<()> {
     Ok(())
 }
 
+/// `rel` (absolute in the tree) under `root`, refusing `..` and symlinks on the way: a link
+/// in the composed tree (`/var/run -> /run`) would otherwise lead a write onto the host.
+fn inside_root(root: &Path, rel: &str) -> Result<std::path::PathBuf> {
+    let mut at = root.to_path_buf();
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for (i, c) in parts.iter().enumerate() {
+        if *c == ".." {
+            bail!("{rel:?} contains ..");
+        }
+        at.push(c);
+        if i + 1 < parts.len() && at.is_symlink() {
+            bail!(
+                "{rel:?}: /{} is a symlink in the composed tree; give the path it points to",
+                parts[..=i].join("/")
+            );
+        }
+    }
+    if parts.is_empty() {
+        bail!("{rel:?} names no file");
+    }
+    Ok(at)
+}
+
 /// `add-files`: [source relative to the treefile, absolute destination].
 pub fn add_files(root: &Path, tf: &Treefile) -> Result<()> {
     for (src, dest) in tf.doc.add_files.iter().flatten() {
         let from = tf.resolve(src);
-        let to = root.join(dest.trim_start_matches('/'));
+        let to = inside_root(root, dest)
+            .with_context(|| format!("{}: add-files destination", tf.path.display()))?;
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -213,7 +240,9 @@ fn var_to_tmpfiles(root: &Path) -> Result<Vec<String>> {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();
-            let rel = format!("/{}", p.strip_prefix(base).unwrap().display());
+            let shown = format!("/{}", p.strip_prefix(base).unwrap().display());
+            // Names with spaces, quotes, '%' or newlines stay one field of one line.
+            let rel = crate::validate::tmpfiles_path(&shown)?;
             let m = std::fs::symlink_metadata(&p)?;
             if m.is_dir() {
                 lines.push(format!(
@@ -222,10 +251,14 @@ fn var_to_tmpfiles(root: &Path) -> Result<Vec<String>> {
                 ));
                 walk(base, &p, lines)?;
             } else if m.is_symlink() {
-                lines.push(format!(
-                    "L {rel} - - - - {}",
-                    std::fs::read_link(&p)?.display()
-                ));
+                let target = std::fs::read_link(&p)?.display().to_string();
+                if target.chars().any(char::is_control) || target.trim() != target {
+                    bail!(
+                        "{shown}: the symlink's target {target:?} cannot be written as a \
+                         tmpfiles.d line (control characters or surrounding spaces)"
+                    );
+                }
+                lines.push(format!("L {rel} - - - - {}", target.replace('%', "%%")));
             }
         }
         Ok(())
@@ -369,6 +402,60 @@ pub fn ostree_layout(root: &Path, tf: &Treefile) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Odd names in /var stay one path each: systemd-tmpfiles recreates exactly them.
+    #[test]
+    fn var_names_with_spaces_quotes_and_percent_survive_tmpfiles() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let odd = ["a b", "100%h", "q'\"x", "back\\slash"];
+        for n in odd {
+            std::fs::create_dir_all(root.join("var/lib").join(n)).unwrap();
+        }
+        symlink("../run/x%y z", root.join("var/lnk")).unwrap();
+        let lines = var_to_tmpfiles(&root).unwrap();
+        assert!(lines.iter().all(|l| !l.contains('\n')), "{lines:?}");
+        let conf = d.path().join("t.conf");
+        std::fs::write(&conf, lines.join("\n") + "\n").unwrap();
+        let again = d.path().join("again");
+        std::fs::create_dir_all(&again).unwrap();
+        crate::process::run(
+            std::process::Command::new("systemd-tmpfiles")
+                .arg("--create")
+                .arg(format!("--root={}", again.display()))
+                .arg(&conf),
+        )
+        .unwrap();
+        for n in odd {
+            assert!(again.join("var/lib").join(n).is_dir(), "{n:?}: {lines:?}");
+        }
+        assert_eq!(
+            std::fs::read_link(again.join("var/lnk")).unwrap(),
+            Path::new("../run/x%y z")
+        );
+        // A newline cannot be one field: refused with the path named.
+        std::fs::create_dir_all(root.join("var/lib/new\nline")).unwrap();
+        let e = format!("{:#}", var_to_tmpfiles(&root).unwrap_err());
+        assert!(e.contains("new\\nline"), "{e}");
+    }
+
+    /// Regression: add-files wrote through a symlink of the composed tree onto the host.
+    #[test]
+    fn add_files_destinations_stay_in_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        symlink(d.path().join("host"), root.join("var/run")).unwrap();
+        for (dest, says) in [
+            ("/var/run/x", "/var/run is a symlink"),
+            ("/usr/../../x", "contains .."),
+            ("/", "names no file"),
+        ] {
+            let e = format!("{:#}", inside_root(&root, dest).unwrap_err());
+            assert!(e.contains(says), "{dest}: {e}");
+        }
+        assert_eq!(inside_root(&root, "/etc/x").unwrap(), root.join("etc/x"));
+    }
 
     #[test]
     fn wanted_by_reads_install_section() {

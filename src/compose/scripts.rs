@@ -109,25 +109,8 @@ pub fn run_in_root(root: &Path, scratch: &Path, script: &Script) -> Result<Strin
     cmd.args(&interp)
         .arg("/tmp/.hostforge-script")
         .args(&script.args);
-    cmd.stdin(if script.stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("{}: starting bwrap", script.label))?;
-    if let Some(input) = &script.stdin {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        // A script may exit without reading its input; that is not an error.
-        let _ = stdin.write_all(input);
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("{}: waiting for script", script.label))?;
+    let out = process::output_with_input(&mut cmd, script.stdin.as_deref())
+        .with_context(|| format!("{}: running the script with bwrap", script.label))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
@@ -139,4 +122,41 @@ pub fn run_in_root(root: &Path, scratch: &Path, script: &Script) -> Result<Strin
         ));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a `%transfiletriggerin` fed more than a pipe holds, whose script prints
+    /// more than a pipe holds before reading, hung compose (stdin was written before the
+    /// output was read).
+    #[test]
+    fn trigger_with_megabytes_in_and_out_does_not_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for applet in ["sh", "head", "wc"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        let input: Vec<u8> = (0..40_000)
+            .flat_map(|i| format!("/usr/share/doc/pkg/file-{i:08}\n").into_bytes())
+            .collect();
+        assert!(input.len() > 1 << 20);
+        let out = run_in_root(
+            &root,
+            &d.path().join("scratch"),
+            &Script {
+                label: "big-1-1.x86_64 %transfiletriggerin",
+                interpreter: vec![],
+                body: "head -c 1500000 /dev/zero\necho\nwc -l\n",
+                args: vec![],
+                stdin: Some(input),
+            },
+        )
+        .unwrap();
+        assert!(out.len() > 1_500_000);
+        assert_eq!(out.trim_end().rsplit('\n').next().unwrap().trim(), "40000");
+    }
 }

@@ -71,13 +71,17 @@ pub fn render_config(entries_dir: &Path, prefix: &str) -> Result<String> {
          set timeout=1\nset default=0\n\
          serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n",
     );
+    // Every word from an entry goes through grub_word: a `;`, `$` or quote in the kernel
+    // arguments stays an argument and never becomes GRUB script.
+    let gw = crate::validate::grub_word;
     for e in &entries {
+        let options: Vec<String> = e.options.split_whitespace().map(gw).collect();
         cfg.push_str(&format!(
-            "menuentry '{}' {{\n  linux {prefix}{} {}\n  initrd {prefix}{}\n}}\n",
+            "menuentry '{}' {{\n  linux {} {}\n  initrd {}\n}}\n",
             e.title.replace('\'', ""),
-            e.linux,
-            e.options,
-            e.initrd
+            gw(&format!("{prefix}{}", e.linux)),
+            options.join(" "),
+            gw(&format!("{prefix}{}", e.initrd)),
         ));
     }
     Ok(cfg)
@@ -112,34 +116,42 @@ pub fn configure_sysroot(repo_cfg: &ostree::glib::KeyFile, separate_boot: bool) 
     );
 }
 
-/// Makes ostree's grub2 backend run this program to write `loader.N/grub.cfg` (it runs
-/// `$OSTREE_GRUB2_EXEC -o PATH` while the new loader directory is still unpublished).
-pub fn use_as_generator() -> Result<()> {
+/// Makes ostree's grub2 backend have hostforge write `loader.N/grub.cfg`, so config and
+/// entries switch together. ostree runs `$OSTREE_GRUB2_EXEC -o SYSROOT/boot/loader.N/grub.cfg`
+/// (one program, no arguments of ours) while the new loader directory is still unpublished,
+/// so a two-line script in `dir` forwards that to `hostforge grub-mkconfig -o PATH`
+/// ([`mkconfig`]). libostree reads the variable with getenv in this process: there is no API
+/// for it, so it is set here, before the deploy.
+pub fn install_hook(dir: &Path) -> Result<()> {
     let exe = std::env::current_exe().context("finding the hostforge executable")?;
-    std::env::set_var("OSTREE_GRUB2_EXEC", exe);
+    let exe = exe
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a UTF-8 path", exe.display()))?;
+    let script = dir.join("hostforge-grub-mkconfig");
+    let quoted = format!("'{}'", exe.replace('\'', "'\\''"));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {quoted} grub-mkconfig \"$@\"\n"),
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    std::env::set_var("OSTREE_GRUB2_EXEC", &script);
     Ok(())
 }
 
-/// When ostree runs us as its GRUB config generator: `-o SYSROOT/boot/loader.N/grub.cfg`
-/// with `_OSTREE_GRUB2_BOOTVERSION` set. Returns None when this is an ordinary invocation.
-pub fn generator_main() -> Option<Result<()>> {
-    std::env::var_os("_OSTREE_GRUB2_BOOTVERSION")?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.len() != 2 || args[0] != "-o" {
-        return None;
-    }
-    let out = PathBuf::from(&args[1]);
-    Some((|| {
-        let loader = out
-            .parent()
-            .ok_or_else(|| anyhow::anyhow!("-o {}: no loader directory", out.display()))?;
-        let sysroot = loader
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new("/"));
-        let cfg = render_config(&loader.join("entries"), &boot_prefix(sysroot))?;
-        std::fs::write(&out, cfg).with_context(|| format!("writing {}", out.display()))
-    })())
+/// `hostforge grub-mkconfig -o SYSROOT/boot/loader.N/grub.cfg`, as ostree runs it through
+/// [`install_hook`]: the menu from the entries beside `out`.
+pub fn mkconfig(out: &Path) -> Result<()> {
+    let loader = out
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("-o {}: no loader directory", out.display()))?;
+    let sysroot = loader
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"));
+    let cfg = render_config(&loader.join("entries"), &boot_prefix(sysroot))?;
+    std::fs::write(out, cfg).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Rewrites `boot/loader/grub.cfg` from the entries beside it (after an offline edit of
@@ -283,4 +295,45 @@ fn mkimage(p: &Platform, staging: &Path, find_root: &str, separate_boot: bool) -
     )
     .with_context(|| format!("building GRUB's {} (apt-get install {})", p.file, p.package))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel arguments that GRUB's script would read as syntax stay arguments, in hostforge's
+    /// generator and in the node's `grub-mkconfig` alike (byte for byte).
+    #[test]
+    fn menu_quotes_hostile_entries_like_the_node_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let loader = dir.path().join("loader.1");
+        let entries = loader.join("entries");
+        std::fs::create_dir_all(&entries).unwrap();
+        std::fs::write(
+            entries.join("ostree-1-node.conf"),
+            "title Node's OS (ostree:0)\nversion 1\nlinux /ostree/node-1/vmlinuz\n\
+             initrd /ostree/node-1/initramfs.img\n\
+             options root=UUID=1 console=ttyS0,115200 x;reboot $(id) it's a\\b {y}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            entries.join("ostree-2-node.conf"),
+            "title Node\nversion 2\nlinux /ostree/node-2/vmlinuz\n\
+             initrd /ostree/node-2/initramfs.img\noptions root=UUID=1\n",
+        )
+        .unwrap();
+        let ours = render_config(&entries, "").unwrap();
+        assert!(
+            ours.contains(
+                "  linux /ostree/node-1/vmlinuz root=UUID=1 console=ttyS0,115200 'x;reboot' \
+                 '$(id)' 'it'\\''s' 'a\\b' '{y}'\n"
+            ),
+            "{ours}"
+        );
+        assert!(ours.contains("menuentry 'Nodes OS (ostree:0)' {"), "{ours}");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/node/grub-mkconfig");
+        let out = loader.join("grub.cfg");
+        process::run(Command::new("sh").arg(&script).arg("-o").arg(&out)).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), ours);
+    }
 }

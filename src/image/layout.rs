@@ -143,6 +143,11 @@ impl Layout {
 
     fn validate(&self) -> Result<()> {
         parse_size(&self.size)?;
+        // Both end up in boot loader entries and the GRUB menu.
+        for k in &self.kargs {
+            crate::validate::kernel_arg("kargs", k)?;
+        }
+        crate::validate::plain_name("ostree.osname", &self.ostree.osname)?;
         super::gpt::guid_bytes(&self.disk_guid).context("disk-guid")?;
         let mut roots = 0;
         for (i, p) in self.partitions.iter().enumerate() {
@@ -310,6 +315,32 @@ mod tests {
         .unwrap();
         let e = format!("{:#}", Layout::load(&p).unwrap_err());
         assert!(e.contains("l.yaml:") && e.contains("lilo"), "{e}");
+    }
+
+    #[test]
+    fn kargs_and_osname_cannot_smuggle_boot_loader_syntax() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l.yaml");
+        let base =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
+                .unwrap();
+        assert!(base.contains("kargs: [console=ttyS0, rw]\n"));
+        for (bad, field) in [
+            ("[\"console=ttyS0\\ninitrd /evil\"]", "kargs"),
+            ("[\"console=ttyS0; reboot\"]", "kargs"),
+            ("[\"x=$(id)\"]", "kargs"),
+            ("[\"quiet 'x\"]", "kargs"),
+        ] {
+            let text = base.replace("kargs: [console=ttyS0, rw]", &format!("kargs: {bad}"));
+            std::fs::write(&p, text).unwrap();
+            let e = format!("{:#}", Layout::load(&p).unwrap_err());
+            assert!(e.contains(field), "{bad:?}: {e}");
+        }
+        let mut l =
+            Layout::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml")).unwrap();
+        l.ostree.osname = "node\n[evil]".into();
+        let e = format!("{:#}", l.validate().unwrap_err());
+        assert!(e.contains("ostree.osname"), "{e}");
     }
 
     #[test]

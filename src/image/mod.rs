@@ -7,8 +7,7 @@
 mod ext2fs;
 mod ext4;
 pub mod gpt;
-mod grub;
-pub use grub::generator_main as grub_generator_main;
+pub mod grub;
 pub mod layout;
 pub mod ops;
 
@@ -473,7 +472,7 @@ fn build_in(
     let cfg = srepo.config();
     if layout.uses_grub() {
         grub::configure_sysroot(&cfg, boot.is_some());
-        grub::use_as_generator()?;
+        grub::install_hook(scratch)?;
     } else {
         cfg.set_string("sysroot", "bootloader", "none");
     }

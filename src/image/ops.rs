@@ -369,7 +369,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
         let (label, uuid) = fs_identity(&o.boot_fs)?;
         grub::write_config(&o.boot_dir, true)?;
         let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
-        let epoch = crate::source_date_epoch()?;
+        let epoch = crate::ostreeutil::source_date_epoch()?;
         mkfs_ext4(
             &o.boot_dir,
             &o.boot_fs,
@@ -503,7 +503,7 @@ fn offline_edit(
         debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
         let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
 
-        grub::use_as_generator()?;
+        grub::install_hook(&o.scratch)?;
         let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
         sysroot
             .load(gio::Cancellable::NONE)
@@ -513,7 +513,7 @@ fn offline_edit(
 
         let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
         let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
-        let epoch = crate::source_date_epoch()?;
+        let epoch = crate::ostreeutil::source_date_epoch()?;
         let boot_copy = o.scratch.join("bootfs");
         std::fs::rename(&boot_dir, &boot_copy)?;
         std::fs::create_dir(&boot_dir)?;
@@ -587,6 +587,8 @@ fn relink_deployments(sysroot: &ostree::Sysroot, sysroot_dir: &Path) -> Result<(
 /// A live sysroot (a booted node's `/`, or any sysroot directory), loaded and locked.
 struct Live {
     sysroot: ostree::Sysroot,
+    /// Holds the script ostree runs to write GRUB's menu ([`grub::install_hook`]).
+    hook_dir: tempfile::TempDir,
 }
 
 impl Live {
@@ -602,12 +604,16 @@ impl Live {
         sysroot
             .load(gio::Cancellable::NONE)
             .with_context(|| format!("loading the sysroot at {}", path.display()))?;
-        Ok(Live { sysroot })
+        let hook_dir = tempfile::Builder::new()
+            .prefix("hostforge-grub-hook")
+            .tempdir()
+            .context("making a directory for the GRUB config hook")?;
+        Ok(Live { sysroot, hook_dir })
     }
 
     /// Runs `edit` holding the sysroot lock, then reloads.
     fn edit(&self, edit: impl FnOnce(&ostree::Sysroot) -> Result<()>) -> Result<()> {
-        grub::use_as_generator()?;
+        grub::install_hook(self.hook_dir.path())?;
         self.sysroot
             .lock()
             .context("locking the sysroot (is another ostree operation running?)")?;

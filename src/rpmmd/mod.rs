@@ -76,14 +76,34 @@ pub fn parse_repo_file(path: &Path, text: &str) -> Result<Vec<RepoDef>> {
                 .strip_prefix('[')
                 .and_then(|s| s.strip_suffix(']'))
                 .ok_or_else(|| anyhow!("{}:{}: malformed section header", path.display(), i + 1))?;
+            let id = id.trim();
+            // The id is written back into the .repo file libdnf reads.
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+            {
+                bail!(
+                    "{}:{}: repo id [{id}] must be letters, digits, '-', '_', '.' or ':'",
+                    path.display(),
+                    i + 1
+                );
+            }
             out.push(RepoDef {
-                id: id.trim().to_string(),
+                id: id.to_string(),
                 file: path.to_path_buf(),
                 line: i + 1,
                 keys: BTreeMap::new(),
             });
             last_key = None;
             continue;
+        }
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            bail!(
+                "{}:{}: control character in the line; a .repo file is plain text",
+                path.display(),
+                i + 1
+            );
         }
         let Some(cur) = out.last_mut() else {
             bail!("{}:{}: key outside of a [section]", path.display(), i + 1);
@@ -254,6 +274,22 @@ pub fn nevra(p: &Solved) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repo_ids_and_values_cannot_add_lines_to_libdnfs_repo_file() {
+        for (text, line) in [
+            ("[base]\nbaseurl=file:///a\r[evil]\n", 2),
+            ("[ba se]\nbaseurl=file:///a\n", 1),
+            ("[a]b]\nbaseurl=file:///a\n", 1),
+            ("[]\n", 1),
+        ] {
+            let e = parse_repo_file(Path::new("x.repo"), text).unwrap_err();
+            assert!(
+                format!("{e:#}").contains(&format!("x.repo:{line}:")),
+                "{text:?}: {e:#}"
+            );
+        }
+    }
 
     #[test]
     fn parses_repo_sections() {

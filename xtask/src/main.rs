@@ -31,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fuse3",
     "busybox-static",
     "dracut",
+    "systemd",
     "ostree-boot",
     "linux-image-cloud-amd64",
     "e2fsprogs",
