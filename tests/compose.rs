@@ -167,7 +167,7 @@ fn same_inputs_give_the_same_commit_from_cold_and_warm_caches() {
     // Warm cache, fresh target repo: still the same checksum.
     let repo2 = a.path().join("repo2");
     common::ostree_at(&repo2, &["init", "--mode=bare-user"]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostforge"))
+    let out = hostforge_cmd()
         .args(["compose", "tree", "--repo"])
         .arg(&repo2)
         .arg("--cachedir")
@@ -282,7 +282,7 @@ fn package_version_change_is_reported() {
 #[test]
 fn http_repos_are_loaded_and_downloaded() {
     // A real HTTP server on loopback serving the fixture repo.
-    let server = HttpServer::start(&fixtures().join("base"));
+    let server = Daemon::http(&fixtures().join("base"));
     let port = server.port;
     let env = Env::new();
     std::fs::write(

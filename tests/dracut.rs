@@ -1,6 +1,8 @@
 //! `hostforge dracut emit` against the host's stock dracut: the emitted module must be
 //! accepted, and `lsinitrd` must show ostree-prepare-root and its unit in the initramfs.
 
+mod common;
+use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -24,7 +26,7 @@ fn host_kver() -> String {
 #[test]
 fn stock_dracut_accepts_the_emitted_module() {
     let name = format!("hf-ostree-test{}", std::process::id());
-    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+    let out = hostforge_cmd()
         .args([
             "dracut",
             "emit",

@@ -197,7 +197,7 @@ fn selinux_true_is_rejected_clearly() {
 fn missing_repo_dir_is_a_clear_error() {
     let env = Env::new();
     let tf = env.treefile("node.yaml", GOOD);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostforge"))
+    let out = hostforge_cmd()
         .args(["compose", "tree", "--repo"])
         .arg(env.path().join("nope"))
         .arg(&tf)

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn provision(repo: &Path, url: &str, out: &Path, spec: Option<&Path>) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
+    let mut cmd = hostforge_cmd();
     cmd.args(["provision", "--repo"])
         .arg(repo)
         .args(["--ref", "hostforge/x86_64/node", "--url", url, "--out"])
@@ -33,7 +33,7 @@ fn provisions_and_network_boots_the_node() {
     let www = work.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::os::unix::fs::symlink(&repo, www.join("repo")).unwrap();
-    let server = HttpServer::start(&www);
+    let server = Daemon::http(&www);
     let url = format!("http://10.0.2.2:{}/repo", server.port);
     let out = www.join("out");
     let o = provision(&repo, &url, &out, Some(&spec));

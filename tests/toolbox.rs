@@ -5,67 +5,35 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
 /// Debian's docker-registry on 127.0.0.1, storing under a temp dir, until dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+struct Registry(Daemon);
 
 impl Registry {
     fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let data = dir.path().join("data");
         let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting docker-registry (cargo xtask deps installs it)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Registry {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("docker-registry did not start on port {port}");
+        let daemon = Daemon::start("docker-registry", |port| {
+            std::fs::write(
+                &cfg,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+                     rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    data.display()
+                ),
+            )
+            .unwrap();
+            let mut c = Command::new("docker-registry");
+            c.arg("serve").arg(&cfg);
+            c
+        });
+        Registry(daemon.with_dir(dir))
     }
 
     fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        format!("127.0.0.1:{}", self.0.port)
     }
 }
 
@@ -95,7 +63,7 @@ fn toolbox_build(tf: &Path, tag: &str, extra: &[&str], path: Option<&str>) -> Ou
 }
 
 fn toolbox_build_unlocked(tf: &Path, tag: &str, extra: &[&str], path: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
+    let mut cmd = hostforge_cmd();
     cmd.args(["toolbox", "build", "--quiet", "--json"])
         .arg(tf)
         .args(["--tag", tag, "--cachedir"])

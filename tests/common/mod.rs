@@ -5,6 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The hostforge binary under test, as a command to add arguments to.
+pub fn hostforge_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hostforge"))
+}
+
 /// The fixture repos built by `cargo xtask fixtures`; `cargo xtask test` sets the variable.
 pub fn fixtures() -> PathBuf {
     let p = std::env::var("HOSTFORGE_FIXTURES").expect(
@@ -77,7 +82,7 @@ impl Env {
     }
 
     pub fn compose_env(&self, treefile: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostforge"));
+        let mut cmd = hostforge_cmd();
         cmd.args(["compose", "tree", "--repo"])
             .arg(self.repo())
             .arg("--cachedir")
@@ -216,7 +221,7 @@ pub fn composed_node() -> (PathBuf, String) {
 /// Composes a node treefile into the shared test-node repo and cache; returns `r`'s commit.
 fn compose_node_treefile(repo: &Path, treefile: &Path, r: &str) -> String {
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node");
-    let out = Command::new(env!("CARGO_BIN_EXE_hostforge"))
+    let out = hostforge_cmd()
         .args(["compose", "tree", "--repo"])
         .arg(repo)
         .arg("--cachedir")
@@ -229,42 +234,68 @@ fn compose_node_treefile(repo: &Path, treefile: &Path, r: &str) -> String {
     ostree_at(repo, &["rev-parse", r]).trim().to_string()
 }
 
-/// Serves `dir` over HTTP on 127.0.0.1 until dropped.
-pub struct HttpServer {
+/// A background server for a test, listening on 127.0.0.1: started by [`Daemon::start`]
+/// with the port it should take, waited for until it accepts connections (bounded), and
+/// killed when dropped.
+pub struct Daemon {
     child: std::process::Child,
     pub port: u16,
+    _dir: Option<tempfile::TempDir>,
 }
 
-impl HttpServer {
-    pub fn start(dir: &Path) -> HttpServer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "--directory",
-            ])
-            .arg(dir)
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    /// Runs `cmd` (made by `make` for a free port) and waits up to 10 s for the port to open.
+    pub fn start(what: &str, make: impl FnOnce(u16) -> Command) -> Daemon {
+        let port = free_port();
+        let mut child = make(port)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("starting {what} (cargo xtask deps installs it): {e}"));
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+                return Daemon {
+                    child,
+                    port,
+                    _dir: None,
+                };
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        HttpServer { child, port }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not start on port {port}");
+    }
+
+    /// Keeps `dir` (the daemon's state) until the daemon is dropped.
+    pub fn with_dir(mut self, dir: tempfile::TempDir) -> Daemon {
+        self._dir = Some(dir);
+        self
+    }
+
+    /// Serves `dir` over HTTP (python3's http.server).
+    pub fn http(dir: &Path) -> Daemon {
+        Daemon::start("python3 -m http.server", |port| {
+            let mut c = Command::new("python3");
+            c.args(["-m", "http.server", "--bind", "127.0.0.1"])
+                .arg(port.to_string())
+                .arg("--directory")
+                .arg(dir);
+            c
+        })
     }
 }
 
-impl Drop for HttpServer {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -370,4 +401,51 @@ pub fn unlock_tree(dir: &Path) {
         .arg(dir)
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `hostforge image build` of `r` with `layout` into `out`.
+pub fn image_build(
+    repo: &Path,
+    r: &str,
+    layout: &str,
+    format: &str,
+    out: &Path,
+    fault: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = hostforge_cmd();
+    cmd.args(["image", "build", "--repo"])
+        .arg(repo)
+        .args(["--ref", r, "--layout"])
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("images")
+                .join(layout),
+        )
+        .args(["--format", format, "-o"])
+        .arg(out)
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    if let Some(f) = fault {
+        cmd.env("HOSTFORGE_FAULT", f);
+    }
+    cmd.output().unwrap()
+}
+
+pub fn image_status(img: &Path) -> serde_json::Value {
+    let out = hostforge_cmd()
+        .args(["image", "status", "--json"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -109,16 +109,83 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn test(extra: &[String]) -> Result<()> {
+/// Test tiers: name, what it covers, and the integration test files (`tests/NAME.rs`) in it.
+/// `unit` is the library's and binaries' own tests: no fixtures, no services.
+const TIERS: &[(&str, &str, &[&str])] = &[
+    (
+        "unit",
+        "unit tests next to the code (no fixtures, no services)",
+        &[],
+    ),
+    (
+        "compose",
+        "compose on the fixture repos, errors, dracut",
+        &["compose", "errors", "dracut"],
+    ),
+    (
+        "image",
+        "image build and A/B operations without booting",
+        &["image"],
+    ),
+    (
+        "boot",
+        "QEMU boots of composed nodes and built images",
+        &["boot"],
+    ),
+    (
+        "net",
+        "PXE/HTTP provisioning, buildah and the registry",
+        &["provision", "toolbox"],
+    ),
+];
+
+/// Fails when a file in tests/ belongs to no tier (it would run only in the full suite).
+fn check_tiers() -> Result<()> {
+    let mut listed: Vec<&str> = TIERS.iter().flat_map(|t| t.2.iter().copied()).collect();
+    listed.sort();
+    let mut found: Vec<String> = std::fs::read_dir(top().join("tests"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".rs").map(str::to_string))
+        .collect();
+    found.sort();
+    if found != listed {
+        bail!("tests/*.rs {found:?} and the tiers in xtask/src/main.rs {listed:?} differ");
+    }
+    Ok(())
+}
+
+/// `cargo xtask test [--tier NAME] [cargo test args]`: every test (CI), or one tier.
+fn test(args: &[String]) -> Result<()> {
+    check_tiers()?;
+    let (tier, extra) = match args {
+        [flag, name, rest @ ..] if flag == "--tier" => (Some(name.as_str()), rest),
+        _ => (None, args),
+    };
+    let mut cargo_args: Vec<String> = vec!["test".into(), "--workspace".into()];
+    match tier {
+        None => {}
+        Some("unit") => cargo_args.extend(["--lib".into(), "--bins".into()]),
+        Some(name) => {
+            let Some((_, _, files)) = TIERS.iter().find(|t| t.0 == name) else {
+                let names: Vec<String> =
+                    TIERS.iter().map(|t| format!("{} ({})", t.0, t.1)).collect();
+                bail!("no test tier {name:?}; tiers: {}", names.join(", "));
+            };
+            for f in *files {
+                cargo_args.extend(["--test".into(), f.to_string()]);
+            }
+        }
+    }
     deps()?;
-    let fx = fixtures::build(&top())?;
-    let distro = distro::build(&top())?;
-    run(cargo()
-        .current_dir(top())
-        .env("HOSTFORGE_FIXTURES", &fx)
-        .env("HOSTFORGE_DISTRO", &distro)
-        .args(["test", "--workspace"])
-        .args(extra))
+    let mut cmd = cargo();
+    cmd.current_dir(top()).args(&cargo_args).args(extra);
+    if tier != Some("unit") {
+        let fx = fixtures::build(&top())?;
+        let distro = distro::build(&top())?;
+        cmd.env("HOSTFORGE_FIXTURES", &fx)
+            .env("HOSTFORGE_DISTRO", &distro);
+    }
+    run(&mut cmd)
 }
 
 fn build_release() -> Result<PathBuf> {
@@ -222,7 +289,7 @@ fn main() -> Result<()> {
         Some("test") => test(&args[1..]),
         // The QEMU boot tier alone (`cargo xtask test` runs it with everything else).
         Some("boot-test") => {
-            let mut a = vec!["--test".to_string(), "boot".to_string()];
+            let mut a = vec!["--tier".to_string(), "boot".to_string()];
             a.extend(args[1..].iter().cloned());
             test(&a)
         }
@@ -248,7 +315,8 @@ fn main() -> Result<()> {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps|fixtures|test|boot-test|demo|bench compose|node|image>"
+                "usage: cargo xtask <deps|fixtures|test [--tier unit|compose|image|boot|net]|\
+                 boot-test|demo|bench compose|node|image>"
             );
             Ok(())
         }

@@ -1,0 +1,264 @@
+//! Image tier: `hostforge image build` and the A/B operations on image files and on a live
+//! sysroot, without booting (the boot tier boots what these build).
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn image_builds_are_reproducible_and_never_half_written() {
+    let (repo, _) = composed_node();
+    let r = "hostforge/x86_64/node";
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
+    assert_ok(&image_build(&repo, r, "qemu.yaml", "raw", &a, None));
+    assert_ok(&image_build(&repo, r, "qemu.yaml", "raw", &b, None));
+    let same = Command::new("cmp")
+        .arg("-s")
+        .arg(&a)
+        .arg(&b)
+        .status()
+        .unwrap();
+    assert!(same.success(), "two builds of the same commit differ");
+
+    // An interrupted build leaves the previous image as it was, and no new one.
+    let before = std::fs::metadata(&a).unwrap().modified().unwrap();
+    let out = image_build(&repo, r, "qemu.yaml", "raw", &a, Some("image"));
+    assert!(!out.status.success());
+    assert_eq!(std::fs::metadata(&a).unwrap().modified().unwrap(), before);
+    let c = dir.path().join("c.raw");
+    assert!(
+        !image_build(&repo, r, "qemu.yaml", "raw", &c, Some("image"))
+            .status
+            .success()
+    );
+    assert!(!c.exists(), "a killed build left an output");
+
+    // Clear errors for a missing ref and a bad layout.
+    assert_fails_with(
+        &image_build(&repo, "no/such/ref", "qemu.yaml", "raw", &c, None),
+        &["no/such/ref"],
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "format: raw\nsize: 1GiB\ndisk-guid: x\nbootloader: grub2-bios\npartitions: []\n",
+    )
+    .unwrap();
+    let out = hostforge_cmd()
+        .args(["image", "build", "--repo"])
+        .arg(&repo)
+        .args(["--ref", r, "--layout"])
+        .arg(&bad)
+        .arg("-o")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert_fails_with(&out, &["bad.yaml", "disk-guid"]);
+    assert!(!c.exists());
+    // The aborted builds' staging dirs hold immutable ostree deployments.
+    unlock_tree(dir.path());
+}
+
+/// `--compress zstd` and `--random-uuids`.
+#[test]
+fn image_build_compression_and_random_ids() {
+    let (repo, _) = composed_node();
+    let r = "hostforge/x86_64/node";
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml");
+    let build = |out: &Path, extra: &[&str]| {
+        let out = hostforge_cmd()
+            .args(["image", "build", "--repo"])
+            .arg(&repo)
+            .args(["--ref", r, "--layout"])
+            .arg(&layout)
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert_ok(&out);
+    };
+    let plain = dir.path().join("plain.raw");
+    build(&plain, &["--format", "raw"]);
+    // A compressed raw image is the same disk as a zstd stream.
+    let zst = dir.path().join("node.raw.zst");
+    build(&zst, &["--format", "raw", "--compress", "zstd"]);
+    let unpacked = dir.path().join("unpacked.raw");
+    run(Command::new("zstd")
+        .args(["-q", "-d", "-o"])
+        .arg(&unpacked)
+        .arg(&zst));
+    assert!(Command::new("cmp")
+        .arg("-s")
+        .arg(&plain)
+        .arg(&unpacked)
+        .status()
+        .unwrap()
+        .success());
+    assert!(std::fs::metadata(&zst).unwrap().len() < std::fs::metadata(&plain).unwrap().len());
+    // qcow2 with zstd-compressed clusters.
+    let q = dir.path().join("node.qcow2");
+    build(&q, &["--compress", "zstd"]);
+    let info = run(Command::new("qemu-img").arg("info").arg(&q));
+    assert!(info.contains("compression type: zstd"), "{info}");
+    run(Command::new("qemu-img").arg("check").arg(&q));
+
+    // Random IDs: a different disk GUID and root UUID each time, still a working image.
+    let (r1, r2) = (dir.path().join("r1.raw"), dir.path().join("r2.raw"));
+    build(&r1, &["--format", "raw", "--random-uuids"]);
+    build(&r2, &["--format", "raw", "--random-uuids"]);
+    // The disk GUID: 16 bytes at offset 56 of the GPT header in LBA 1.
+    let guid = |p: &Path| {
+        std::fs::read(p)
+            .map(|b| b[512 + 56..512 + 72].to_vec())
+            .unwrap()
+    };
+    assert_ne!(guid(&r1), guid(&r2));
+    assert_ne!(guid(&r1), guid(&plain));
+    let st = image_status(&r1);
+    let kargs = st["deployments"][0]["kargs"].as_str().unwrap().to_string();
+    assert!(
+        !kargs.contains("5f607182-93a4-4b5c-c6d7-e8f901234567"),
+        "root=UUID follows the random UUID: {kargs}"
+    );
+    unlock_tree(dir.path());
+}
+
+/// The A/B operations on a live sysroot (`--sysroot`): a node's root filesystem with its
+/// /boot, read out of a built image, stands in for `/` on a booted node.
+#[test]
+fn live_sysroot_deploy_prune_pin_rollback() {
+    let (repo, a) = composed_node();
+    let b = composed_node_b();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.raw");
+    assert_ok(&image_build(
+        &repo,
+        "hostforge/x86_64/node",
+        "qemu.yaml",
+        "raw",
+        &img,
+        None,
+    ));
+    let sysroot = dir.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("boot")).unwrap();
+    // qemu.yaml: /boot at 2 MiB, / after it.
+    let at = |mib: u64| format!("{}?offset={}", img.display(), mib << 20);
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", sysroot.display()))
+        .arg(at(514)));
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", sysroot.join("boot").display()))
+        .arg(at(2)));
+    let hf = |args: &[&str]| {
+        let out = hostforge_cmd()
+            .arg("image")
+            .args(args)
+            .arg("--sysroot")
+            .arg(&sysroot)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = || -> Vec<(String, bool)> {
+        let v: serde_json::Value = serde_json::from_str(&hf(&["status", "--json"])).unwrap();
+        v["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["commit"].as_str().unwrap().to_string(),
+                    d["pinned"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let commits = || status().into_iter().map(|d| d.0).collect::<Vec<_>>();
+    // GRUB's menu, read where GRUB reads it: the config inside the current loader directory.
+    // Its first entry boots the deployment `ostree=` names; status says whose that is.
+    let ostree_arg = |line: &str| {
+        line.split_whitespace()
+            .find(|w| w.starts_with("ostree="))
+            .unwrap()
+            .to_string()
+    };
+    let first_menu_commit = || {
+        let cfg = std::fs::read_to_string(sysroot.join("boot/loader/grub.cfg")).unwrap();
+        let first = ostree_arg(cfg.lines().find(|l| l.contains("ostree=")).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&hf(&["status", "--json"])).unwrap();
+        v["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| ostree_arg(d["kargs"].as_str().unwrap()) == first)
+            .map(|d| d["commit"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("menu entry {first} is no deployment's:\n{cfg}\n{v}"))
+    };
+    assert_eq!(commits(), vec![a.clone()]);
+    let repo_s = repo.to_str().unwrap();
+    hf(&[
+        "deploy",
+        "--repo",
+        repo_s,
+        "--ref",
+        "hostforge/x86_64/node-b",
+    ]);
+    assert_eq!(commits(), vec![b.clone(), a.clone()]);
+    assert_eq!(first_menu_commit(), b);
+    // A third deployment prunes to two: the new one and the previous default.
+    hf(&["deploy", "--repo", repo_s, "--ref", "hostforge/x86_64/node"]);
+    assert_eq!(commits(), vec![a.clone(), b.clone()]);
+    assert_eq!(first_menu_commit(), a);
+    // ... unless the older one is pinned.
+    hf(&["pin", "--index", "1"]);
+    assert_eq!(status()[1], (b.clone(), true));
+    hf(&[
+        "deploy",
+        "--repo",
+        repo_s,
+        "--ref",
+        "hostforge/x86_64/node-b",
+    ]);
+    let st = status();
+    assert_eq!(st.len(), 3, "{st:?}");
+    assert_eq!(st[0], (b.clone(), false));
+    assert_eq!(st[1], (a.clone(), false));
+    assert_eq!(st[2], (b.clone(), true));
+    // Rollback swaps default and rollback, entries and GRUB menu together.
+    hf(&["rollback"]);
+    assert_eq!(commits()[..2], [a.clone(), b.clone()]);
+    assert_eq!(first_menu_commit(), a);
+    let loader = std::fs::read_link(sysroot.join("boot/loader")).unwrap();
+    assert!(
+        sysroot.join("boot").join(&loader).join("grub.cfg").exists(),
+        "the GRUB config lives in the loader directory ({loader:?})"
+    );
+
+    // The node's own generator (installed as /usr/sbin/grub-mkconfig) writes the same menu...
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/node/grub-mkconfig");
+    let theirs = sysroot.join("boot/loader/grub.cfg.node");
+    run(Command::new("sh").arg(&script).arg("-o").arg(&theirs));
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        std::fs::read_to_string(sysroot.join("boot/loader/grub.cfg")).unwrap(),
+        "the node's grub-mkconfig and hostforge's generator disagree"
+    );
+    std::fs::remove_file(&theirs).unwrap();
+    // ... so ostree's own `admin deploy` on the node keeps GRUB's menu right.
+    run(Command::new("ostree")
+        .args(["admin", "deploy", "--os=node"])
+        .arg(format!("--sysroot={}", sysroot.display()))
+        .arg("hostforge/x86_64/node-b")
+        .env("OSTREE_GRUB2_EXEC", &script));
+    assert_eq!(commits()[0], b);
+    assert_eq!(first_menu_commit(), b);
+    unlock_tree(dir.path());
+}
