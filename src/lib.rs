@@ -9,6 +9,7 @@ pub mod dracut;
 pub mod image;
 pub mod ostreeutil;
 pub mod pkgcache;
+pub mod pool;
 pub mod process;
 pub mod progress;
 pub mod provision;

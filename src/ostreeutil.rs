@@ -260,41 +260,25 @@ pub fn import_archive_commit(src_path: &Path, dest: &ostree::Repo, commit: &str)
             t => meta.push((t, o.checksum().to_string())),
         }
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let (files, next, dest_path) = (&files, &next, &dest_path);
-                s.spawn(move || -> Result<()> {
-                    // A Repo is not Sync: each worker reads and writes through its own.
-                    let dest = open_existing(dest_path)?;
-                    let src = open_existing(src_path)?;
-                    let mut inflater = libdeflater::Decompressor::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(csum) = files.get(i) else {
-                            return Ok(());
-                        };
-                        if dest.has_object(
-                            ostree::ObjectType::File,
-                            csum,
-                            gio::Cancellable::NONE,
-                        )? {
-                            continue;
-                        }
-                        import_filez(src_path, &src, &dest, csum, &mut inflater)
-                            .with_context(|| format!("importing file object {csum}"))?;
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("an import thread panicked"))??;
-        }
-        Ok(())
-    })?;
+    crate::pool::map(
+        &files,
+        crate::pool::workers(usize::MAX),
+        // A Repo is not Sync: each worker reads and writes through its own.
+        || {
+            Ok((
+                open_existing(&dest_path)?,
+                open_existing(src_path)?,
+                libdeflater::Decompressor::new(),
+            ))
+        },
+        |(dest, src, inflater), csum| -> Result<()> {
+            if dest.has_object(ostree::ObjectType::File, csum, gio::Cancellable::NONE)? {
+                return Ok(());
+            }
+            import_filez(src_path, src, dest, csum, inflater)
+                .with_context(|| format!("importing file object {csum}"))
+        },
+    )?;
     for (t, csum) in meta.iter().chain(std::iter::once(&(
         ostree::ObjectType::Commit,
         commit.to_string(),

@@ -134,10 +134,9 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
         ..Default::default()
     })?;
     // The new commit, or with unchanged inputs the one the ref already names.
-    let commit = summary["commit"]
-        .as_str()
-        .ok_or_else(|| anyhow!("the compose of {} left no commit", req.treefile.display()))?
-        .to_string();
+    let commit = summary
+        .commit
+        .ok_or_else(|| anyhow!("the compose of {} left no commit", req.treefile.display()))?;
     let meta = ostreeutil::commit_meta(&repo, &commit)?;
     let version = ostreeutil::meta_str(&meta, "version");
     let epoch = ostreeutil::commit_epoch(&repo, &commit)?;

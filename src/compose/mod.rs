@@ -101,8 +101,8 @@ const STEPS: &[(&str, Step)] = &[
 /// Bump when the compose output changes for the same inputs, so old commits are redone.
 const COMPOSE_FORMAT: &str = "hostforge-compose-1";
 
-/// Runs a compose; returns the compose.json document.
-pub fn compose_tree(opts: Options) -> Result<serde_json::Value> {
+/// Runs a compose; returns what it did (the compose.json document).
+pub fn compose_tree(opts: Options) -> Result<Summary> {
     process::check_required_programs()?;
     let progress = Progress::new(opts.quiet, opts.json);
     let tf = Treefile::load(&opts.treefile)?;
@@ -163,7 +163,7 @@ pub fn compose_tree(opts: Options) -> Result<serde_json::Value> {
         }
     }
     drop(lock);
-    let doc = compose_json(&ctx)?;
+    let doc = summary(&ctx)?;
     if let Some(p) = &ctx.opts.write_composejson_to {
         std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
@@ -311,57 +311,41 @@ fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
         verifiers.insert(r.id.clone(), rpmmd::load_verifier(r)?);
     }
     let bar = ctx.progress.bar("fetch", missing.len() as u64);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, 4);
-    let results: Vec<Result<Vec<(usize, String, u64)>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.min(missing.len().max(1)))
-            .map(|_| {
-                s.spawn(|| -> Result<Vec<(usize, String, u64)>> {
-                    let repo = ostree::Repo::new_for_path(&ctx.cache_path);
-                    repo.open(gio::Cancellable::NONE)?;
-                    let mut done = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let Some(&i) = missing.get(k) else { break };
-                        let pkg = &ctx.solved[i];
-                        let repodef = ctx
-                            .repos
-                            .iter()
-                            .find(|r| r.id == pkg.repo_id)
-                            .ok_or_else(|| anyhow!("package from unknown repo {}", pkg.repo_id))?;
-                        let dest = dl_dir.join(format!("{}.rpm", pkg.checksum));
-                        let size = rpmmd::download(repodef, pkg, &dest).with_context(|| {
-                            format!(
-                                "downloading {} from repo [{}]",
-                                rpmmd::nevra(pkg),
-                                pkg.repo_id
-                            )
-                        })?;
-                        let imported =
-                            pkgcache::import(&repo, &dest, pkg, verifiers.get(&pkg.repo_id));
-                        let _ = std::fs::remove_file(&dest);
-                        let imported = imported?;
-                        bar.inc(&pkg.name);
-                        done.push((i, imported, size));
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("import thread panicked"))
-            .collect()
-    });
+    let imported = crate::pool::map(
+        &missing,
+        crate::pool::workers(4),
+        || {
+            let repo = ostree::Repo::new_for_path(&ctx.cache_path);
+            repo.open(gio::Cancellable::NONE)?;
+            Ok(repo)
+        },
+        |repo, &i| -> Result<(usize, String, u64)> {
+            let pkg = &ctx.solved[i];
+            let repodef = ctx
+                .repos
+                .iter()
+                .find(|r| r.id == pkg.repo_id)
+                .ok_or_else(|| anyhow!("package from unknown repo {}", pkg.repo_id))?;
+            let dest = dl_dir.join(format!("{}.rpm", pkg.checksum));
+            let size = rpmmd::download(repodef, pkg, &dest).with_context(|| {
+                format!(
+                    "downloading {} from repo [{}]",
+                    rpmmd::nevra(pkg),
+                    pkg.repo_id
+                )
+            })?;
+            let imported = pkgcache::import(repo, &dest, pkg, verifiers.get(&pkg.repo_id));
+            let _ = std::fs::remove_file(&dest);
+            let imported = imported?;
+            bar.inc(&pkg.name);
+            Ok((i, imported, size))
+        },
+    );
     drop(bar);
-    for r in results {
-        for (i, commit, size) in r? {
-            commits[i] = Some(commit);
-            ctx.stats.downloaded += 1;
-            ctx.stats.bytes_downloaded += size;
-        }
+    for (i, commit, size) in imported? {
+        commits[i] = Some(commit);
+        ctx.stats.downloaded += 1;
+        ctx.stats.bytes_downloaded += size;
     }
     ctx.pkg_commits = commits
         .into_iter()
@@ -1005,7 +989,41 @@ fn commit_metadata(ctx: &Ctx) -> Result<glib::Variant> {
     Ok(m.end())
 }
 
-fn package_diff(ctx: &Ctx) -> Result<serde_json::Value> {
+/// What `compose tree` did: the compose.json document (`--write-composejson-to`, `--json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    #[serde(rename = "ref")]
+    pub treeref: String,
+    /// The treefile and everything it included, in load order.
+    pub treefiles: Vec<PathBuf>,
+    /// The ref's commit after the compose (unset for `--dry-run`).
+    pub commit: Option<String>,
+    pub parent: Option<String>,
+    pub version: Option<String>,
+    pub inputhash: String,
+    /// Whether a new commit was written (false: inputs unchanged).
+    pub changed: bool,
+    pub packages: PackageDiff,
+    pub bytes_written: u64,
+    pub objects_written: u64,
+    pub cache_hits: usize,
+    pub downloaded: usize,
+    pub bytes_downloaded: u64,
+    /// Seconds per step, in pipeline order.
+    pub seconds: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Packages against the parent commit, as NEVRAs.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PackageDiff {
+    pub total: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// [before, after]
+    pub changed: Vec<[String; 2]>,
+}
+
+fn package_diff(ctx: &Ctx) -> Result<PackageDiff> {
     let now: BTreeMap<String, String> = pkgcache::nevra_index(&ctx.infos);
     let before: BTreeMap<String, String> = match (&ctx.target, &ctx.parent, ctx.changed) {
         (Some(repo), Some(p), true) => {
@@ -1019,26 +1037,37 @@ fn package_diff(ctx: &Ctx) -> Result<serde_json::Value> {
                 .collect()
         }
         _ => {
-            return Ok(
-                json!({"total": ctx.solved.len(), "added": [], "removed": [], "changed": []}),
-            )
+            return Ok(PackageDiff {
+                total: ctx.solved.len(),
+                ..Default::default()
+            })
         }
     };
-    let added: Vec<&String> = now
+    let added = now
         .iter()
         .filter(|(n, _)| !before.contains_key(*n))
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.clone())
         .collect();
-    let removed: Vec<&String> = before
+    let removed = before
         .iter()
         .filter(|(n, _)| !now.contains_key(*n))
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.clone())
         .collect();
-    let changed: Vec<[&String; 2]> = now
+    let changed = now
         .iter()
-        .filter_map(|(n, v)| before.get(n).filter(|b| *b != v).map(|b| [b, v]))
+        .filter_map(|(n, v)| {
+            before
+                .get(n)
+                .filter(|b| *b != v)
+                .map(|b| [b.clone(), v.clone()])
+        })
         .collect();
-    Ok(json!({"total": now.len(), "added": added, "removed": removed, "changed": changed}))
+    Ok(PackageDiff {
+        total: now.len(),
+        added,
+        removed,
+        changed,
+    })
 }
 
 /// The name part of `name-[epoch:]version-release.arch`.
@@ -1049,28 +1078,37 @@ fn name_of_nevra(nevra: &str) -> &str {
     it.next().unwrap_or(nevra)
 }
 
-fn compose_json(ctx: &Ctx) -> Result<serde_json::Value> {
-    let seconds: serde_json::Map<String, serde_json::Value> = ctx
+fn summary(ctx: &Ctx) -> Result<Summary> {
+    let seconds = ctx
         .steps
         .iter()
         .map(|(k, v)| (k.clone(), json!((v * 1000.0).round() / 1000.0)))
         .collect();
-    Ok(json!({
-        "ref": ctx.treeref,
-        "treefiles": ctx.tf.sources,
-        "commit": ctx.commit,
-        "parent": if ctx.changed { ctx.parent.clone() } else { ctx.parent.as_ref().and_then(|p| ctx.target.as_ref().and_then(|t| ostreeutil::commit_parent(t, p).ok().flatten())) },
-        "version": ctx.version,
-        "inputhash": ctx.inputhash,
-        "changed": ctx.changed,
-        "packages": package_diff(ctx)?,
-        "bytes_written": ctx.stats.bytes_written,
-        "objects_written": ctx.stats.objects_written,
-        "cache_hits": ctx.stats.cache_hits,
-        "downloaded": ctx.stats.downloaded,
-        "bytes_downloaded": ctx.stats.bytes_downloaded,
-        "seconds": seconds,
-    }))
+    // Unchanged: the ref's commit is the parent we compared with; report its own parent.
+    let parent = if ctx.changed {
+        ctx.parent.clone()
+    } else {
+        match (&ctx.parent, &ctx.target) {
+            (Some(p), Some(t)) => ostreeutil::commit_parent(t, p).ok().flatten(),
+            _ => None,
+        }
+    };
+    Ok(Summary {
+        treeref: ctx.treeref.clone(),
+        treefiles: ctx.tf.sources.clone(),
+        commit: ctx.commit.clone(),
+        parent,
+        version: ctx.version.clone(),
+        inputhash: ctx.inputhash.clone(),
+        changed: ctx.changed,
+        packages: package_diff(ctx)?,
+        bytes_written: ctx.stats.bytes_written,
+        objects_written: ctx.stats.objects_written,
+        cache_hits: ctx.stats.cache_hits,
+        downloaded: ctx.stats.downloaded,
+        bytes_downloaded: ctx.stats.bytes_downloaded,
+        seconds,
+    })
 }
 
 #[cfg(test)]
