@@ -366,7 +366,8 @@ pub fn import(
     let mut dirmeta = DirMetaCache::default();
     let mtree = ostree::MutableTree::new();
     let cancellable = gio::Cancellable::NONE;
-    repo.prepare_transaction(cancellable)?;
+    // Aborted on drop: a failed import leaves no half-open transaction in the cache.
+    let tx = repo.auto_transaction(cancellable)?;
     let result = (|| -> Result<String> {
         mtree.set_metadata_checksum(&dirmeta.get(repo, 0, 0, 0o755)?);
         // Directories first so their modes apply, then content in path order.
@@ -492,16 +493,12 @@ pub fn import(
             repo.write_commit_with_time(None, Some(&nv), None, Some(&meta), &root, 0, cancellable)?;
         repo.transaction_set_ref(None, &pkg_ref(&nv), Some(&commit));
         crate::process::fault_point("import");
-        repo.commit_transaction(cancellable)?;
         Ok(commit.to_string())
-    })();
-    match result {
-        Ok(commit) => Ok(commit),
-        Err(e) => {
-            let _ = repo.abort_transaction(cancellable);
-            Err(e.context(format!("importing {nv} into the package cache")))
-        }
-    }
+    })()
+    .with_context(|| format!("importing {nv} into the package cache"))?;
+    tx.commit(cancellable)
+        .with_context(|| format!("importing {nv} into the package cache"))?;
+    Ok(result)
 }
 
 /// Regular files keyed by path with their checksums (content files and their hardlinks).

@@ -853,8 +853,9 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
     modifier.set_devino_cache(&ctx.devino);
     let cancellable = gio::Cancellable::NONE;
     let cache = &ctx.cache;
-    cache.prepare_transaction(cancellable)?;
-    let built = (|| -> Result<String> {
+    // Aborted on drop: an error below leaves no half-open transaction in the cache.
+    let tx = cache.auto_transaction(cancellable)?;
+    let built = {
         let mtree = ostree::MutableTree::new();
         let dir = std::fs::File::open(&r)?;
         use std::os::fd::AsRawFd;
@@ -864,23 +865,15 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
             .downcast::<ostree::RepoFile>()
             .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
         let meta = commit_metadata(ctx)?;
+        let name = ctx
+            .tf
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
         let subject = match &ctx.version {
-            Some(v) => format!(
-                "{} {v}",
-                ctx.tf
-                    .path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-            ),
-            None => format!(
-                "{}",
-                ctx.tf
-                    .path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-            ),
+            Some(v) => format!("{name} {v}"),
+            None => name.into_owned(),
         };
         let time = crate::ostreeutil::source_date_epoch()?;
         let c = cache.write_commit_with_time(
@@ -893,16 +886,9 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
             cancellable,
         )?;
         cache.transaction_set_ref(None, &format!("hostforge/build/{}", ctx.treeref), Some(&c));
-        Ok(c.to_string())
-    })();
-    let built = match built {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = cache.abort_transaction(cancellable);
-            return Err(e);
-        }
+        c.to_string()
     };
-    let stats = cache.commit_transaction(cancellable)?;
+    let stats = tx.commit(cancellable)?;
     ctx.stats.objects_written =
         stats.get_content_objects_written() as u64 + stats.get_metadata_objects_written() as u64;
     ctx.stats.bytes_written = stats.get_content_bytes_written();
@@ -917,9 +903,9 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
         .pull_with_options(&url, &opts.end(), None, cancellable)
         .with_context(|| format!("copying commit {built} into the target repo"))?;
     process::fault_point("commit");
-    target.prepare_transaction(cancellable)?;
+    let tx = target.auto_transaction(cancellable)?;
     target.transaction_set_ref(None, &ctx.treeref, Some(&built));
-    target.commit_transaction(cancellable)?;
+    tx.commit(cancellable)?;
     // A repo served over HTTP has a summary; keep it in step with the refs.
     if ctx
         .opts

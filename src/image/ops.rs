@@ -153,6 +153,8 @@ fn read_root_file(rootfs: &Path, path: &str, scratch: &Path) -> Option<Vec<u8>> 
 }
 
 struct Opened {
+    /// Cleaned up by [`Opened::close`]; otherwise dropping it cleans up.
+    closed: bool,
     /// Beside the image: where the edited image is made, so it replaces the image by rename.
     staging: PathBuf,
     /// Everything else (filesystems read out, trees): a tmpfs when there is room.
@@ -195,6 +197,7 @@ fn open(img: &Path) -> Result<Opened> {
     debugfs(&boot_fs, &format!("rdump / {}", boot_dir.display()))
         .context("reading the /boot filesystem")?;
     Ok(Opened {
+        closed: false,
         staging,
         scratch,
         _lock: lock,
@@ -221,10 +224,28 @@ fn virtual_size(img: &Path) -> Result<u64> {
 }
 
 impl Opened {
-    /// Removes the scratch and staging directories.
+    /// Removes the scratch and staging directories at the end of an operation that worked,
+    /// so a failure to clean up is reported.
+    fn close(mut self) -> Result<()> {
+        self.closed = true;
+        self.remove()
+    }
+
     fn remove(&self) -> Result<()> {
         remove_staging(&self.scratch)?;
         remove_staging(&self.staging)
+    }
+}
+
+impl Drop for Opened {
+    /// An operation that failed leaves no scratch behind either; a cleanup error here is only
+    /// a warning, so it never hides the error that ended the operation.
+    fn drop(&mut self) {
+        if !self.closed {
+            if let Err(e) = self.remove() {
+                eprintln!("warning: cleaning up {}: {e:#}", self.staging.display());
+            }
+        }
     }
 }
 
@@ -283,9 +304,9 @@ fn origin_pinned(origin: &str) -> bool {
 /// The deployments of an image, default first.
 pub fn status(img: &Path) -> Result<Vec<Deployment>> {
     let o = open(img)?;
-    let result = deployments(&o);
-    o.remove()?;
-    result
+    let deps = deployments(&o)?;
+    o.close()?;
+    Ok(deps)
 }
 
 /// Puts the edited working copy in place of `img` (converted back to qcow2 if it was), in one
@@ -329,68 +350,65 @@ fn fs_identity(fs: &Path) -> Result<(String, String)> {
 /// Makes the rollback deployment the default (and the default the rollback).
 pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
     let o = open(img)?;
-    let result = (|| -> Result<Vec<Deployment>> {
-        let deps = deployments(&o)?;
-        if deps.len() < 2 {
-            bail!(
-                "{} has one deployment; there is nothing to roll back to",
-                img.display()
-            );
-        }
-        // ostree orders deployments by the entries' version, highest first: swap the two.
-        let dir = o.boot_dir.join("loader/entries");
-        let mut files: Vec<(u64, PathBuf)> = Vec::new();
-        for e in std::fs::read_dir(&dir)? {
-            let p = e?.path();
-            let text = std::fs::read_to_string(&p)?;
-            let v = text
-                .lines()
-                .find_map(|l| l.strip_prefix("version "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            files.push((v, p));
-        }
-        files.sort_by_key(|f| std::cmp::Reverse(f.0));
-        let (v0, v1) = (files[0].0, files[1].0);
-        for (p, new_v) in [(&files[0].1, v1), (&files[1].1, v0)] {
-            let text = std::fs::read_to_string(p)?;
-            let swapped: String = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("version ") {
-                        format!("version {new_v}\n")
-                    } else {
-                        format!("{l}\n")
-                    }
-                })
-                .collect();
-            std::fs::write(p, swapped)?;
-        }
-        let (label, uuid) = fs_identity(&o.boot_fs)?;
-        grub::write_config(&o.boot_dir, true)?;
-        let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
-        let epoch = crate::ostreeutil::source_date_epoch()?;
-        mkfs_ext4(
-            &o.boot_dir,
-            &o.boot_fs,
-            0,
-            o.boot_part.bytes,
-            &label,
-            &uuid,
-            epoch,
-        )?;
-        let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
-        disk.seek(SeekFrom::Start(o.boot_part.offset))?;
-        std::io::copy(&mut std::fs::File::open(&o.boot_fs)?, &mut disk)?;
-        disk.flush()?;
-        disk.sync_all()?;
-        // /boot in the staging dir now holds the edited entries; re-read the order from them.
-        let new_deps = deployments(&o)?;
-        replace_image(&o, img, "rollback")?;
-        Ok(new_deps)
-    })();
-    o.remove()?;
-    result
+    let deps = deployments(&o)?;
+    if deps.len() < 2 {
+        bail!(
+            "{} has one deployment; there is nothing to roll back to",
+            img.display()
+        );
+    }
+    // ostree orders deployments by the entries' version, highest first: swap the two.
+    let dir = o.boot_dir.join("loader/entries");
+    let mut files: Vec<(u64, PathBuf)> = Vec::new();
+    for e in std::fs::read_dir(&dir)? {
+        let p = e?.path();
+        let text = std::fs::read_to_string(&p)?;
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix("version "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        files.push((v, p));
+    }
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let (v0, v1) = (files[0].0, files[1].0);
+    for (p, new_v) in [(&files[0].1, v1), (&files[1].1, v0)] {
+        let text = std::fs::read_to_string(p)?;
+        let swapped: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("version ") {
+                    format!("version {new_v}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(p, swapped)?;
+    }
+    let (label, uuid) = fs_identity(&o.boot_fs)?;
+    grub::write_config(&o.boot_dir, true)?;
+    let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
+    let epoch = crate::ostreeutil::source_date_epoch()?;
+    mkfs_ext4(
+        &o.boot_dir,
+        &o.boot_fs,
+        0,
+        o.boot_part.bytes,
+        &label,
+        &uuid,
+        epoch,
+    )?;
+    let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
+    disk.seek(SeekFrom::Start(o.boot_part.offset))?;
+    std::io::copy(&mut std::fs::File::open(&o.boot_fs)?, &mut disk)?;
+    disk.flush()?;
+    disk.sync_all()?;
+    // /boot in the staging dir now holds the edited entries; re-read the order from them.
+    let new_deps = deployments(&o)?;
+    replace_image(&o, img, "rollback")?;
+    o.close()?;
+    Ok(new_deps)
 }
 
 /// Deploys `r` from `repo` into the image as the new default; the previous default stays as
@@ -491,68 +509,65 @@ fn offline_edit(
 ) -> Result<Vec<Deployment>> {
     use ostree::gio;
     let o = open(img)?;
-    let result = (|| -> Result<Vec<Deployment>> {
-        deployments(&o)?;
-        let sysroot_dir = o.scratch.join("sysroot");
-        std::fs::create_dir_all(&sysroot_dir)?;
-        debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
-            .context("reading the root filesystem")?;
-        let _ = std::fs::remove_dir_all(sysroot_dir.join("lost+found"));
-        let boot_dir = sysroot_dir.join("boot");
-        std::fs::create_dir_all(&boot_dir)?;
-        debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
-        let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
+    deployments(&o)?;
+    let sysroot_dir = o.scratch.join("sysroot");
+    std::fs::create_dir_all(&sysroot_dir)?;
+    debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
+        .context("reading the root filesystem")?;
+    let _ = std::fs::remove_dir_all(sysroot_dir.join("lost+found"));
+    let boot_dir = sysroot_dir.join("boot");
+    std::fs::create_dir_all(&boot_dir)?;
+    debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
+    let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
 
-        grub::install_hook(&o.scratch)?;
-        let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
-        sysroot
-            .load(gio::Cancellable::NONE)
-            .context("loading the image's sysroot")?;
-        relink_deployments(&sysroot, &sysroot_dir)?;
-        edit(&sysroot)?;
+    grub::install_hook(&o.scratch)?;
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .context("loading the image's sysroot")?;
+    relink_deployments(&sysroot, &sysroot_dir)?;
+    edit(&sysroot)?;
 
-        let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
-        let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
-        let epoch = crate::ostreeutil::source_date_epoch()?;
-        let boot_copy = o.scratch.join("bootfs");
-        std::fs::rename(&boot_dir, &boot_copy)?;
-        std::fs::create_dir(&boot_dir)?;
-        let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;
-        mkfs_ext4(
-            &boot_copy,
-            &o.boot_fs,
-            0,
-            o.boot_part.bytes,
-            &boot_label,
-            &boot_uuid,
-            epoch,
-        )?;
-        mkfs_ext4(
-            &sysroot_dir,
-            &o.root_fs,
-            0,
-            root_part.bytes,
-            &root_label,
-            &root_uuid,
-            epoch,
-        )?;
-        let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
-        for (part, fs) in [(&o.boot_part, &o.boot_fs), (&root_part, &o.root_fs)] {
-            disk.seek(SeekFrom::Start(part.offset))?;
-            std::io::copy(&mut std::fs::File::open(fs)?, &mut disk)?;
-        }
-        disk.flush()?;
-        disk.sync_all()?;
-        // Re-read what was written, from the new filesystems.
-        let _ = std::fs::remove_dir_all(&o.boot_dir);
-        std::fs::create_dir_all(&o.boot_dir)?;
-        debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
-        let new_deps = deployments(&o)?;
-        replace_image(&o, img, op)?;
-        Ok(new_deps)
-    })();
-    o.remove()?;
-    result
+    let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
+    let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
+    let epoch = crate::ostreeutil::source_date_epoch()?;
+    let boot_copy = o.scratch.join("bootfs");
+    std::fs::rename(&boot_dir, &boot_copy)?;
+    std::fs::create_dir(&boot_dir)?;
+    let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;
+    mkfs_ext4(
+        &boot_copy,
+        &o.boot_fs,
+        0,
+        o.boot_part.bytes,
+        &boot_label,
+        &boot_uuid,
+        epoch,
+    )?;
+    mkfs_ext4(
+        &sysroot_dir,
+        &o.root_fs,
+        0,
+        root_part.bytes,
+        &root_label,
+        &root_uuid,
+        epoch,
+    )?;
+    let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
+    for (part, fs) in [(&o.boot_part, &o.boot_fs), (&root_part, &o.root_fs)] {
+        disk.seek(SeekFrom::Start(part.offset))?;
+        std::io::copy(&mut std::fs::File::open(fs)?, &mut disk)?;
+    }
+    disk.flush()?;
+    disk.sync_all()?;
+    // Re-read what was written, from the new filesystems.
+    let _ = std::fs::remove_dir_all(&o.boot_dir);
+    std::fs::create_dir_all(&o.boot_dir)?;
+    debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
+    let new_deps = deployments(&o)?;
+    replace_image(&o, img, op)?;
+    o.close()?;
+    Ok(new_deps)
 }
 
 /// debugfs' rdump writes every name as its own file, so a deployment read out of an image no
