@@ -301,7 +301,7 @@ mod tests {
             std::os::unix::fs::symlink("../a", tree.join("etc/sub/c")).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(1100));
             let img = dir.path().join(format!("fs{run}.img"));
-            super::super::mkfs_ext4(
+            crate::image::filesystems::mkfs_ext4(
                 &tree,
                 &img,
                 0,

@@ -203,23 +203,25 @@ const MODULES: &[&str] = &[
     "terminal",
 ];
 
-/// Embeds core.img in the BIOS boot partition (`core_lba`, `max_sectors`) and boot.img's code
-/// in the MBR. GRUB finds its config on partition `boot_part` (1-based, GPT).
-pub fn install_bios(
-    disk: &mut std::fs::File,
-    staging: &Path,
-    core_lba: u64,
-    max_sectors: u64,
-    boot_part: usize,
-    separate_boot: bool,
-) -> Result<()> {
-    let core = mkimage(
+/// BIOS GRUB's core.img, finding its config on partition `boot_part` (1-based, GPT).
+pub fn bios_core(staging: &Path, boot_part: usize, separate_boot: bool) -> Result<PathBuf> {
+    mkimage(
         &BIOS,
         staging,
         &format!("set root=(hd0,gpt{boot_part})"),
         separate_boot,
-    )?;
-    let mut core_img = std::fs::read(&core)?;
+    )
+}
+
+/// Embeds `core` (from [`bios_core`]) in the BIOS boot partition (`core_lba`,
+/// `max_sectors`) and boot.img's code in the MBR.
+pub fn install_bios(
+    disk: &mut std::fs::File,
+    core: &Path,
+    core_lba: u64,
+    max_sectors: u64,
+) -> Result<()> {
+    let mut core_img = std::fs::read(core)?;
     let sectors = core_img.len().div_ceil(512) as u64;
     if sectors > max_sectors {
         bail!("GRUB's core.img needs {sectors} sectors; the bios-boot partition has {max_sectors}");

@@ -7,7 +7,9 @@
 //! whose loader swap changes the entries and GRUB's config (kept in the loader directory) in
 //! one rename.
 
-use super::{claim_scratch, gpt, grub, mkfs_ext4, remove_staging, scratch_dir, sweep_scratch, SHM};
+use super::filesystems::mkfs_ext4;
+use super::scratch::Workspace;
+use super::{gpt, grub};
 use crate::process;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -152,14 +154,10 @@ fn read_root_file(rootfs: &Path, path: &str, scratch: &Path) -> Option<Vec<u8>> 
     std::fs::read(scratch).ok()
 }
 
+/// An image opened for an operation: its workspace (dropping it cleans up), a raw working
+/// copy and both filesystems read out of it.
 struct Opened {
-    /// Cleaned up by [`Opened::close`]; otherwise dropping it cleans up.
-    closed: bool,
-    /// Beside the image: where the edited image is made, so it replaces the image by rename.
-    staging: PathBuf,
-    /// Everything else (filesystems read out, trees): a tmpfs when there is room.
-    scratch: PathBuf,
-    _lock: std::fs::File,
+    work: Workspace,
     raw: PathBuf,
     qcow2: bool,
     boot_part: gpt::Found,
@@ -169,20 +167,9 @@ struct Opened {
 }
 
 fn open(img: &Path) -> Result<Opened> {
-    let name = img
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file", img.display()))?;
-    let parent = img
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let staging = parent.join(format!(".{}.hostforge-op", name.to_string_lossy()));
-    remove_staging(&staging)?;
-    std::fs::create_dir_all(&staging)?;
-    sweep_scratch(Path::new(SHM));
-    let scratch = scratch_dir(img, virtual_size(img)?).unwrap_or_else(|| staging.join("scratch"));
-    let lock = claim_scratch(&scratch)?;
-    let (raw, qcow2) = working_copy(img, &staging, &scratch)?;
+    let work = Workspace::claim(img, "hostforge-op", virtual_size(img)?, None)?;
+    let scratch = &work.scratch;
+    let (raw, qcow2) = working_copy(img, &work.staging, scratch)?;
     let boot_part = partition(&raw, gpt::TYPE_XBOOTLDR)
         .context("finding /boot (hostforge images keep it on its own partition)")?;
     let root_part = partition(&raw, gpt::TYPE_ROOT_X86_64)?;
@@ -197,10 +184,7 @@ fn open(img: &Path) -> Result<Opened> {
     debugfs(&boot_fs, &format!("rdump / {}", boot_dir.display()))
         .context("reading the /boot filesystem")?;
     Ok(Opened {
-        closed: false,
-        staging,
-        scratch,
-        _lock: lock,
+        work,
         raw,
         qcow2,
         boot_part,
@@ -224,28 +208,10 @@ fn virtual_size(img: &Path) -> Result<u64> {
 }
 
 impl Opened {
-    /// Removes the scratch and staging directories at the end of an operation that worked,
-    /// so a failure to clean up is reported.
-    fn close(mut self) -> Result<()> {
-        self.closed = true;
-        self.remove()
-    }
-
-    fn remove(&self) -> Result<()> {
-        remove_staging(&self.scratch)?;
-        remove_staging(&self.staging)
-    }
-}
-
-impl Drop for Opened {
-    /// An operation that failed leaves no scratch behind either; a cleanup error here is only
-    /// a warning, so it never hides the error that ended the operation.
-    fn drop(&mut self) {
-        if !self.closed {
-            if let Err(e) = self.remove() {
-                eprintln!("warning: cleaning up {}: {e:#}", self.staging.display());
-            }
-        }
+    /// Removes the workspace at the end of an operation that worked, reporting a failure
+    /// to (dropping it on an error only warns).
+    fn close(self) -> Result<()> {
+        self.work.close()
     }
 }
 
@@ -261,7 +227,7 @@ fn deployments(o: &Opened) -> Result<Vec<Deployment>> {
                 .find_map(|a| a.strip_prefix("ostree="))
                 .ok_or_else(|| anyhow!("boot entry {:?} has no ostree= argument", e.title))?;
             let (osname, commit, dirname) = commit_of(&o.root_fs, ostree_path)?;
-            let scratch = o.scratch.join("read.tmp");
+            let scratch = o.work.scratch.join("read.tmp");
             let object = format!(
                 "/ostree/repo/objects/{}/{}.commit",
                 &commit[..2],
@@ -313,7 +279,7 @@ pub fn status(img: &Path) -> Result<Vec<Deployment>> {
 /// rename; `op` names the fault point for the interruption tests.
 fn replace_image(o: &Opened, img: &Path, op: &str) -> Result<()> {
     let final_path = if o.qcow2 {
-        let q = o.staging.join("work.qcow2");
+        let q = o.work.staging.join("work.qcow2");
         process::run(
             Command::new("qemu-img")
                 .args(["convert", "-f", "raw", "-O", "qcow2"])
@@ -425,53 +391,21 @@ pub fn pin(img: &Path, index: usize, pinned: bool) -> Result<Vec<Deployment>> {
 }
 
 fn deploy_in(sysroot: &ostree::Sysroot, repo: &Path, r: &str) -> Result<()> {
-    use ostree::gio;
-    let c = gio::Cancellable::NONE;
     // The booted deployment's stateroot on a node; the default's otherwise.
     let osname = sysroot
         .booted_deployment()
         .or_else(|| sysroot.deployments().into_iter().next())
         .ok_or_else(|| anyhow!("the sysroot has no deployment to deploy over"))?
         .osname();
-    let merge = sysroot
-        .merge_deployment(Some(&osname))
-        .ok_or_else(|| anyhow!("no deployment of {osname} to deploy over"))?;
-    let kargs: Vec<String> = merge
-        .bootconfig()
-        .and_then(|b| b.get("options"))
-        .map(|o| {
-            o.split_whitespace()
-                .filter(|a| !a.starts_with("ostree="))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    let commit = super::pull_into(&sysroot.repo(), repo, r)?;
-    let origin = sysroot.origin_new_from_refspec(r);
-    let kargs_ref: Vec<&str> = kargs.iter().map(String::as_str).collect();
-    let dep = sysroot
-        .deploy_tree(
-            Some(&osname),
-            &commit,
-            Some(&origin),
-            Some(&merge),
-            &kargs_ref,
-            c,
-        )
-        .with_context(|| format!("deploying {r} ({commit})"))?;
-    sysroot
-        .simple_write_deployment(
-            Some(&osname),
-            &dep,
-            Some(&merge),
-            ostree::SysrootSimpleWriteDeploymentFlags::NONE,
-            c,
-        )
-        .context("writing the deployments")?;
-    sysroot
-        .cleanup(c)
-        .context("pruning what the old deployments used")?;
-    Ok(())
+    let commit = super::sysroot::pull_into(&sysroot.repo(), repo, r)?;
+    super::sysroot::deploy(
+        sysroot,
+        &osname,
+        r,
+        &commit,
+        None,
+        super::sysroot::Keep::RollbackAndPinned,
+    )
 }
 
 fn pin_in(sysroot: &ostree::Sysroot, index: usize, pinned: bool) -> Result<()> {
@@ -510,7 +444,7 @@ fn offline_edit(
     use ostree::gio;
     let o = open(img)?;
     deployments(&o)?;
-    let sysroot_dir = o.scratch.join("sysroot");
+    let sysroot_dir = o.work.scratch.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
     debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
         .context("reading the root filesystem")?;
@@ -520,7 +454,7 @@ fn offline_edit(
     debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
     let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
 
-    grub::install_hook(&o.scratch)?;
+    grub::install_hook(&o.work.scratch)?;
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
     sysroot
         .load(gio::Cancellable::NONE)
@@ -531,7 +465,7 @@ fn offline_edit(
     let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
     let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
     let epoch = crate::ostreeutil::source_date_epoch()?;
-    let boot_copy = o.scratch.join("bootfs");
+    let boot_copy = o.work.scratch.join("bootfs");
     std::fs::rename(&boot_dir, &boot_copy)?;
     std::fs::create_dir(&boot_dir)?;
     let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;

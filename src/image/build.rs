@@ -1,0 +1,569 @@
+//! `image build` as a flat list of named, timed steps, each handing its result to the next:
+//!
+//! | step | what it does |
+//! |---|---|
+//! | prepare | loads the layout, resolves the refs, claims the workspace, starts grub-mkimage |
+//! | pull | makes a sysroot in scratch space and pulls the commits into its repo |
+//! | deploy | deploys them; meanwhile a thread formats the root partition and adds the repo's objects (the bulk of the root filesystem, which the deployments hardlink) |
+//! | filesystems | fills the /boot partition and the rest of the root partition |
+//! | bootloader | the ESP, BIOS GRUB's boot code, the GPT |
+//! | output | converts or compresses, and renames the image over the output |
+//! | cleanup | removes the workspace |
+//!
+//! A failing step leaves the previous output as it was: the workspace is removed when the
+//! plan is dropped.
+
+use super::filesystems::{self as fs, DirStamp, OBJECTS};
+use super::layout::{self, Bootloader, Format, Layout, PartType};
+use super::scratch::{remove_staging, Workspace};
+use super::{ext2fs, gpt, grub, sysroot};
+use crate::progress::{Progress, Timer};
+use crate::{ostreeutil, process};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::JoinHandle;
+
+const MIB: u64 = 1 << 20;
+
+pub struct BuildRequest<'a> {
+    pub repo: &'a Path,
+    pub treeref: &'a str,
+    pub previous: Option<&'a str>,
+    pub layout: &'a Path,
+    pub format: Option<Format>,
+    /// Compress the output with zstd (qcow2: compressed clusters; raw: a .zst stream).
+    pub compress: bool,
+    /// Random GUIDs/UUIDs instead of the layout's fixed ones.
+    pub random_uuids: bool,
+    /// Print nothing but errors (otherwise one line per timed step on stderr).
+    pub quiet: bool,
+    /// Scratch space for the staging sysroot (default: see [`super::scratch::scratch_dir`]).
+    pub tmpdir: Option<&'a Path>,
+    pub out: &'a Path,
+}
+
+/// Builds the image; see the module docs.
+pub fn build(req: &BuildRequest) -> Result<()> {
+    let progress = Progress::new(req.quiet, false);
+    let started = Timer::start();
+    let (plan, grub_images) = step(&progress, "prepare", || prepare(req))?;
+    let pulled = step(&progress, "pull", || pull(&plan))?;
+    let mut disk = step(&progress, "deploy", || deploy(&plan, &pulled))?;
+    step(&progress, "filesystems", || filesystems(&plan, &mut disk))?;
+    step(&progress, "bootloader", || {
+        bootloader(&plan, grub_images, &mut disk)
+    })?;
+    step(&progress, "output", || output(&plan, pulled, disk))?;
+    step(&progress, "cleanup", || {
+        plan.work.close()?;
+        Ok(((), "scratch removed".to_string()))
+    })?;
+    progress.step_done("total", started.secs(), &req.out.display().to_string());
+    Ok(())
+}
+
+/// Runs one step: timed once, its line printed with the detail it returns, its error marked
+/// with its name.
+fn step<T>(progress: &Progress, name: &str, f: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
+    let t = Timer::start();
+    let (value, detail) = f().with_context(|| format!("image build, step {name}"))?;
+    progress.step_done(name, t.secs(), &detail);
+    Ok(value)
+}
+
+/// What `prepare` settles for every later step.
+struct Plan<'a> {
+    req: &'a BuildRequest<'a>,
+    layout: Layout,
+    format: Format,
+    epoch: u64,
+    disk_bytes: u64,
+    placed: Vec<Placed>,
+    /// Dropped on an error: the workspace goes with it.
+    work: Workspace,
+}
+
+struct Placed {
+    first_lba: u64,
+    last_lba: u64,
+}
+
+impl Plan<'_> {
+    fn index_of(&self, mount: &str) -> Option<usize> {
+        self.layout
+            .partitions
+            .iter()
+            .position(|p| p.mount.as_deref() == Some(mount))
+    }
+
+    fn offset(&self, i: usize) -> u64 {
+        self.placed[i].first_lba * gpt::SECTOR
+    }
+
+    fn bytes(&self, i: usize) -> u64 {
+        (self.placed[i].last_lba - self.placed[i].first_lba + 1) * gpt::SECTOR
+    }
+
+    fn label(&self, i: usize) -> String {
+        let p = &self.layout.partitions[i];
+        p.label.clone().unwrap_or_else(|| p.name.clone())
+    }
+
+    fn uuid(&self, i: usize) -> &str {
+        self.layout.partitions[i]
+            .uuid
+            .as_deref()
+            .expect("validated")
+    }
+
+    fn root(&self) -> usize {
+        self.index_of("/").expect("validated")
+    }
+
+    fn separate_boot(&self) -> bool {
+        self.index_of("/boot").is_some()
+    }
+
+    /// The partition GRUB reads its config from: /boot, or / when /boot is part of it.
+    fn grub_partition(&self) -> usize {
+        self.index_of("/boot").unwrap_or_else(|| self.root())
+    }
+
+    fn sysroot_dir(&self) -> PathBuf {
+        self.work.scratch.join("sysroot")
+    }
+
+    fn boot_tree(&self) -> PathBuf {
+        self.work.scratch.join("bootfs")
+    }
+}
+
+/// GRUB's images, made by grub-mkimage while the commits are pulled and deployed.
+#[derive(Default)]
+struct GrubImages {
+    bios_core: Option<PathBuf>,
+    efi: Option<PathBuf>,
+}
+
+/// [`GrubImages`] on their way; dropping it waits, so the workspace is not removed under
+/// a running grub-mkimage.
+struct GrubImagesJob(Option<JoinHandle<Result<GrubImages>>>);
+
+impl GrubImagesJob {
+    fn wait(mut self) -> Result<GrubImages> {
+        self.0
+            .take()
+            .expect("waited once")
+            .join()
+            .map_err(|_| anyhow!("the grub-mkimage thread panicked"))?
+    }
+}
+
+impl Drop for GrubImagesJob {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn prepare<'a>(req: &'a BuildRequest<'a>) -> Result<((Plan<'a>, GrubImagesJob), String)> {
+    let mut layout = Layout::load(req.layout)?;
+    if req.random_uuids {
+        layout.randomize_ids()?;
+    }
+    let format = req.format.unwrap_or(layout.format);
+    let repo = ostreeutil::open_existing(req.repo)?;
+    let commit = ostreeutil::resolve(&repo, req.treeref)?
+        .ok_or_else(|| anyhow!("ref {} is not in {}", req.treeref, req.repo.display()))?;
+    if let Some(prev) = req.previous {
+        ostreeutil::resolve(&repo, prev)?
+            .ok_or_else(|| anyhow!("--previous {prev} is not in {}", req.repo.display()))?;
+    }
+    let epoch = ostreeutil::commit_epoch(&repo, &commit)?;
+    let disk_bytes = layout::parse_size(&layout.size)?;
+    let placed = place(&layout, disk_bytes)?;
+    let work = Workspace::claim(req.out, "hostforge-tmp", disk_bytes, req.tmpdir)
+        .with_context(|| format!("-o {}", req.out.display()))?;
+    let plan = Plan {
+        req,
+        layout,
+        format,
+        epoch,
+        disk_bytes,
+        placed,
+        work,
+    };
+    let grub = start_grub_images(&plan);
+    Ok(((plan, grub), commit))
+}
+
+fn start_grub_images(plan: &Plan) -> GrubImagesJob {
+    let scratch = plan.work.scratch.clone();
+    let separate_boot = plan.separate_boot();
+    let bios = plan.layout.has(Bootloader::Grub2Bios);
+    let efi = plan.layout.has(Bootloader::Grub2Efi);
+    let grub_part = plan.grub_partition();
+    let boot_uuid = plan.uuid(grub_part).to_string();
+    GrubImagesJob(Some(std::thread::spawn(move || {
+        Ok(GrubImages {
+            bios_core: match bios {
+                true => Some(grub::bios_core(&scratch, grub_part + 1, separate_boot)?),
+                false => None,
+            },
+            efi: match efi {
+                true => Some(grub::efi_binary(&scratch, &boot_uuid, separate_boot)?),
+                false => None,
+            },
+        })
+    })))
+}
+
+/// The sysroot in scratch space and the commits pulled into it.
+struct Pulled {
+    sysroot: ostree::Sysroot,
+    new: String,
+    previous: Option<String>,
+}
+
+fn pull(plan: &Plan) -> Result<(Pulled, String)> {
+    let layout = &plan.layout;
+    let grub = layout
+        .uses_grub()
+        .then_some((plan.separate_boot(), plan.work.scratch.as_path()));
+    let sysroot = sysroot::create(
+        &plan.sysroot_dir(),
+        &layout.ostree.osname,
+        grub,
+        layout.ostree.sysroot_readonly,
+    )?;
+    let srepo = sysroot.repo();
+    let previous = match plan.req.previous {
+        Some(prev) => Some(sysroot::pull_into(&srepo, plan.req.repo, prev)?),
+        None => None,
+    };
+    let new = sysroot::pull_into(&srepo, plan.req.repo, plan.req.treeref)?;
+    let detail = new.clone();
+    Ok((
+        Pulled {
+            sysroot,
+            new,
+            previous,
+        },
+        detail,
+    ))
+}
+
+/// The disk image on its way: the file, and the root filesystem open for filling.
+struct Disk {
+    path: PathBuf,
+    file: std::fs::File,
+    root_fs: Option<ext2fs::Fs>,
+}
+
+fn deploy(plan: &Plan, pulled: &Pulled) -> Result<(Disk, String)> {
+    let req = plan.req;
+    let layout = &plan.layout;
+    // A raw image without compression is the output itself: make it beside OUT.
+    let path = if plan.format == Format::Raw && !req.compress {
+        plan.work.staging.join("disk.raw")
+    } else {
+        plan.work.scratch.join("disk.raw")
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(plan.disk_bytes)?;
+    let sysroot_dir = plan.sysroot_dir();
+    let root = plan.root();
+    let osname = &layout.ostree.osname;
+    let root_fs = std::thread::scope(|scope| -> Result<ext2fs::Fs> {
+        // Nothing writes to ostree/repo/objects after the pull: its files go into the root
+        // filesystem while ostree deploys (the deployments are hardlinks to them).
+        let objects = scope.spawn(|| -> Result<(ext2fs::Fs, Vec<DirStamp>)> {
+            let mut root_fs = fs::format_ext4(
+                &path,
+                plan.offset(root),
+                plan.bytes(root),
+                &plan.label(root),
+                plan.uuid(root),
+                plan.epoch,
+            )?;
+            let stamps = fs::dir_stamps(&sysroot_dir.join(OBJECTS))?;
+            root_fs
+                .add(&sysroot_dir, Path::new(OBJECTS))
+                .with_context(|| format!("filling the {} filesystem", plan.label(root)))?;
+            Ok((root_fs, stamps))
+        });
+        let deployed = deploy_commits(plan, pulled);
+        let objects = objects
+            .join()
+            .map_err(|_| anyhow!("the root filesystem thread panicked"))?;
+        deployed?;
+        let (root_fs, stamps) = objects?;
+        if fs::dir_stamps(&sysroot_dir.join(OBJECTS))? != stamps {
+            bail!(
+                "ostree/repo/objects changed during the deploy; the root filesystem would miss it"
+            );
+        }
+        Ok(root_fs)
+    })?;
+    let disk = Disk {
+        path,
+        file,
+        root_fs: Some(root_fs),
+    };
+    Ok((disk, osname.clone()))
+}
+
+/// `--previous` (if given) and then the new commit, each with the layout's kernel arguments;
+/// /etc/fstab mounts a separate /boot.
+fn deploy_commits(plan: &Plan, pulled: &Pulled) -> Result<()> {
+    let layout = &plan.layout;
+    let req = plan.req;
+    let osname = &layout.ostree.osname;
+    let mut kargs = vec![format!("root=UUID={}", plan.uuid(plan.root()))];
+    kargs.extend(layout.kargs.iter().cloned());
+    let sysroot = &pulled.sysroot;
+    if let (Some(prev), Some(pc)) = (req.previous, &pulled.previous) {
+        sysroot::deploy(sysroot, osname, prev, pc, Some(&kargs), sysroot::Keep::All)?;
+    }
+    sysroot::deploy(
+        sysroot,
+        osname,
+        req.treeref,
+        &pulled.new,
+        Some(&kargs),
+        sysroot::Keep::All,
+    )?;
+    let sysroot_dir = plan.sysroot_dir();
+    if let Some(b) = plan.index_of("/boot") {
+        for dep in sysroot.deployments() {
+            let dir = sysroot_dir.join(sysroot.deployment_dirpath(&dep).as_str());
+            let fstab = dir.join("etc/fstab");
+            let mut text = std::fs::read_to_string(&fstab).unwrap_or_default();
+            text.push_str(&format!("UUID={} /boot ext4 defaults 0 2\n", plan.uuid(b)));
+            std::fs::write(&fstab, text).with_context(|| format!("writing {}", fstab.display()))?;
+        }
+    }
+    if layout.uses_grub() {
+        grub::link_config(&sysroot_dir.join("boot"))?;
+    }
+    Ok(())
+}
+
+/// /boot from the sysroot's boot directory into its partition, beside the rest of the root
+/// filesystem (the deployments, /etc, the repo's refs) into the root partition.
+fn filesystems(plan: &Plan, disk: &mut Disk) -> Result<((), String)> {
+    let sysroot_dir = plan.sysroot_dir();
+    let boot_tree = plan.boot_tree();
+    let boot = plan.index_of("/boot");
+    if boot.is_some() {
+        std::fs::rename(sysroot_dir.join("boot"), &boot_tree)?;
+        std::fs::create_dir(sysroot_dir.join("boot"))?;
+    }
+    disk.file.sync_all()?;
+    let root = plan.root();
+    let root_fs = disk.root_fs.take().expect("filled once");
+    std::thread::scope(|scope| -> Result<()> {
+        let boot_fs = boot.map(|b| {
+            let (path, tree) = (&disk.path, &boot_tree);
+            scope.spawn(move || {
+                fs::mkfs_ext4(
+                    tree,
+                    path,
+                    plan.offset(b),
+                    plan.bytes(b),
+                    &plan.label(b),
+                    plan.uuid(b),
+                    plan.epoch,
+                )
+            })
+        });
+        let mut root_fs = root_fs;
+        root_fs
+            .add(&sysroot_dir, Path::new(""))
+            .with_context(|| format!("filling the {} filesystem", plan.label(root)))?;
+        fs::finish_ext4(
+            root_fs,
+            &disk.path,
+            plan.offset(root),
+            &plan.label(root),
+            plan.epoch,
+        )?;
+        if let Some(h) = boot_fs {
+            h.join()
+                .map_err(|_| anyhow!("the /boot mkfs thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let n = 1 + usize::from(boot.is_some());
+    Ok(((), format!("{n} ext4")))
+}
+
+/// The ESP with GRUB's EFI binary, BIOS GRUB's core.img and boot code, and the GPT.
+fn bootloader(plan: &Plan, grub_images: GrubImagesJob, disk: &mut Disk) -> Result<((), String)> {
+    let images = grub_images.wait()?;
+    let layout = &plan.layout;
+    let mut done = Vec::new();
+    for (i, p) in layout.partitions.iter().enumerate() {
+        match p.kind {
+            PartType::Esp => {
+                let efi = images.efi.as_deref().ok_or_else(|| {
+                    anyhow!("partition {}: an ESP needs bootloader grub2-efi", p.name)
+                })?;
+                disk.file.sync_all()?;
+                fs::mkfs_esp(
+                    &disk.path,
+                    plan.offset(i),
+                    plan.bytes(i),
+                    p.label.as_deref().unwrap_or("EFI-SYSTEM"),
+                    p.uuid.as_deref().unwrap_or_default(),
+                    efi,
+                    &plan.work.scratch,
+                    plan.epoch,
+                )?;
+                done.push("ESP");
+            }
+            PartType::BiosBoot if layout.has(Bootloader::Grub2Bios) => {
+                let core = images.bios_core.as_deref().expect("made for grub2-bios");
+                grub::install_bios(
+                    &mut disk.file,
+                    core,
+                    plan.placed[i].first_lba,
+                    plan.placed[i].last_lba - plan.placed[i].first_lba + 1,
+                )?;
+                done.push("BIOS boot code");
+            }
+            _ => {}
+        }
+    }
+    gpt::write(
+        &mut disk.file,
+        plan.disk_bytes / gpt::SECTOR,
+        &layout.disk_guid,
+        &gpt_partitions(plan),
+    )?;
+    done.push("GPT");
+    disk.file.flush()?;
+    disk.file.sync_all()?;
+    Ok(((), done.join(", ")))
+}
+
+fn gpt_partitions(plan: &Plan) -> Vec<gpt::Partition> {
+    plan.layout
+        .partitions
+        .iter()
+        .zip(&plan.placed)
+        .map(|(p, at)| gpt::Partition {
+            type_guid: match p.kind {
+                PartType::BiosBoot => gpt::TYPE_BIOS_BOOT,
+                PartType::Esp => gpt::TYPE_ESP,
+                PartType::Xbootldr => gpt::TYPE_XBOOTLDR,
+                PartType::Root => gpt::TYPE_ROOT_X86_64,
+                PartType::Linux => gpt::TYPE_LINUX,
+            }
+            .to_string(),
+            guid: p.guid.clone(),
+            name: p.name.clone(),
+            first_lba: at.first_lba,
+            last_lba: at.last_lba,
+            attributes: 0,
+        })
+        .collect()
+}
+
+/// The image in its format, renamed over the output (the trees are freed meanwhile).
+fn output(plan: &Plan, pulled: Pulled, disk: Disk) -> Result<((), String)> {
+    let req = plan.req;
+    let Disk {
+        path: raw, file, ..
+    } = disk;
+    drop(file);
+    drop(pulled);
+    let trees = [plan.sysroot_dir(), plan.boot_tree()];
+    let freeing = std::thread::spawn(move || {
+        for t in &trees {
+            let _ = remove_staging(t);
+        }
+    });
+    let staging = &plan.work.staging;
+    let image = match (plan.format, req.compress) {
+        (Format::Raw, false) => raw,
+        (Format::Raw, true) => {
+            let z = staging.join("disk.raw.zst");
+            process::run(
+                Command::new("zstd")
+                    .args(["-q", "-T0", "--sparse", "-o"])
+                    .arg(&z)
+                    .arg(&raw),
+            )
+            .context("compressing with zstd (apt-get install zstd)")?;
+            std::fs::remove_file(&raw)?;
+            z
+        }
+        (Format::Qcow2, compress) => {
+            let q = staging.join("disk.qcow2");
+            let convert = |direct: bool| {
+                let mut cmd = Command::new("qemu-img");
+                cmd.args(["convert", "-f", "raw", "-O", "qcow2", "-W"]);
+                if direct {
+                    // O_DIRECT: the image goes to the disk without filling the page cache
+                    // (and evicting what the machine had there) on the way.
+                    cmd.args(["-t", "none"]);
+                }
+                if compress {
+                    cmd.args(["-c", "-o", "compression_type=zstd"]);
+                }
+                process::run(cmd.arg(&raw).arg(&q))
+            };
+            // Filesystems without O_DIRECT (tmpfs) get the page cache after all.
+            convert(true)
+                .or_else(|_| convert(false))
+                .context("converting to qcow2")?;
+            std::fs::remove_file(&raw)?;
+            q
+        }
+    };
+    let _ = freeing.join();
+    process::fault_point("image");
+    std::fs::rename(&image, req.out)
+        .with_context(|| format!("moving the image to {}", req.out.display()))?;
+    Ok(((), format!("{:?}", plan.format).to_lowercase()))
+}
+
+/// Partition positions, MiB-aligned, the last `rest` one filling the disk.
+fn place(layout: &Layout, disk_bytes: u64) -> Result<Vec<Placed>> {
+    let sectors = disk_bytes / gpt::SECTOR;
+    let mut next = MIB / gpt::SECTOR;
+    let mut out = Vec::new();
+    for p in &layout.partitions {
+        let first = next;
+        let last = if p.size == "rest" {
+            // Leave the backup GPT and keep the end MiB-aligned.
+            let end = gpt::last_usable(sectors) + 1;
+            (end / (MIB / gpt::SECTOR)) * (MIB / gpt::SECTOR) - 1
+        } else {
+            first + layout::parse_size(&p.size)? / gpt::SECTOR - 1
+        };
+        if last <= first || last > gpt::last_usable(sectors) {
+            bail!(
+                "partition {} does not fit in a disk of {}",
+                p.name,
+                layout.size
+            );
+        }
+        next = last + 1;
+        out.push(Placed {
+            first_lba: first,
+            last_lba: last,
+        });
+    }
+    Ok(out)
+}
