@@ -107,6 +107,12 @@ pub fn create(
 ) -> Result<ostree::Sysroot> {
     let c = gio::Cancellable::NONE;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A deploy ends with sync(), flushing every filesystem of the machine; this sysroot is
+    // thrown away once its tree is in the image, so its own syncfs is enough. libostree reads
+    // the knob with getenv (no API); a caller's own setting wins.
+    if std::env::var_os("OSTREE_SYSROOT_OPTS").is_none() {
+        std::env::set_var("OSTREE_SYSROOT_OPTS", "skip-sync");
+    }
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(dir)));
     sysroot
         .ensure_initialized(c)
