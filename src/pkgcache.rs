@@ -266,6 +266,28 @@ pub fn import(
     verifier: Option<&rpm::signature::pgp::Verifier>,
 ) -> Result<String> {
     let nv = nevra(pkg);
+    let rpm_pkg = open_verified(rpm_path, pkg, verifier)?;
+    let mut entries = payload_entries(&rpm_pkg, &nv)?;
+    let mut info = package_info(&rpm_pkg, pkg)?;
+    // Every path is checked before anything is written.
+    check_paths(&entries, &nv)?;
+    let cancellable = gio::Cancellable::NONE;
+    // Aborted on drop: a failed import leaves no half-open transaction in the cache.
+    let tx = repo.auto_transaction(cancellable)?;
+    let commit = write_package(repo, &rpm_pkg, &mut entries, &mut info, pkg)
+        .with_context(|| format!("importing {nv} into the package cache"))?;
+    tx.commit(cancellable)
+        .with_context(|| format!("importing {nv} into the package cache"))?;
+    Ok(commit)
+}
+
+/// The RPM at `rpm_path`, its digests checked and, for a `gpgcheck=1` repo, its signature.
+fn open_verified(
+    rpm_path: &Path,
+    pkg: &Solved,
+    verifier: Option<&rpm::signature::pgp::Verifier>,
+) -> Result<rpm::Package> {
+    let nv = nevra(pkg);
     let rpm_pkg = rpm::Package::open(rpm_path)
         .map_err(|e| anyhow!("{nv}: reading RPM {}: {e}", rpm_path.display()))?;
     rpm_pkg
@@ -290,7 +312,11 @@ pub fn import(
             )
         })?;
     }
+    Ok(rpm_pkg)
+}
 
+/// The payload's files with their contents.
+fn payload_entries(rpm_pkg: &rpm::Package, nv: &str) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
     let files = rpm_pkg
         .files()
@@ -298,7 +324,7 @@ pub fn import(
     for f in files {
         let f = f.map_err(|e| anyhow!("{nv}: payload is corrupt: {e}"))?;
         let m = &f.metadata;
-        entries.push(Entry {
+        let mut entry = Entry {
             path: m.path().to_string_lossy().into_owned(),
             ftype: m.file_type(),
             mode: u32::from(m.mode().raw_mode()) & 0o7777,
@@ -307,10 +333,16 @@ pub fn import(
             digest: m.digest().map(|d| d.to_string()),
             ghost: m.flags().contains(rpm::FileFlags::GHOST),
             content: None,
-        });
-        entries.last_mut().unwrap().content = f.into_content();
+        };
+        entry.content = f.into_content();
+        entries.push(entry);
     }
-    // Per-file facts kept beside the tree: owners, docs, languages.
+    Ok(entries)
+}
+
+/// Per-file facts kept beside the tree: owners, docs, languages.
+fn package_info(rpm_pkg: &rpm::Package, pkg: &Solved) -> Result<PkgInfo> {
+    let nv = nevra(pkg);
     let mut info = PkgInfo {
         nevra: nv.clone(),
         name: pkg.name.clone(),
@@ -335,10 +367,14 @@ pub fn import(
             info.langs.push((p, l.to_string()));
         }
     }
+    Ok(info)
+}
 
-    // Validate every path before writing anything.
+/// Refuses paths that are not plain absolute paths, symlinks that point outside the root and
+/// files under a symlink of the same package.
+fn check_paths(entries: &[Entry], nv: &str) -> Result<()> {
     let mut symlinks: Vec<String> = Vec::new();
-    for e in &entries {
+    for e in entries {
         let comps = checked_components(&e.path).map_err(|err| anyhow!("{nv}: refusing {err}"))?;
         if e.ftype == FileType::SymbolicLink {
             let target = e.linkto.as_deref().unwrap_or_default();
@@ -351,7 +387,7 @@ pub fn import(
             symlinks.push(format!("{}/", e.path));
         }
     }
-    for e in &entries {
+    for e in entries {
         if let Some(link) = symlinks.iter().find(|l| e.path.starts_with(l.as_str())) {
             bail!(
                 "{nv}: refusing {}: it lies under the symlink {} in the same package",
@@ -360,145 +396,164 @@ pub fn import(
             );
         }
     }
+    Ok(())
+}
 
-    let mut by_digest: HashMap<String, String> = HashMap::new();
-    let mut tmpfiles: Vec<String> = Vec::new();
-    let mut dirmeta = DirMetaCache::default();
-    let mtree = ostree::MutableTree::new();
-    let cancellable = gio::Cancellable::NONE;
-    // Aborted on drop: a failed import leaves no half-open transaction in the cache.
-    let tx = repo.auto_transaction(cancellable)?;
-    let result = (|| -> Result<String> {
-        mtree.set_metadata_checksum(&dirmeta.get(repo, 0, 0, 0o755)?);
-        // Directories first so their modes apply, then content in path order.
-        entries.sort_by(|a, b| {
-            (a.ftype != FileType::Dir)
-                .cmp(&(b.ftype != FileType::Dir))
-                .then(a.path.cmp(&b.path))
-        });
-        let mut deferred_hardlinks = Vec::new();
-        for e in &entries {
-            let comps = checked_components(&e.path)?;
-            let in_var = matches!(comps.first(), Some(&"var") | Some(&"run"));
-            if in_var {
-                tmpfiles.extend(tmpfiles_line(e, &comps));
-                if e.ftype == FileType::Regular && !e.ghost {
-                    // Content in /var is shipped in /usr/share/factory and copied at boot.
-                    let mut fac = vec!["usr", "share", "factory"];
-                    fac.extend(&comps);
-                    write_regular(
-                        repo,
-                        &mtree,
-                        &fac,
-                        e,
-                        &mut by_digest,
-                        &mut dirmeta,
-                        &mut deferred_hardlinks,
-                    )?;
-                }
-                continue;
-            }
-            if e.ghost || comps.is_empty() {
-                continue;
-            }
-            match e.ftype {
-                FileType::Dir => {
-                    let d = ensure_dirs(repo, &mtree, &comps, &mut dirmeta)?;
-                    d.set_metadata_checksum(&dirmeta.get(repo, 0, 0, e.mode)?);
-                }
-                FileType::Regular => {
-                    write_regular(
-                        repo,
-                        &mtree,
-                        &comps,
-                        e,
-                        &mut by_digest,
-                        &mut dirmeta,
-                        &mut deferred_hardlinks,
-                    )?;
-                }
-                FileType::SymbolicLink => {
-                    let (name, parent) = comps.split_last().unwrap();
-                    let dir = ensure_dirs(repo, &mtree, parent, &mut dirmeta)?;
-                    let csum = repo.write_symlink(
-                        None,
-                        0,
-                        0,
-                        None,
-                        e.linkto.as_deref().unwrap_or_default(),
-                        cancellable,
-                    )?;
-                    dir.replace_file(name, &csum)?;
-                    info.files.push((e.path.clone(), csum.to_string()));
-                }
-                // Device nodes, FIFOs and sockets cannot live in an ostree commit.
-                _ => {}
-            }
-        }
-        for (comps, digest, path) in deferred_hardlinks {
+/// The tree of one package as it is written: directory metadata by mode, content objects by
+/// digest (hardlinks in the payload share one), hardlinks whose content comes later.
+struct PkgTree<'r> {
+    repo: &'r ostree::Repo,
+    mtree: ostree::MutableTree,
+    dirmeta: DirMetaCache,
+    by_digest: HashMap<String, String>,
+    deferred: Vec<(Vec<String>, String, String)>,
+}
+
+impl<'r> PkgTree<'r> {
+    fn new(repo: &'r ostree::Repo) -> Result<Self> {
+        let mut t = PkgTree {
+            repo,
+            mtree: ostree::MutableTree::new(),
+            dirmeta: DirMetaCache::default(),
+            by_digest: HashMap::new(),
+            deferred: Vec::new(),
+        };
+        let root_meta = t.dirmeta.get(repo, 0, 0, 0o755)?;
+        t.mtree.set_metadata_checksum(&root_meta);
+        Ok(t)
+    }
+
+    fn regular(&mut self, comps: &[&str], e: &Entry) -> Result<()> {
+        write_regular(
+            self.repo,
+            &self.mtree,
+            comps,
+            e,
+            &mut self.by_digest,
+            &mut self.dirmeta,
+            &mut self.deferred,
+        )
+    }
+
+    fn dir(&mut self, comps: &[&str], mode: u32) -> Result<()> {
+        let d = ensure_dirs(self.repo, &self.mtree, comps, &mut self.dirmeta)?;
+        d.set_metadata_checksum(&self.dirmeta.get(self.repo, 0, 0, mode)?);
+        Ok(())
+    }
+
+    fn symlink(&mut self, comps: &[&str], target: &str) -> Result<String> {
+        let (name, parent) = comps.split_last().unwrap();
+        let dir = ensure_dirs(self.repo, &self.mtree, parent, &mut self.dirmeta)?;
+        let csum = self
+            .repo
+            .write_symlink(None, 0, 0, None, target, gio::Cancellable::NONE)?;
+        dir.replace_file(name, &csum)?;
+        Ok(csum.to_string())
+    }
+
+    /// Hardlinks whose content came after them in the payload.
+    fn link_deferred(&mut self, nv: &str) -> Result<()> {
+        for (comps, digest, path) in std::mem::take(&mut self.deferred) {
             let comps: Vec<&str> = comps.iter().map(String::as_str).collect();
-            let csum = by_digest.get(&digest).cloned().ok_or_else(|| {
+            let csum = self.by_digest.get(&digest).cloned().ok_or_else(|| {
                 anyhow!("{nv}: {path} is a hardlink whose content is missing from the payload")
             })?;
             let (name, parent) = comps.split_last().unwrap();
-            let dir = ensure_dirs(repo, &mtree, parent, &mut dirmeta)?;
+            let dir = ensure_dirs(self.repo, &self.mtree, parent, &mut self.dirmeta)?;
             dir.replace_file(name, &csum)?;
         }
-        for (path, csum) in by_digest_paths(&entries, &by_digest) {
-            info.files.push((path, csum));
+        Ok(())
+    }
+}
+
+/// Writes the package's tree and its commit (with the header and `info`) into the open
+/// transaction, and points the package's ref at it.
+fn write_package(
+    repo: &ostree::Repo,
+    rpm_pkg: &rpm::Package,
+    entries: &mut [Entry],
+    info: &mut PkgInfo,
+    pkg: &Solved,
+) -> Result<String> {
+    let nv = nevra(pkg);
+    let cancellable = gio::Cancellable::NONE;
+    let mut tree = PkgTree::new(repo)?;
+    // Directories first so their modes apply, then content in path order.
+    entries.sort_by(|a, b| {
+        (a.ftype != FileType::Dir)
+            .cmp(&(b.ftype != FileType::Dir))
+            .then(a.path.cmp(&b.path))
+    });
+    let mut tmpfiles: Vec<String> = Vec::new();
+    for e in entries.iter() {
+        let comps = checked_components(&e.path)?;
+        if matches!(comps.first(), Some(&"var") | Some(&"run")) {
+            tmpfiles.extend(tmpfiles_line(e, &comps).map_err(|err| anyhow!("{nv}: {err}"))?);
+            if e.ftype == FileType::Regular && !e.ghost {
+                // Content in /var is shipped in /usr/share/factory and copied at boot.
+                let mut fac = vec!["usr", "share", "factory"];
+                fac.extend(&comps);
+                tree.regular(&fac, e)?;
+            }
+            continue;
         }
-        if !tmpfiles.is_empty() {
-            tmpfiles.sort();
-            tmpfiles.dedup();
-            let text = format!(
-                "# Generated by hostforge from {nv}'s /var and /run content\n{}\n",
-                tmpfiles.join("\n")
-            );
-            let e = Entry {
-                path: String::new(),
-                ftype: FileType::Regular,
-                mode: 0o644,
-                caps: None,
-                linkto: None,
-                digest: None,
-                content: Some(text.into_bytes()),
-                ghost: false,
-            };
-            let name = format!("pkg-{}.conf", pkg.name);
-            write_regular(
-                repo,
-                &mtree,
-                &["usr", "lib", "tmpfiles.d", &name],
-                &e,
-                &mut by_digest,
-                &mut dirmeta,
-                &mut Vec::new(),
-            )?;
+        if e.ghost || comps.is_empty() {
+            continue;
         }
-        info.files.sort();
-        let root = repo.write_mtree(&mtree, cancellable)?;
-        let root = root
-            .downcast::<ostree::RepoFile>()
-            .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
-        let mut header = Vec::new();
-        rpm_pkg
-            .metadata
-            .write(&mut header)
-            .map_err(|e| anyhow!("{nv}: serializing header: {e}"))?;
-        let meta = MetaBuilder::new()
-            .str("hostforge.pkginfo", &serde_json::to_string(&info)?)
-            .bytes("hostforge.rpmmeta", &header)
-            .end();
-        let commit =
-            repo.write_commit_with_time(None, Some(&nv), None, Some(&meta), &root, 0, cancellable)?;
-        repo.transaction_set_ref(None, &pkg_ref(&nv), Some(&commit));
-        crate::process::fault_point("import");
-        Ok(commit.to_string())
-    })()
-    .with_context(|| format!("importing {nv} into the package cache"))?;
-    tx.commit(cancellable)
-        .with_context(|| format!("importing {nv} into the package cache"))?;
-    Ok(result)
+        match e.ftype {
+            FileType::Dir => tree.dir(&comps, e.mode)?,
+            FileType::Regular => tree.regular(&comps, e)?,
+            FileType::SymbolicLink => {
+                let csum = tree.symlink(&comps, e.linkto.as_deref().unwrap_or_default())?;
+                info.files.push((e.path.clone(), csum));
+            }
+            // Device nodes, FIFOs and sockets cannot live in an ostree commit.
+            _ => {}
+        }
+    }
+    tree.link_deferred(&nv)?;
+    for (path, csum) in by_digest_paths(entries, &tree.by_digest) {
+        info.files.push((path, csum));
+    }
+    if !tmpfiles.is_empty() {
+        tmpfiles.sort();
+        tmpfiles.dedup();
+        let text = format!(
+            "# Generated by hostforge from {nv}'s /var and /run content\n{}\n",
+            tmpfiles.join("\n")
+        );
+        let e = Entry {
+            path: String::new(),
+            ftype: FileType::Regular,
+            mode: 0o644,
+            caps: None,
+            linkto: None,
+            digest: None,
+            content: Some(text.into_bytes()),
+            ghost: false,
+        };
+        let name = format!("pkg-{}.conf", pkg.name);
+        tree.regular(&["usr", "lib", "tmpfiles.d", &name], &e)?;
+    }
+    info.files.sort();
+    let root = repo.write_mtree(&tree.mtree, cancellable)?;
+    let root = root
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
+    let mut header = Vec::new();
+    rpm_pkg
+        .metadata
+        .write(&mut header)
+        .map_err(|e| anyhow!("{nv}: serializing header: {e}"))?;
+    let meta = MetaBuilder::new()
+        .str("hostforge.pkginfo", &serde_json::to_string(&info)?)
+        .bytes("hostforge.rpmmeta", &header)
+        .end();
+    let commit =
+        repo.write_commit_with_time(None, Some(&nv), None, Some(&meta), &root, 0, cancellable)?;
+    repo.transaction_set_ref(None, &pkg_ref(&nv), Some(&commit));
+    crate::process::fault_point("import");
+    Ok(commit.to_string())
 }
 
 /// Regular files keyed by path with their checksums (content files and their hardlinks).
@@ -560,17 +615,24 @@ fn write_regular(
 }
 
 /// The `tmpfiles.d` line that recreates a /var or /run entry at boot.
-fn tmpfiles_line(e: &Entry, comps: &[&str]) -> Option<String> {
-    let path = format!("/{}", comps.join("/"));
-    match e.ftype {
+fn tmpfiles_line(e: &Entry, comps: &[&str]) -> Result<Option<String>> {
+    let shown = format!("/{}", comps.join("/"));
+    let path = crate::validate::tmpfiles_path(&shown)?;
+    Ok(match e.ftype {
         FileType::Dir => Some(format!("d {path} {:04o} root root - -", e.mode)),
-        FileType::SymbolicLink => Some(format!(
-            "L {path} - - - - {}",
-            e.linkto.as_deref().unwrap_or_default()
+        FileType::SymbolicLink => {
+            let target = e.linkto.as_deref().unwrap_or_default();
+            if target.chars().any(char::is_control) || target.trim() != target {
+                bail!("{shown}: symlink target {target:?} cannot be written to tmpfiles.d");
+            }
+            Some(format!("L {path} - - - - {}", target.replace('%', "%%")))
+        }
+        FileType::Regular if !e.ghost => Some(format!(
+            "C {path} - - - - /usr/share/factory{}",
+            shown.replace('%', "%%")
         )),
-        FileType::Regular if !e.ghost => Some(format!("C {path} - - - - /usr/share/factory{path}")),
         _ => None,
-    }
+    })
 }
 
 /// Groups packages by name for messages: `name -> nevra`.

@@ -1,6 +1,6 @@
 //! Filesystems for disk images, written straight into the image file at a partition's
-//! offset: ext4 formatted by `mkfs.ext4` and filled by [`ext2fs`] (inode times then pinned
-//! by [`ext4`]), and the ESP as FAT by mtools. Nothing is mounted.
+//! offset: ext4 formatted by `mkfs.ext4` and filled by `ext2fs` (inode times then pinned
+//! by `ext4`), and the ESP as FAT by mtools. Nothing is mounted.
 
 use super::{ext2fs, ext4, layout};
 use crate::process;
@@ -45,8 +45,8 @@ pub fn clamp_times(dir: &Path, epoch: u64) -> Result<()> {
 
 /// Makes an ext4 filesystem of `bytes` from `dir`, `offset` bytes into `image` (a partition
 /// of a disk image, or a whole new file when 0), with fixed UUID, hash seed and times:
-/// `mkfs.ext4` formats (its own times from `E2FSPROGS_FAKE_TIME`), [`ext2fs::Fs`] copies the
-/// tree in (libext2fs's times from `epoch`), and [`ext4::pin_times`] then makes sure every
+/// `mkfs.ext4` formats (its own times from `E2FSPROGS_FAKE_TIME`), `ext2fs::Fs` copies the
+/// tree in (libext2fs's times from `epoch`), and `ext4::pin_times` then makes sure every
 /// inode's times are `epoch`.
 pub fn mkfs_ext4(
     dir: &Path,

@@ -106,7 +106,7 @@ fn boot_prefix(sysroot: &Path) -> String {
 }
 
 /// Records in the sysroot's repo config how GRUB reaches the kernels, and points ostree's
-/// grub2 backend at hostforge as its config generator (see [`generator_main`]).
+/// grub2 backend at hostforge as its config generator (see [`install_hook`]).
 pub fn configure_sysroot(repo_cfg: &ostree::glib::KeyFile, separate_boot: bool) {
     repo_cfg.set_string("sysroot", "bootloader", "grub2");
     repo_cfg.set_string(

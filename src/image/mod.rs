@@ -5,10 +5,10 @@
 //!
 //! | module | responsibility |
 //! |---|---|
-//! | [`build`] | `image build` as a list of named, timed steps |
+//! | [`mod@build`] | `image build` as a list of named, timed steps |
 //! | [`ops`] | `status`, `deploy`, `rollback`, `pin` on image files and live sysroots |
 //! | [`sysroot`] | pulling commits into a sysroot; the one deploy everything uses |
-//! | [`filesystems`] | ext4 (through [`ext2fs`], times pinned by [`ext4`]) and the ESP |
+//! | [`filesystems`] | ext4 (through `ext2fs`, times pinned by `ext4`) and the ESP |
 //! | [`scratch`] | workspaces: claimed under a lock, on tmpfs when there is room, swept |
 //! | [`grub`] | GRUB's menu from ostree's entries, its images and BIOS boot code |
 //! | [`gpt`], [`layout`] | the partition table; disk layouts (`images/*.yaml`) |
