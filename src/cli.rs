@@ -287,132 +287,12 @@ fn parse_kv(s: &str) -> Result<(String, String)> {
 }
 
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Compose(ComposeCmd::Tree(a)) => {
-            let opts = compose::Options {
-                treefile: a.treefile,
-                repo: a.repo,
-                cachedir: a.cachedir,
-                write_commitid_to: a.write_commitid_to,
-                write_composejson_to: a.write_composejson_to,
-                add_metadata: a
-                    .add_metadata_string
-                    .iter()
-                    .map(|s| parse_kv(s))
-                    .collect::<Result<_>>()?,
-                force_nocache: a.force_nocache,
-                dry_run: a.dry_run,
-                quiet: a.quiet,
-                json: a.json,
-            };
-            let json = opts.json;
-            let doc = compose::compose_tree(opts)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "summary", "compose": doc})
-                );
-            }
-            Ok(())
-        }
-        Command::Provision(a) => {
-            let spec = match &a.spec {
-                Some(p) => crate::provision::Spec::load(p)?,
-                None => crate::provision::Spec::default(),
-            };
-            let written = crate::provision::provision(&crate::provision::Request {
-                repo: &a.repo,
-                treeref: &a.treeref,
-                url: &a.url,
-                out: &a.out,
-                spec,
-            })?;
-            for w in written {
-                println!("{}", w.display());
-            }
-            Ok(())
-        }
-        Command::Image(ImageCmd::Build(a)) => {
-            use crate::image::layout::Format;
-            crate::image::build(&crate::image::BuildRequest {
-                repo: &a.repo,
-                treeref: &a.treeref,
-                previous: a.previous.as_deref(),
-                layout: &a.layout,
-                format: a.format.map(|f| match f {
-                    ImageFormat::Raw => Format::Raw,
-                    ImageFormat::Qcow2 => Format::Qcow2,
-                }),
-                compress: matches!(a.compress, Some(Compression::Zstd)),
-                random_uuids: a.random_uuids,
-                quiet: a.quiet,
-                tmpdir: a.tmpdir.as_deref(),
-                out: &a.output,
-            })?;
-            println!("{}", a.output.display());
-            Ok(())
-        }
-        Command::Image(ImageCmd::Deploy(a)) => {
-            use crate::image::ops;
-            let deps = match (&a.target.image, &a.target.sysroot) {
-                (Some(img), _) => ops::deploy(img, &a.repo, &a.treeref)?,
-                (None, Some(s)) => ops::live_deploy(s, &a.repo, &a.treeref)?,
-                (None, None) => unreachable!("clap requires one"),
-            };
-            print_deployments(&deps, false)
-        }
-        Command::Image(ImageCmd::Status(a)) => {
-            use crate::image::ops;
-            let deps = match (&a.target.image, &a.target.sysroot) {
-                (Some(img), _) => ops::status(img)?,
-                (None, Some(s)) => ops::live_status(s)?,
-                (None, None) => unreachable!("clap requires one"),
-            };
-            print_deployments(&deps, a.json)
-        }
-        Command::Image(ImageCmd::Rollback(a)) => {
-            use crate::image::ops;
-            let deps = match (&a.target.image, &a.target.sysroot) {
-                (Some(img), _) => ops::rollback(img)?,
-                (None, Some(s)) => ops::live_rollback(s)?,
-                (None, None) => unreachable!("clap requires one"),
-            };
-            print_deployments(&deps, false)
-        }
-        Command::Image(ImageCmd::Pin(a)) => {
-            use crate::image::ops;
-            let deps = match (&a.target.image, &a.target.sysroot) {
-                (Some(img), _) => ops::pin(img, a.index, !a.unpin)?,
-                (None, Some(s)) => ops::live_pin(s, a.index, !a.unpin)?,
-                (None, None) => unreachable!("clap requires one"),
-            };
-            print_deployments(&deps, false)
-        }
-        Command::Toolbox(ToolboxCmd::Build(a)) => {
-            let built = crate::toolbox::build(&crate::toolbox::BuildRequest {
-                treefile: &a.treefile,
-                tag: &a.tag,
-                push: a.push,
-                oci_dir: a.oci_dir.as_deref(),
-                tls_verify: a.tls_verify,
-                authfile: a.authfile.as_deref(),
-                cachedir: &a.cachedir,
-                quiet: a.quiet || a.json,
-            })?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&built)?);
-            } else {
-                println!("{} (commit {})", built.tag, built.commit);
-                if let Some(d) = &built.digest {
-                    println!("pushed: {d}");
-                }
-                if let Some(d) = &built.oci_dir {
-                    println!("OCI layout: {}", d.display());
-                }
-            }
-            Ok(())
-        }
+    match Cli::parse().command {
+        Command::Compose(ComposeCmd::Tree(a)) => compose_tree(a),
+        Command::Provision(a) => provision(a),
+        Command::Image(ImageCmd::Build(a)) => image_build(a),
+        Command::Image(op) => image_op(op),
+        Command::Toolbox(ToolboxCmd::Build(a)) => toolbox_build(a),
         Command::GrubMkconfig(a) => crate::image::grub::mkconfig(&a.output),
         Command::Dracut(DracutCmd::Emit(a)) => {
             let module = crate::dracut::Module {
@@ -425,6 +305,122 @@ pub fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn compose_tree(a: TreeArgs) -> Result<()> {
+    let opts = compose::Options {
+        treefile: a.treefile,
+        repo: a.repo,
+        cachedir: a.cachedir,
+        write_commitid_to: a.write_commitid_to,
+        write_composejson_to: a.write_composejson_to,
+        add_metadata: a
+            .add_metadata_string
+            .iter()
+            .map(|s| parse_kv(s))
+            .collect::<Result<_>>()?,
+        force_nocache: a.force_nocache,
+        dry_run: a.dry_run,
+        quiet: a.quiet,
+        json: a.json,
+    };
+    let json = opts.json;
+    let doc = compose::compose_tree(opts)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "summary", "compose": doc})
+        );
+    }
+    Ok(())
+}
+
+fn provision(a: ProvisionArgs) -> Result<()> {
+    let spec = match &a.spec {
+        Some(p) => crate::provision::Spec::load(p)?,
+        None => crate::provision::Spec::default(),
+    };
+    let written = crate::provision::provision(&crate::provision::Request {
+        repo: &a.repo,
+        treeref: &a.treeref,
+        url: &a.url,
+        out: &a.out,
+        spec,
+    })?;
+    for w in written {
+        println!("{}", w.display());
+    }
+    Ok(())
+}
+
+fn image_build(a: ImageBuildArgs) -> Result<()> {
+    use crate::image::layout::Format;
+    crate::image::build(&crate::image::BuildRequest {
+        repo: &a.repo,
+        treeref: &a.treeref,
+        previous: a.previous.as_deref(),
+        layout: &a.layout,
+        format: a.format.map(|f| match f {
+            ImageFormat::Raw => Format::Raw,
+            ImageFormat::Qcow2 => Format::Qcow2,
+        }),
+        compress: matches!(a.compress, Some(Compression::Zstd)),
+        random_uuids: a.random_uuids,
+        quiet: a.quiet,
+        tmpdir: a.tmpdir.as_deref(),
+        out: &a.output,
+    })?;
+    println!("{}", a.output.display());
+    Ok(())
+}
+
+/// The A/B operations, on an image file or (`--sysroot`) a live sysroot.
+fn image_op(cmd: ImageCmd) -> Result<()> {
+    use crate::image::ops;
+    let (target, json) = match &cmd {
+        ImageCmd::Build(_) => unreachable!("image_build"),
+        ImageCmd::Deploy(a) => (&a.target, false),
+        ImageCmd::Status(a) => (&a.target, a.json),
+        ImageCmd::Rollback(a) => (&a.target, false),
+        ImageCmd::Pin(a) => (&a.target, false),
+    };
+    let deps = match (&target.image, &target.sysroot, &cmd) {
+        (Some(img), _, ImageCmd::Deploy(a)) => ops::deploy(img, &a.repo, &a.treeref)?,
+        (Some(img), _, ImageCmd::Status(_)) => ops::status(img)?,
+        (Some(img), _, ImageCmd::Rollback(_)) => ops::rollback(img)?,
+        (Some(img), _, ImageCmd::Pin(a)) => ops::pin(img, a.index, !a.unpin)?,
+        (None, Some(s), ImageCmd::Deploy(a)) => ops::live_deploy(s, &a.repo, &a.treeref)?,
+        (None, Some(s), ImageCmd::Status(_)) => ops::live_status(s)?,
+        (None, Some(s), ImageCmd::Rollback(_)) => ops::live_rollback(s)?,
+        (None, Some(s), ImageCmd::Pin(a)) => ops::live_pin(s, a.index, !a.unpin)?,
+        _ => unreachable!("clap requires an image or --sysroot"),
+    };
+    print_deployments(&deps, json)
+}
+
+fn toolbox_build(a: ToolboxBuildArgs) -> Result<()> {
+    let built = crate::toolbox::build(&crate::toolbox::BuildRequest {
+        treefile: &a.treefile,
+        tag: &a.tag,
+        push: a.push,
+        oci_dir: a.oci_dir.as_deref(),
+        tls_verify: a.tls_verify,
+        authfile: a.authfile.as_deref(),
+        cachedir: &a.cachedir,
+        quiet: a.quiet || a.json,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&built)?);
+    } else {
+        println!("{} (commit {})", built.tag, built.commit);
+        if let Some(d) = &built.digest {
+            println!("pushed: {d}");
+        }
+        if let Some(d) = &built.oci_dir {
+            println!("OCI layout: {}", d.display());
+        }
+    }
+    Ok(())
 }
 
 fn print_deployments(deps: &[crate::image::ops::Deployment], json: bool) -> Result<()> {
@@ -487,6 +483,20 @@ mod tests {
             parse_kv(&a.add_metadata_string[0]).unwrap(),
             ("a".into(), "b".into())
         );
+    }
+
+    /// ostree's grub2 backend runs `hostforge grub-mkconfig -o PATH` (through the hook
+    /// script): a subcommand clap knows, kept out of `--help`.
+    #[test]
+    fn grub_mkconfig_is_a_hidden_subcommand() {
+        let cli = Cli::try_parse_from(["hostforge", "grub-mkconfig", "-o", "/b/loader.1/grub.cfg"])
+            .unwrap();
+        let Command::GrubMkconfig(a) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(a.output, PathBuf::from("/b/loader.1/grub.cfg"));
+        let help = Cli::command().render_help().to_string();
+        assert!(!help.contains("grub-mkconfig"), "{help}");
     }
 
     #[test]
