@@ -151,6 +151,32 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
     result
 }
 
+/// A buildah working container, removed when dropped.
+struct Container<'b> {
+    buildah: &'b Buildah,
+    name: String,
+}
+
+impl<'b> Container<'b> {
+    fn from_scratch(buildah: &'b Buildah) -> Result<Self> {
+        let name = format!("hostforge-toolbox-{}", std::process::id());
+        let _ = buildah.run(&["rm", &name], "removing a stale build container");
+        buildah.run(
+            &["from", "--name", &name, "scratch"],
+            "starting an empty image (buildah from scratch)",
+        )?;
+        Ok(Container { buildah, name })
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .buildah
+            .run(&["rm", &self.name], "removing the build container");
+    }
+}
+
 fn pack(
     buildah: &Buildah,
     req: &BuildRequest,
@@ -159,127 +185,146 @@ fn pack(
     version: Option<&str>,
     epoch: u64,
 ) -> Result<Built> {
-    let name = format!("hostforge-toolbox-{}", std::process::id());
-    let _ = buildah.run(&["rm", &name], "removing a stale build container");
+    let container = Container::from_scratch(buildah)?;
+    let name = container.name.as_str();
+    let mut root_arg = rootfs.as_os_str().to_owned();
+    root_arg.push("/");
+    process::run(buildah.cmd().arg("add").arg(name).arg(&root_arg).arg("/"))
+        .context("adding the composed root to the image")?;
+    configure(buildah, name, req, commit, version, epoch)?;
+    let epoch_s = epoch.to_string();
     buildah.run(
-        &["from", "--name", &name, "scratch"],
-        "starting an empty image (buildah from scratch)",
+        &[
+            "commit",
+            "--quiet",
+            "--format",
+            "oci",
+            "--timestamp",
+            &epoch_s,
+            name,
+            req.tag,
+        ],
+        "committing the image (buildah commit)",
     )?;
-    let result = (|| -> Result<Built> {
-        let mut root_arg = rootfs.as_os_str().to_owned();
-        root_arg.push("/");
-        process::run(buildah.cmd().arg("add").arg(&name).arg(&root_arg).arg("/"))
-            .context("adding the composed root to the image")?;
-        let mut labels = vec![
-            "com.github.containers.toolbox=true".to_string(),
-            format!("org.opencontainers.image.revision={commit}"),
-            format!("io.hostforge.commit={commit}"),
-            format!(
-                "io.hostforge.treefile={}",
-                req.treefile
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-            ),
-            format!("org.opencontainers.image.created={}", rfc3339(epoch)),
-        ];
-        if let Some(v) = version {
-            labels.push(format!("org.opencontainers.image.version={v}"));
-        }
-        let mut config: Vec<String> = vec![
-            "config".into(),
-            "--os".into(),
-            "linux".into(),
-            "--arch".into(),
-            "amd64".into(),
-            "--entrypoint".into(),
-            r#"["/usr/bin/env"]"#.into(),
-            "--cmd".into(),
-            "/bin/bash".into(),
-            "--env".into(),
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            "--env".into(),
-            "HOST=/host".into(),
-            "--workingdir".into(),
-            "/".into(),
-            "--created-by".into(),
-            format!("hostforge {}", compose::HOSTFORGE_VERSION),
-        ];
-        for l in &labels {
-            config.push("--label".into());
-            config.push(l.clone());
-        }
-        config.push(name.clone());
-        let config_ref: Vec<&str> = config.iter().map(String::as_str).collect();
-        buildah.run(&config_ref, "setting the image config")?;
-        let epoch_s = epoch.to_string();
-        buildah.run(
-            &[
-                "commit",
-                "--quiet",
-                "--format",
-                "oci",
-                "--timestamp",
-                &epoch_s,
-                &name,
-                req.tag,
-            ],
-            "committing the image (buildah commit)",
-        )?;
-        let mut digest = None;
-        if let Some(dir) = req.oci_dir {
-            let t = req.tag.rsplit_once(':').map(|x| x.1).unwrap_or("latest");
-            let _ = std::fs::remove_dir_all(dir);
-            if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent)?;
+    if let Some(dir) = req.oci_dir {
+        write_oci_dir(buildah, req.tag, dir)?;
+    }
+    let digest = match req.push {
+        true => Some(push(buildah, req)?),
+        false => None,
+    };
+    Ok(Built {
+        tag: req.tag.to_string(),
+        commit: commit.to_string(),
+        digest,
+        oci_dir: req.oci_dir.map(Path::to_path_buf),
+    })
+}
+
+/// The image config: toolbox's entrypoint and environment, labels naming the commit.
+fn configure(
+    buildah: &Buildah,
+    name: &str,
+    req: &BuildRequest,
+    commit: &str,
+    version: Option<&str>,
+    epoch: u64,
+) -> Result<()> {
+    let mut labels = vec![
+        "com.github.containers.toolbox=true".to_string(),
+        format!("org.opencontainers.image.revision={commit}"),
+        format!("io.hostforge.commit={commit}"),
+        format!(
+            "io.hostforge.treefile={}",
+            req.treefile
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        ),
+        format!("org.opencontainers.image.created={}", rfc3339(epoch)),
+    ];
+    if let Some(v) = version {
+        labels.push(format!("org.opencontainers.image.version={v}"));
+    }
+    let mut config: Vec<String> = [
+        "config",
+        "--os",
+        "linux",
+        "--arch",
+        "amd64",
+        "--entrypoint",
+        r#"["/usr/bin/env"]"#,
+        "--cmd",
+        "/bin/bash",
+        "--env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--env",
+        "HOST=/host",
+        "--workingdir",
+        "/",
+        "--created-by",
+    ]
+    .map(String::from)
+    .to_vec();
+    config.push(format!("hostforge {}", compose::HOSTFORGE_VERSION));
+    for l in &labels {
+        config.push("--label".into());
+        config.push(l.clone());
+    }
+    config.push(name.to_string());
+    let config_ref: Vec<&str> = config.iter().map(String::as_str).collect();
+    buildah.run(&config_ref, "setting the image config")?;
+    Ok(())
+}
+
+/// The committed image `tag` as an OCI layout directory.
+fn write_oci_dir(buildah: &Buildah, tag: &str, dir: &Path) -> Result<()> {
+    let t = tag.rsplit_once(':').map(|x| x.1).unwrap_or("latest");
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    buildah.run(
+        &[
+            "push",
+            "--quiet",
+            tag,
+            &format!("oci:{}:{t}", dir.display()),
+        ],
+        &format!("writing the OCI layout {}", dir.display()),
+    )?;
+    Ok(())
+}
+
+/// Pushes the committed image to its registry; returns the manifest digest.
+fn push(buildah: &Buildah, req: &BuildRequest) -> Result<String> {
+    let digestfile = buildah
+        .root
+        .with_file_name(format!("digest-{}", std::process::id()));
+    let mut cmd = buildah.cmd();
+    cmd.args(["push", "--quiet", "--retry", "1", "--retry-delay", "1s"])
+        .arg(format!("--tls-verify={}", req.tls_verify))
+        .arg("--digestfile")
+        .arg(&digestfile);
+    if let Some(a) = req.authfile {
+        cmd.arg("--authfile").arg(a);
+    }
+    cmd.arg(req.tag).arg(format!("docker://{}", req.tag));
+    process::run(&mut cmd).map_err(|e| {
+        let registry = req.tag.split('/').next().unwrap_or_default();
+        anyhow!(
+            "pushing {} failed; is the registry {registry} up and reachable{}?\n{e:#}",
+            req.tag,
+            if req.tls_verify {
+                " over HTTPS (--tls-verify=false for plain HTTP)"
+            } else {
+                ""
             }
-            buildah.run(
-                &[
-                    "push",
-                    "--quiet",
-                    req.tag,
-                    &format!("oci:{}:{t}", dir.display()),
-                ],
-                &format!("writing the OCI layout {}", dir.display()),
-            )?;
-        }
-        if req.push {
-            let digestfile = buildah
-                .root
-                .with_file_name(format!("digest-{}", std::process::id()));
-            let mut cmd = buildah.cmd();
-            cmd.args(["push", "--quiet", "--retry", "1", "--retry-delay", "1s"])
-                .arg(format!("--tls-verify={}", req.tls_verify))
-                .arg("--digestfile")
-                .arg(&digestfile);
-            if let Some(a) = req.authfile {
-                cmd.arg("--authfile").arg(a);
-            }
-            cmd.arg(req.tag).arg(format!("docker://{}", req.tag));
-            process::run(&mut cmd).map_err(|e| {
-                let registry = req.tag.split('/').next().unwrap_or_default();
-                anyhow!(
-                    "pushing {} failed; is the registry {registry} up and reachable{}?\n{e:#}",
-                    req.tag,
-                    if req.tls_verify {
-                        " over HTTPS (--tls-verify=false for plain HTTP)"
-                    } else {
-                        ""
-                    }
-                )
-            })?;
-            digest = Some(std::fs::read_to_string(&digestfile)?.trim().to_string());
-            let _ = std::fs::remove_file(&digestfile);
-        }
-        Ok(Built {
-            tag: req.tag.to_string(),
-            commit: commit.to_string(),
-            digest,
-            oci_dir: req.oci_dir.map(Path::to_path_buf),
-        })
-    })();
-    let _ = buildah.run(&["rm", &name], "removing the build container");
-    result
+        )
+    })?;
+    let digest = std::fs::read_to_string(&digestfile)?.trim().to_string();
+    let _ = std::fs::remove_file(&digestfile);
+    Ok(digest)
 }
 
 /// Seconds since the epoch as an RFC 3339 UTC time.
