@@ -74,12 +74,15 @@ struct Ctx {
     steps: Vec<(String, f64)>,
     /// (device, inode) -> checksum of every file the assemble step hardlinked from the cache.
     devino: ostree::RepoDevInoCache,
+    /// Committed path -> (uid, gid) for files not owned by root, from the layout step.
+    owners: BTreeMap<String, (u32, u32)>,
 }
 
-/// Whether the pipeline goes on after a step.
+/// How a step ended: whether the pipeline goes on, and the detail for the step's progress
+/// line (a stop without one prints no line: the step said why itself).
 enum Flow {
-    Continue,
-    Stop,
+    Continue(String),
+    Stop(Option<String>),
 }
 
 type Step = fn(&mut Ctx) -> Result<Flow>;
@@ -153,13 +156,21 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
         stats: Stats::default(),
         steps: Vec::new(),
         devino: ostree::RepoDevInoCache::new(),
+        owners: BTreeMap::new(),
     };
+    // Each step is timed here, once; its line carries the detail it returns.
     for (name, step) in STEPS {
         let t = Timer::start();
         let flow = step(&mut ctx).with_context(|| format!("compose step {name}"))?;
         ctx.steps.push((name.to_string(), t.secs()));
-        if let Flow::Stop = flow {
-            break;
+        match flow {
+            Flow::Continue(detail) => ctx.progress.step_done(name, t.secs(), &detail),
+            Flow::Stop(detail) => {
+                if let Some(d) = detail {
+                    ctx.progress.step_done(name, t.secs(), &d);
+                }
+                break;
+            }
         }
     }
     drop(lock);
@@ -174,12 +185,7 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
     Ok(doc)
 }
 
-fn step_note(ctx: &Ctx, name: &str, t: &Timer, detail: &str) {
-    ctx.progress.step_done(name, t.secs(), detail);
-}
-
 fn resolve(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     let reposdir = ctx.work.join("repos.d");
     let _ = std::fs::remove_dir_all(&reposdir);
     rpmmd::write_libdnf_reposdir(&ctx.repos, &reposdir)?;
@@ -207,25 +213,19 @@ fn resolve(ctx: &mut Ctx) -> Result<Flow> {
                 .join(", ")
         )
     })?;
-    step_note(
-        ctx,
-        "resolve",
-        &t,
-        &format!("{} packages", ctx.solved.len()),
-    );
+    let detail = format!("{} packages", ctx.solved.len());
     if ctx.opts.dry_run {
         if !ctx.opts.json {
             for p in &ctx.solved {
                 println!("{}", rpmmd::nevra(p));
             }
         }
-        return Ok(Flow::Stop);
+        return Ok(Flow::Stop(Some(detail)));
     }
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(detail))
 }
 
 fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     let mut h = Sha256::new();
     h.update(format!("{COMPOSE_FORMAT}\n{HOSTFORGE_VERSION}\n"));
     h.update(ctx.tf.flattened_json());
@@ -286,16 +286,14 @@ fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
             ctx.version = ostreeutil::meta_str(&meta, "version");
             ctx.progress
                 .info(&format!("no changes: {} is {parent}", ctx.treeref));
-            return Ok(Flow::Stop);
+            return Ok(Flow::Stop(None));
         }
     }
     ctx.changed = true;
-    step_note(ctx, "inputhash", &t, &ctx.inputhash.clone());
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(ctx.inputhash.clone()))
 }
 
 fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     let mut commits: Vec<Option<String>> = Vec::with_capacity(ctx.solved.len());
     for p in &ctx.solved {
         commits.push(pkgcache::lookup(&ctx.cache, p)?);
@@ -356,16 +354,10 @@ fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
         .iter()
         .map(|c| pkgcache::read_info(&ctx.cache, c))
         .collect::<Result<_>>()?;
-    step_note(
-        ctx,
-        "fetch",
-        &t,
-        &format!(
-            "{} downloaded and imported, {} from cache",
-            ctx.stats.downloaded, ctx.stats.cache_hits
-        ),
-    );
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(format!(
+        "{} downloaded and imported, {} from cache",
+        ctx.stats.downloaded, ctx.stats.cache_hits
+    )))
 }
 
 fn root(ctx: &Ctx) -> PathBuf {
@@ -390,7 +382,6 @@ fn clean_work_root(ctx: &Ctx) -> Result<()> {
 }
 
 fn assemble(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     // Two packages may ship one path only with identical content.
     let mut owners: HashMap<&str, (&str, &str)> = HashMap::new();
     for info in &ctx.infos {
@@ -454,13 +445,10 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
             }
         }
     }
-    step_note(
-        ctx,
-        "assemble",
-        &t,
-        &format!("{} packages", ctx.pkg_commits.len()),
-    );
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(format!(
+        "{} packages",
+        ctx.pkg_commits.len()
+    )))
 }
 
 fn script_interp(label: &str, s: &rpm::Scriptlet) -> Result<Vec<String>> {
@@ -472,7 +460,6 @@ fn script_interp(label: &str, s: &rpm::Scriptlet) -> Result<Vec<String>> {
 }
 
 fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     let r = root(ctx);
     let metas: Vec<rpm::PackageMetadata> = ctx
         .pkg_commits
@@ -518,8 +505,7 @@ fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
     }
     drop(bar);
     drop(protected);
-    step_note(ctx, "scripts", &t, &format!("{count} scriptlets"));
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(format!("{count} scriptlets")))
 }
 
 /// `%transfiletriggerin`: each trigger gets, on stdin, the composed files under its prefixes.
@@ -574,7 +560,6 @@ fn run_trans_file_triggers(
 }
 
 fn write_rpmdb(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     let r = root(ctx);
     let dbpath = r.join("usr/share/rpm");
     postprocess::remove_any(&dbpath)?;
@@ -601,13 +586,7 @@ fn write_rpmdb(ctx: &mut Ctx) -> Result<Flow> {
     for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
         let _ = std::fs::remove_file(dbpath.join(f));
     }
-    step_note(
-        ctx,
-        "rpmdb",
-        &t,
-        &format!("{} headers", ctx.pkg_commits.len()),
-    );
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(format!("{} headers", ctx.pkg_commits.len())))
 }
 
 /// `automatic-version-prefix`: `P`, then `P.1`, `P.2`, ... as rpm-ostree numbers them.
@@ -633,7 +612,6 @@ fn read_parent_file(ctx: &Ctx, path: &str) -> Option<String> {
 }
 
 fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     let r = root(ctx);
     let tf = &ctx.tf;
     // Version first: os-release mentions it.
@@ -739,15 +717,12 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
     };
     postprocess::check_ids(&r, tf, prev_dir.as_deref())?;
 
-    step_note(ctx, "postprocess", &t, &format!("{scripts_run} scripts"));
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(format!("{scripts_run} scripts")))
 }
 
 fn initramfs(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     if ctx.tf.container() {
-        step_note(ctx, "initramfs", &t, "container: no kernel handling");
-        return Ok(Flow::Continue);
+        return Ok(Flow::Continue("container: no kernel handling".into()));
     }
     ctx.kver = kernel::prepare(&root(ctx), &ctx.tf, &ctx.work)?;
     let detail = match &ctx.kver {
@@ -755,12 +730,10 @@ fn initramfs(ctx: &mut Ctx) -> Result<Flow> {
         Some(k) => format!("kernel {k}"),
         None => "no kernel in the tree".to_string(),
     };
-    step_note(ctx, "initramfs", &t, &detail);
-    Ok(Flow::Continue)
+    Ok(Flow::Continue(detail))
 }
 
 fn layout(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
     let r = root(ctx);
     let tf = &ctx.tf;
     // The flattened treefile travels in the commit.
@@ -800,18 +773,14 @@ fn layout(ctx: &mut Ctx) -> Result<Flow> {
             owners.insert(committed, (uid, gid));
         }
     }
-    std::fs::write(
-        ctx.work.join("owners.json"),
-        serde_json::to_string(&owners)?,
-    )?;
+    ctx.owners = owners;
     if tf.container() {
         postprocess::container_layout(&r)?;
-        step_note(ctx, "layout", &t, "container layout");
+        Ok(Flow::Continue("container layout".into()))
     } else {
         postprocess::ostree_layout(&r, tf)?;
-        step_note(ctx, "layout", &t, "ostree layout");
+        Ok(Flow::Continue("ostree layout".into()))
     }
-    Ok(Flow::Continue)
 }
 
 fn name_ids(text: &str) -> HashMap<&str, u32> {
@@ -826,11 +795,22 @@ fn name_ids(text: &str) -> HashMap<&str, u32> {
     m
 }
 
+/// Commits the tree into the cache repo, copies the commit into `--repo`, and only then
+/// moves the ref there.
 fn commit(ctx: &mut Ctx) -> Result<Flow> {
-    let t = Timer::start();
-    let r = root(ctx);
-    let owners: BTreeMap<String, (u32, u32)> =
-        serde_json::from_slice(&std::fs::read(ctx.work.join("owners.json"))?)?;
+    let built = write_build_commit(ctx)?;
+    copy_into_target(ctx, &built)?;
+    process::fault_point("commit");
+    move_ref(ctx, &built)?;
+    ctx.commit = Some(built.clone());
+    clean_work_root(ctx)?;
+    Ok(Flow::Continue(format!("{} => {built}", ctx.treeref)))
+}
+
+/// What the commit changes on the way in: owners from the composed passwd/group, and
+/// `readonly-executables`.
+fn commit_modifier(ctx: &Ctx) -> ostree::RepoCommitModifier {
+    let owners = ctx.owners.clone();
     let readonly_exec = ctx.tf.doc.readonly_executables == Some(true);
     let filter = move |_repo: &ostree::Repo, path: &str, info: &gio::FileInfo| {
         if let Some((uid, gid)) = owners.get(path) {
@@ -851,62 +831,73 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
     );
     // Reuse checksums of files still hardlinked to the package cache.
     modifier.set_devino_cache(&ctx.devino);
+    modifier
+}
+
+/// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
+fn write_build_commit(ctx: &mut Ctx) -> Result<String> {
     let cancellable = gio::Cancellable::NONE;
+    let modifier = commit_modifier(ctx);
     let cache = &ctx.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;
-    let built = {
-        let mtree = ostree::MutableTree::new();
-        let dir = std::fs::File::open(&r)?;
-        use std::os::fd::AsRawFd;
-        cache.write_dfd_to_mtree(dir.as_raw_fd(), ".", &mtree, Some(&modifier), cancellable)?;
-        let root_file = cache.write_mtree(&mtree, cancellable)?;
-        let root_file = root_file
-            .downcast::<ostree::RepoFile>()
-            .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
-        let meta = commit_metadata(ctx)?;
-        let name = ctx
-            .tf
-            .path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy();
-        let subject = match &ctx.version {
-            Some(v) => format!("{name} {v}"),
-            None => name.into_owned(),
-        };
-        let time = crate::ostreeutil::source_date_epoch()?;
-        let c = cache.write_commit_with_time(
-            ctx.parent.as_deref(),
-            Some(&subject),
-            None,
-            Some(&meta),
-            &root_file,
-            time,
-            cancellable,
-        )?;
-        cache.transaction_set_ref(None, &format!("hostforge/build/{}", ctx.treeref), Some(&c));
-        c.to_string()
+    let mtree = ostree::MutableTree::new();
+    let dir = std::fs::File::open(root(ctx))?;
+    use std::os::fd::AsRawFd;
+    cache.write_dfd_to_mtree(dir.as_raw_fd(), ".", &mtree, Some(&modifier), cancellable)?;
+    let root_file = cache.write_mtree(&mtree, cancellable)?;
+    let root_file = root_file
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
+    let meta = commit_metadata(ctx)?;
+    let name = ctx
+        .tf
+        .path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let subject = match &ctx.version {
+        Some(v) => format!("{name} {v}"),
+        None => name.into_owned(),
     };
+    let time = crate::ostreeutil::source_date_epoch()?;
+    let c = cache.write_commit_with_time(
+        ctx.parent.as_deref(),
+        Some(&subject),
+        None,
+        Some(&meta),
+        &root_file,
+        time,
+        cancellable,
+    )?;
+    cache.transaction_set_ref(None, &format!("hostforge/build/{}", ctx.treeref), Some(&c));
     let stats = tx.commit(cancellable)?;
     ctx.stats.objects_written =
         stats.get_content_objects_written() as u64 + stats.get_metadata_objects_written() as u64;
     ctx.stats.bytes_written = stats.get_content_bytes_written();
+    Ok(c.to_string())
+}
 
-    // Copy the objects into the user's repo, then (and only then) move the ref.
+/// Copies the commit's objects from the cache repo into `--repo` (no ref moves yet).
+fn copy_into_target(ctx: &Ctx, built: &str) -> Result<()> {
     let target = ctx.target.as_ref().expect("target repo");
     let opts = glib::VariantDict::new(None);
-    opts.insert("refs", vec![built.clone()]);
+    opts.insert("refs", vec![built.to_string()]);
     opts.insert("depth", 0i32);
     let url = format!("file://{}", ctx.cache_path.canonicalize()?.display());
     target
-        .pull_with_options(&url, &opts.end(), None, cancellable)
+        .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
         .with_context(|| format!("copying commit {built} into the target repo"))?;
-    process::fault_point("commit");
+    Ok(())
+}
+
+/// Points the ref at the commit, and keeps a served repo's summary in step with its refs.
+fn move_ref(ctx: &Ctx, built: &str) -> Result<()> {
+    let cancellable = gio::Cancellable::NONE;
+    let target = ctx.target.as_ref().expect("target repo");
     let tx = target.auto_transaction(cancellable)?;
-    target.transaction_set_ref(None, &ctx.treeref, Some(&built));
+    target.transaction_set_ref(None, &ctx.treeref, Some(built));
     tx.commit(cancellable)?;
-    // A repo served over HTTP has a summary; keep it in step with the refs.
     if ctx
         .opts
         .repo
@@ -917,10 +908,7 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
             .regenerate_summary(None, cancellable)
             .context("updating the repo summary")?;
     }
-    ctx.commit = Some(built.clone());
-    clean_work_root(ctx)?;
-    step_note(ctx, "commit", &t, &format!("{} => {built}", ctx.treeref));
-    Ok(Flow::Continue)
+    Ok(())
 }
 
 fn json_to_variant(v: &serde_json::Value) -> glib::Variant {
