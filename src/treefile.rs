@@ -158,12 +158,102 @@ pub struct TreefileDoc {
 pub struct Treefile {
     /// The main treefile's path.
     pub path: PathBuf,
-    /// Directory of the main treefile: repo files and relative paths resolve here.
+    /// Directory of the main treefile, where the `*.repo` files are.
     pub dir: PathBuf,
     pub basearch: String,
     pub doc: TreefileDoc,
     /// Every file read (main + includes), for error messages and hashing.
     pub sources: Vec<PathBuf>,
+    /// The files the treefile references, read at load time.
+    pub externals: Externals,
+}
+
+/// A file a treefile references, read once when the treefile is loaded, from the directory
+/// of the file that names it (rpm-ostree's rule): what the input hash covers is what the
+/// compose uses.
+#[derive(Debug, Clone)]
+pub struct External {
+    /// The name as the treefile wrote it.
+    pub name: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    pub data: Vec<u8>,
+    /// Permission bits of the file (add-files keeps them).
+    pub mode: u32,
+}
+
+/// Every file the treefile references, merged across includes like the keys naming them.
+#[derive(Debug, Clone, Default)]
+pub struct Externals {
+    /// `add-files`, in the flattened order: (destination, source).
+    pub add_files: Vec<(String, External)>,
+    pub postprocess_script: Option<External>,
+    /// `check-passwd` / `check-groups` with `type: file`.
+    pub check_passwd: Option<External>,
+    pub check_groups: Option<External>,
+}
+
+impl External {
+    fn read(declared_in: &Path, text: &str, key: &str, name: &str) -> Result<External> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = declared_in.parent().unwrap_or(Path::new("."));
+        let path = dir.join(name);
+        let at = format!(
+            "{}:{}",
+            declared_in.display(),
+            line_of_key(text, key).unwrap_or(1)
+        );
+        let data = std::fs::read(&path)
+            .with_context(|| format!("{at}: {key}: reading {}", path.display()))?;
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
+        Ok(External {
+            name: name.to_string(),
+            path,
+            data,
+            mode,
+        })
+    }
+}
+
+impl Externals {
+    /// Reads the files `doc` (from `path`, whose text is `text`) names itself.
+    fn read(path: &Path, text: &str, doc: &TreefileDoc) -> Result<Externals> {
+        let mut ext = Externals::default();
+        for (src, dest) in doc.add_files.iter().flatten() {
+            ext.add_files
+                .push((dest.clone(), External::read(path, text, "add-files", src)?));
+        }
+        if let Some(ps) = &doc.postprocess_script {
+            ext.postprocess_script = Some(External::read(path, text, "postprocess-script", ps)?);
+        }
+        let check_file = |key: &str, c: &Option<CheckPasswd>| -> Result<Option<External>> {
+            match c {
+                Some(c) if c.kind == CheckPasswdType::File => {
+                    let name = c.filename.as_deref().unwrap_or_default();
+                    External::read(path, text, key, name).map(Some)
+                }
+                _ => Ok(None),
+            }
+        };
+        ext.check_passwd = check_file("check-passwd", &doc.check_passwd)?;
+        ext.check_groups = check_file("check-groups", &doc.check_groups)?;
+        Ok(ext)
+    }
+
+    /// `over` (the including file's) onto `self`, by the rules [`merge`] applies to the keys
+    /// that name these files: lists concatenate, scalars are replaced when `over_doc` sets them.
+    fn merge(&mut self, over: Externals, over_doc: &TreefileDoc) {
+        self.add_files.extend(over.add_files);
+        if over_doc.postprocess_script.is_some() {
+            self.postprocess_script = over.postprocess_script;
+        }
+        if over_doc.check_passwd.is_some() {
+            self.check_passwd = over.check_passwd;
+        }
+        if over_doc.check_groups.is_some() {
+            self.check_groups = over.check_groups;
+        }
+    }
 }
 
 /// The architecture names rpm-ostree uses for `packages-$basearch` and `arch-include`.
@@ -238,50 +328,91 @@ fn merge_map<V>(base: &mut Option<BTreeMap<String, V>>, over: Option<BTreeMap<St
     }
 }
 
-macro_rules! merge_scalars {
-    ($base:expr, $over:expr, $($field:ident),*) => {
-        $( if $over.$field.is_some() { $base.$field = $over.$field; } )*
-    };
-}
-
 /// Merges `over` (the including file) onto `base` (what it included): lists concatenate with
 /// the includer's entries last, maps merge with the includer winning, scalars are overridden.
+/// `over` is taken apart field by field: a field added to [`TreefileDoc`] does not compile
+/// until it is merged here.
 fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
-    merge_scalars!(
-        base,
-        over,
+    let TreefileDoc {
         treeref,
+        include: _,
+        arch_include: _,
+        variables,
         releasever,
+        repos,
+        packages,
+        packages_x86_64,
+        packages_aarch64,
+        packages_ppc64le,
+        packages_s390x,
+        exclude_packages,
         recommends,
         documentation,
+        install_langs,
+        remove_files,
+        remove_from_packages,
+        add_files,
+        postprocess,
         postprocess_script,
+        units,
         default_target,
+        add_commit_metadata,
         automatic_version_prefix,
         mutate_os_release,
+        etc_group_members,
         check_passwd,
         check_groups,
         tmp_is_dir,
         machineid_compat,
         boot_location,
+        initramfs_args,
         no_initramfs,
         readonly_executables,
         rpmdb,
         selinux,
-        container
-    );
-    merge_map(&mut base.variables, over.variables);
-    merge_map(&mut base.add_commit_metadata, over.add_commit_metadata);
-    merge_list(&mut base.repos, over.repos);
-    merge_list(&mut base.packages, over.packages);
-    merge_list(&mut base.exclude_packages, over.exclude_packages);
-    merge_list(&mut base.install_langs, over.install_langs);
-    merge_list(&mut base.remove_files, over.remove_files);
-    merge_list(&mut base.remove_from_packages, over.remove_from_packages);
-    merge_list(&mut base.add_files, over.add_files);
-    merge_list(&mut base.postprocess, over.postprocess);
-    merge_list(&mut base.units, over.units);
-    merge_list(&mut base.etc_group_members, over.etc_group_members);
-    merge_list(&mut base.initramfs_args, over.initramfs_args);
+        container,
+    } = over;
+    fn scalar<T>(base: &mut Option<T>, over: Option<T>) {
+        if over.is_some() {
+            *base = over;
+        }
+    }
+    scalar(&mut base.treeref, treeref);
+    scalar(&mut base.releasever, releasever);
+    scalar(&mut base.recommends, recommends);
+    scalar(&mut base.documentation, documentation);
+    scalar(&mut base.postprocess_script, postprocess_script);
+    scalar(&mut base.default_target, default_target);
+    scalar(&mut base.automatic_version_prefix, automatic_version_prefix);
+    scalar(&mut base.mutate_os_release, mutate_os_release);
+    scalar(&mut base.check_passwd, check_passwd);
+    scalar(&mut base.check_groups, check_groups);
+    scalar(&mut base.tmp_is_dir, tmp_is_dir);
+    scalar(&mut base.machineid_compat, machineid_compat);
+    scalar(&mut base.boot_location, boot_location);
+    scalar(&mut base.no_initramfs, no_initramfs);
+    scalar(&mut base.readonly_executables, readonly_executables);
+    scalar(&mut base.rpmdb, rpmdb);
+    scalar(&mut base.selinux, selinux);
+    scalar(&mut base.container, container);
+    merge_map(&mut base.variables, variables);
+    merge_map(&mut base.add_commit_metadata, add_commit_metadata);
+    merge_list(&mut base.repos, repos);
+    merge_list(&mut base.packages, packages);
+    // Folded into `packages` by the loader before merging; kept per arch otherwise.
+    merge_list(&mut base.packages_x86_64, packages_x86_64);
+    merge_list(&mut base.packages_aarch64, packages_aarch64);
+    merge_list(&mut base.packages_ppc64le, packages_ppc64le);
+    merge_list(&mut base.packages_s390x, packages_s390x);
+    merge_list(&mut base.exclude_packages, exclude_packages);
+    merge_list(&mut base.install_langs, install_langs);
+    merge_list(&mut base.remove_files, remove_files);
+    merge_list(&mut base.remove_from_packages, remove_from_packages);
+    merge_list(&mut base.add_files, add_files);
+    merge_list(&mut base.postprocess, postprocess);
+    merge_list(&mut base.units, units);
+    merge_list(&mut base.etc_group_members, etc_group_members);
+    merge_list(&mut base.initramfs_args, initramfs_args);
 }
 
 struct Loader<'a> {
@@ -290,7 +421,7 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn load(&mut self, path: &Path, stack: &mut Vec<PathBuf>) -> Result<TreefileDoc> {
+    fn load(&mut self, path: &Path, stack: &mut Vec<PathBuf>) -> Result<(TreefileDoc, Externals)> {
         let canon = path
             .canonicalize()
             .with_context(|| format!("reading treefile {}", path.display()))?;
@@ -327,14 +458,16 @@ impl Loader<'_> {
             }
         }
         let mut merged = TreefileDoc::default();
+        let mut merged_ext = Externals::default();
         for inc in includes {
             let inc_path = dir.join(&inc);
-            let sub = self.load(&inc_path, stack).with_context(|| {
+            let (sub, sub_ext) = self.load(&inc_path, stack).with_context(|| {
                 let line = line_of_key(&text, "include")
                     .or_else(|| line_of_key(&text, "arch-include"))
                     .unwrap_or(1);
                 format!("{}:{line}: in include {inc:?}", path.display())
             })?;
+            merged_ext.merge(sub_ext, &sub);
             merge(&mut merged, sub);
         }
         stack.pop();
@@ -354,8 +487,10 @@ impl Loader<'_> {
         doc.packages_s390x = None;
 
         validate(path, &text, &doc)?;
+        let own = Externals::read(path, &text, &doc)?;
+        merged_ext.merge(own, &doc);
         merge(&mut merged, doc);
-        Ok(merged)
+        Ok((merged, merged_ext))
     }
 }
 
@@ -427,7 +562,7 @@ impl Treefile {
             basearch,
             sources: Vec::new(),
         };
-        let mut doc = loader.load(path, &mut Vec::new())?;
+        let (mut doc, externals) = loader.load(path, &mut Vec::new())?;
         let dir = path
             .parent()
             .map(|p| {
@@ -453,6 +588,7 @@ impl Treefile {
             basearch: basearch.to_string(),
             doc,
             sources: loader.sources,
+            externals,
         };
         tf.check_complete()?;
         Ok(tf)
@@ -523,11 +659,6 @@ impl Treefile {
     pub fn flattened_json(&self) -> String {
         serde_json::to_string_pretty(&self.doc).expect("treefile serializes")
     }
-
-    /// Resolves a path written in the treefile relative to the main treefile's directory.
-    pub fn resolve(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
 }
 
 #[cfg(test)]
@@ -585,6 +716,65 @@ mod tests {
             assert!(err.contains("t.yaml:4:"), "{key}: {err}");
             assert!(err.contains(line), "{key}: {err}");
         }
+    }
+
+    /// rpm-ostree's rule: a referenced file is found beside the treefile that names it; the
+    /// bytes read then are what compose hashes and writes.
+    #[test]
+    fn externals_resolve_from_the_declaring_file_and_are_read_once() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        write(d.path(), "f.txt", "top's f\n");
+        write(d.path(), "sub/f.txt", "sub's f\n");
+        write(d.path(), "sub/post.sh", "echo sub\n");
+        write(d.path(), "post.sh", "echo top\n");
+        write(d.path(), "sub/passwd", "root:x:0:0::/root:/bin/sh\n");
+        write(
+            d.path(),
+            "sub/inc.yaml",
+            "add-files: [[f.txt, /etc/from-sub]]\npostprocess-script: post.sh\n\
+             check-passwd: {type: file, filename: passwd}\n",
+        );
+        let p = write(
+            d.path(),
+            "top.yaml",
+            "include: sub/inc.yaml\nref: a/b\nrepos: [r]\npackages: [x]\n\
+             add-files: [[f.txt, /etc/from-top]]\npostprocess-script: post.sh\n",
+        );
+        let tf = Treefile::load(&p).unwrap();
+        let ext = &tf.externals;
+        let added: Vec<(&str, &[u8])> = ext
+            .add_files
+            .iter()
+            .map(|(dest, e)| (dest.as_str(), e.data.as_slice()))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                ("/etc/from-sub", b"sub's f\n".as_slice()),
+                ("/etc/from-top", b"top's f\n".as_slice())
+            ]
+        );
+        // The includer's scalar wins, with its own file.
+        assert_eq!(ext.postprocess_script.as_ref().unwrap().data, b"echo top\n");
+        assert_eq!(
+            ext.check_passwd.as_ref().unwrap().path,
+            d.path().join("sub/passwd")
+        );
+        // Changing the file after loading changes nothing of what was read.
+        write(d.path(), "sub/f.txt", "changed\n");
+        assert_eq!(tf.externals.add_files[0].1.data, b"sub's f\n");
+        // A missing file is named with the line of the key that references it.
+        write(
+            d.path(),
+            "sub/inc.yaml",
+            "add-files: [[missing.txt, /etc/x]]\n",
+        );
+        let e = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(
+            e.contains("inc.yaml:1: add-files: reading") && e.contains("missing.txt"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -229,44 +229,18 @@ fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
     let mut h = Sha256::new();
     h.update(format!("{COMPOSE_FORMAT}\n{HOSTFORGE_VERSION}\n"));
     h.update(ctx.tf.flattened_json());
-    let mut files: Vec<String> = ctx
-        .tf
-        .doc
+    // The referenced files' bytes as the loader read them: the same bytes compose uses.
+    let ext = &ctx.tf.externals;
+    let files = ext
         .add_files
         .iter()
-        .flatten()
-        .map(|(src, _)| src.clone())
-        .collect();
-    files.extend(ctx.tf.doc.postprocess_script.clone());
-    if let Some(cp) = ctx
-        .tf
-        .doc
-        .check_passwd
-        .as_ref()
-        .and_then(|c| c.filename.clone())
-    {
-        files.push(cp);
-    }
-    if let Some(cg) = ctx
-        .tf
-        .doc
-        .check_groups
-        .as_ref()
-        .and_then(|c| c.filename.clone())
-    {
-        files.push(cg);
-    }
+        .map(|(_, e)| e)
+        .chain(&ext.postprocess_script)
+        .chain(&ext.check_passwd)
+        .chain(&ext.check_groups);
     for f in files {
-        let p = ctx.tf.resolve(&f);
-        let data = std::fs::read(&p).with_context(|| {
-            format!(
-                "{}: reading {} referenced by the treefile",
-                ctx.tf.path.display(),
-                p.display()
-            )
-        })?;
-        h.update(format!("\nfile {f} {}\n", data.len()));
-        h.update(&data);
+        h.update(format!("\nfile {} {} {:o}\n", f.name, f.data.len(), f.mode));
+        h.update(&f.data);
     }
     for p in &ctx.solved {
         h.update(format!(
@@ -673,11 +647,10 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
         .enumerate()
         .map(|(i, s)| (format!("postprocess[{i}]"), s.clone()))
         .collect();
-    if let Some(ps) = &tf.doc.postprocess_script {
-        let p = tf.resolve(ps);
-        let body = std::fs::read_to_string(&p)
-            .with_context(|| format!("reading postprocess-script {}", p.display()))?;
-        bodies.push((format!("postprocess-script {ps}"), body));
+    if let Some(ps) = &tf.externals.postprocess_script {
+        let body = String::from_utf8(ps.data.clone())
+            .with_context(|| format!("postprocess-script {}: not UTF-8 text", ps.path.display()))?;
+        bodies.push((format!("postprocess-script {}", ps.name), body));
     }
     if !bodies.is_empty() {
         let protected = scripts::Protected::mount(&r, &ctx.work.join("rofiles"))?;

@@ -58,19 +58,22 @@ fn inside_root(root: &Path, rel: &str) -> Result<std::path::PathBuf> {
 
 /// `add-files`: [source relative to the treefile, absolute destination].
 pub fn add_files(root: &Path, tf: &Treefile) -> Result<()> {
-    for (src, dest) in tf.doc.add_files.iter().flatten() {
-        let from = tf.resolve(src);
+    for (dest, src) in &tf.externals.add_files {
         let to = inside_root(root, dest)
             .with_context(|| format!("{}: add-files destination", tf.path.display()))?;
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)?;
         }
         remove_any(&to)?;
-        std::fs::copy(&from, &to).with_context(|| {
+        let written = std::fs::write(&to, &src.data).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(src.mode))
+        });
+        written.with_context(|| {
             format!(
-                "{}: add-files: copying {} to {dest}",
+                "{}: add-files: writing {} to {dest}",
                 tf.path.display(),
-                from.display()
+                src.path.display()
             )
         })?;
     }
@@ -193,11 +196,12 @@ pub fn check_ids(root: &Path, tf: &Treefile, previous: Option<&Path>) -> Result<
                 None => None,
             },
             CheckPasswdType::File => {
-                let f = tf.resolve(check.filename.as_deref().unwrap_or_default());
-                Some(
-                    std::fs::read_to_string(&f)
-                        .with_context(|| format!("check-{file}: reading {}", f.display()))?,
-                )
+                let ext = match file {
+                    "passwd" => &tf.externals.check_passwd,
+                    _ => &tf.externals.check_groups,
+                };
+                ext.as_ref()
+                    .map(|e| String::from_utf8_lossy(&e.data).into_owned())
             }
             CheckPasswdType::Data => check.entries.as_ref().map(|m| {
                 m.iter()
