@@ -65,7 +65,25 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: impl Into<Stdio>) -> Result<Stri
         .stderr(Stdio::piped())
         .output()
         .with_context(|| format!("starting {}", describe(cmd)))?;
-    if !out.status.success() {
+    check(cmd, &out, &[0])
+}
+
+/// Like [`run`], counting the exit codes in `ok` as success (e2fsck's 1: "errors fixed").
+pub fn run_accepting(cmd: &mut Command, ok: &[i32]) -> Result<String> {
+    let out = output_with_input(cmd, None)?;
+    check(cmd, &out, ok)
+}
+
+/// Runs `cmd` where failing is expected and harmless (best-effort cleanup, such as
+/// unmounting what may not be mounted): output discarded, the result ignored.
+pub fn run_best_effort(cmd: &mut Command) {
+    let _ = output_with_input(cmd, None);
+}
+
+/// `out`'s stdout when its exit code is in `ok`; else an error naming the command, its
+/// status and the last lines of stderr (or of stdout, when stderr is empty).
+fn check(cmd: &Command, out: &Output, ok: &[i32]) -> Result<String> {
+    if !out.status.code().is_some_and(|c| ok.contains(&c)) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let detail = if stderr.trim().is_empty() {

@@ -342,11 +342,7 @@ fn root(ctx: &Ctx) -> PathBuf {
 fn clean_work_root(ctx: &Ctx) -> Result<()> {
     let mnt = ctx.work.join("rofiles");
     if mnt.exists() {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&mnt)
-            .stderr(std::process::Stdio::null())
-            .status();
+        process::run_best_effort(Command::new("fusermount3").arg("-u").arg(&mnt));
     }
     let r = root(ctx);
     if r.exists() {

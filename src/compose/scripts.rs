@@ -6,7 +6,7 @@
 use crate::process;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// A rofiles-fuse view of the root, unmounted on drop.
 pub struct Protected {
@@ -17,11 +17,7 @@ impl Protected {
     pub fn mount(root: &Path, mnt: &Path) -> Result<Protected> {
         std::fs::create_dir_all(mnt)?;
         // A previous interrupted run may have left a mount behind.
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(mnt)
-            .stderr(Stdio::null())
-            .status();
+        process::run_best_effort(Command::new("fusermount3").arg("-u").arg(mnt));
         process::run(Command::new("rofiles-fuse").arg(root).arg(mnt))
             .context("mounting the root read-only for hardlinks (rofiles-fuse)")?;
         Ok(Protected {

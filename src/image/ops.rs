@@ -95,21 +95,15 @@ fn extract_fs(raw: &Path, part: &gpt::Found, dest: &Path) -> Result<()> {
 /// A node that was switched off (or a VM killed) leaves its journal unreplayed; debugfs does
 /// not replay it and would read stale directories. e2fsck replays it into our copy.
 fn replay_journal(fs: &Path) -> Result<()> {
-    let out = Command::new("e2fsck")
-        .args(["-E", "journal_only", "-p"])
-        .arg(fs)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("starting e2fsck (apt-get install e2fsprogs)")?;
     // 0: clean; 1: fixed (the journal was replayed).
-    match out.status.code() {
-        Some(0) | Some(1) => Ok(()),
-        _ => bail!(
-            "e2fsck could not replay the journal of the filesystem read from the image ({}):\n{}",
-            process::status_text(&out.status),
-            process::tail(&String::from_utf8_lossy(&out.stderr), 10)
-        ),
-    }
+    process::run_accepting(
+        Command::new("e2fsck")
+            .args(["-E", "journal_only", "-p"])
+            .arg(fs),
+        &[0, 1],
+    )
+    .context("replaying the journal of the filesystem read from the image (e2fsck)")?;
+    Ok(())
 }
 
 fn debugfs(fs: &Path, request: &str) -> Result<String> {
