@@ -110,44 +110,6 @@ fn debugfs(fs: &Path, request: &str) -> Result<String> {
     process::run(Command::new("debugfs").arg("-R").arg(request).arg(fs))
 }
 
-/// The deployment a `ostree=` boot link points at, read from the root filesystem:
-/// (osname, commit, deployment directory name).
-fn commit_of(rootfs: &Path, ostree_path: &str) -> Result<(String, String, String)> {
-    let stat = debugfs(rootfs, &format!("stat {ostree_path}"))?;
-    if !stat.contains("Type: symlink") {
-        bail!("{ostree_path} is not a deployment link on the root filesystem");
-    }
-    // Short targets live in the inode ("fast" links); longer ones in a block `cat` prints.
-    let target = match stat
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
-    {
-        Some(t) => t.trim_matches('"').to_string(),
-        None => debugfs(rootfs, &format!("cat {ostree_path}"))?
-            .trim()
-            .to_string(),
-    };
-    // ../../../deploy/OSNAME/deploy/COMMIT.SERIAL
-    let parts: Vec<&str> = target.split('/').collect();
-    let name = parts.last().copied().unwrap_or_default();
-    let commit = name.split('.').next().unwrap_or_default().to_string();
-    let osname = parts
-        .iter()
-        .rev()
-        .nth(2)
-        .copied()
-        .unwrap_or_default()
-        .to_string();
-    Ok((osname, commit, name.to_string()))
-}
-
-/// Reads a file of the root filesystem through debugfs into `scratch` (binary-safe).
-fn read_root_file(rootfs: &Path, path: &str, scratch: &Path) -> Option<Vec<u8>> {
-    let _ = std::fs::remove_file(scratch);
-    debugfs(rootfs, &format!("dump {path} {}", scratch.display())).ok()?;
-    std::fs::read(scratch).ok()
-}
-
 /// An image opened for an operation: its workspace (dropping it cleans up), a raw working
 /// copy and both filesystems read out of it.
 struct Opened {
@@ -209,8 +171,74 @@ impl Opened {
     }
 }
 
-fn deployments(o: &Opened) -> Result<Vec<Deployment>> {
-    let entries = grub::read_entries(&o.boot_dir)?;
+/// A sysroot's files as the deployment reader needs them: an image's filesystems read
+/// through debugfs, or a live sysroot's directories.
+trait SysrootFiles {
+    /// The /boot directory (with `loader/entries`).
+    fn boot_dir(&self) -> PathBuf;
+    /// The target of the symlink at `path` (absolute in the root filesystem).
+    fn read_link(&self, path: &str) -> Result<String>;
+    /// The file at `path` (absolute in the root filesystem), if it can be read.
+    fn read(&self, path: &str) -> Option<Vec<u8>>;
+}
+
+impl SysrootFiles for Opened {
+    fn boot_dir(&self) -> PathBuf {
+        self.boot_dir.clone()
+    }
+
+    fn read_link(&self, path: &str) -> Result<String> {
+        let stat = debugfs(&self.root_fs, &format!("stat {path}"))?;
+        if !stat.contains("Type: symlink") {
+            bail!("{path} is not a deployment link on the root filesystem");
+        }
+        // Short targets live in the inode ("fast" links); longer ones in a block `cat` prints.
+        Ok(
+            match stat
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
+            {
+                Some(t) => t.trim_matches('"').to_string(),
+                None => debugfs(&self.root_fs, &format!("cat {path}"))?
+                    .trim()
+                    .to_string(),
+            },
+        )
+    }
+
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        let scratch = self.work.scratch.join("read.tmp");
+        let _ = std::fs::remove_file(&scratch);
+        debugfs(&self.root_fs, &format!("dump {path} {}", scratch.display())).ok()?;
+        std::fs::read(&scratch).ok()
+    }
+}
+
+/// A live sysroot's directories.
+struct LiveFiles<'a>(&'a Path);
+
+impl SysrootFiles for LiveFiles<'_> {
+    fn boot_dir(&self) -> PathBuf {
+        self.0.join("boot")
+    }
+
+    fn read_link(&self, path: &str) -> Result<String> {
+        let p = self.0.join(path.trim_start_matches('/'));
+        let target =
+            std::fs::read_link(&p).with_context(|| format!("{path} is not a deployment link"))?;
+        Ok(target.to_string_lossy().into_owned())
+    }
+
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.0.join(path.trim_start_matches('/'))).ok()
+    }
+}
+
+/// The deployments, default first, from the boot loader entries and the deployment links
+/// they name (`ostree=/ostree/boot.N/OS/BOOTCSUM/0` -> `../../../deploy/OS/deploy/COMMIT.N`):
+/// the one reader for images and live sysroots.
+fn deployments(files: &dyn SysrootFiles) -> Result<Vec<Deployment>> {
+    let entries = grub::read_entries(&files.boot_dir())?;
     entries
         .iter()
         .enumerate()
@@ -220,18 +248,25 @@ fn deployments(o: &Opened) -> Result<Vec<Deployment>> {
                 .split_whitespace()
                 .find_map(|a| a.strip_prefix("ostree="))
                 .ok_or_else(|| anyhow!("boot entry {:?} has no ostree= argument", e.title))?;
-            let (osname, commit, dirname) = commit_of(&o.root_fs, ostree_path)?;
-            let scratch = o.work.scratch.join("read.tmp");
+            let target = files.read_link(ostree_path)?;
+            let parts: Vec<&str> = target.split('/').collect();
+            let dirname = parts.last().copied().unwrap_or_default().to_string();
+            let commit = dirname.split('.').next().unwrap_or_default().to_string();
+            let osname = parts.iter().rev().nth(2).copied().unwrap_or_default();
+            let osname = osname.to_string();
+            if commit.len() != 64 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("{ostree_path} -> {target} does not name a deployment");
+            }
             let object = format!(
                 "/ostree/repo/objects/{}/{}.commit",
                 &commit[..2],
                 &commit[2..]
             );
-            let version = read_root_file(&o.root_fs, &object, &scratch).and_then(commit_version);
+            let version = files.read(&object).and_then(commit_version);
             let origin = format!("/ostree/deploy/{osname}/deploy/{dirname}.origin");
-            let pinned = read_root_file(&o.root_fs, &origin, &scratch)
-                .map(|b| origin_pinned(&String::from_utf8_lossy(&b)))
-                .unwrap_or(false);
+            let pinned = files
+                .read(&origin)
+                .is_some_and(|b| origin_pinned(&String::from_utf8_lossy(&b)));
             Ok(Deployment {
                 index: i,
                 default: i == 0,
@@ -529,6 +564,7 @@ fn relink_deployments(sysroot: &ostree::Sysroot, sysroot_dir: &Path) -> Result<(
 
 /// A live sysroot (a booted node's `/`, or any sysroot directory), loaded and locked.
 struct Live {
+    path: PathBuf,
     sysroot: ostree::Sysroot,
     /// Holds the script ostree runs to write GRUB's menu ([`grub::install_hook`]).
     hook_dir: tempfile::TempDir,
@@ -551,7 +587,11 @@ impl Live {
             .prefix("hostforge-grub-hook")
             .tempdir()
             .context("making a directory for the GRUB config hook")?;
-        Ok(Live { sysroot, hook_dir })
+        Ok(Live {
+            path: path.to_path_buf(),
+            sysroot,
+            hook_dir,
+        })
     }
 
     /// Runs `edit` holding the sysroot lock, then reloads.
@@ -568,37 +608,7 @@ impl Live {
     }
 
     fn deployments(&self) -> Result<Vec<Deployment>> {
-        let repo = self.sysroot.repo();
-        Ok(self
-            .sysroot
-            .deployments()
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let commit = d.csum().to_string();
-                let version = crate::ostreeutil::commit_meta(&repo, &commit)
-                    .ok()
-                    .and_then(|m| crate::ostreeutil::meta_str(&m, "version"));
-                let bc = d.bootconfig();
-                let get = |k: &str| {
-                    bc.as_ref()
-                        .and_then(|b| b.get(k))
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                };
-                Deployment {
-                    index: i,
-                    default: i == 0,
-                    rollback: i == 1,
-                    pinned: d.is_pinned(),
-                    osname: d.osname().to_string(),
-                    commit,
-                    version,
-                    title: get("title"),
-                    kargs: get("options"),
-                }
-            })
-            .collect())
+        deployments(&LiveFiles(&self.path))
     }
 }
 
