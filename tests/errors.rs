@@ -274,3 +274,47 @@ fn interrupted_during_scripts_recovers() {
 fn interrupted_during_commit_recovers() {
     interrupted_at("commit");
 }
+
+/// Two composes on one repo and cachedir at once: the second waits for the first (it says
+/// so) and both end with the ref at a complete commit; the repos stay consistent.
+#[test]
+fn concurrent_composes_on_one_cachedir_wait_for_each_other() {
+    let env = Env::new();
+    let a = env.treefile("a.yaml", GOOD);
+    let b = env.treefile(
+        "b.yaml",
+        &GOOD
+            .replace("test/node", "test/other")
+            .replace("triggerer]", "triggerer, config-tool-1.0]"),
+    );
+    let (out_a, out_b) = std::thread::scope(|s| {
+        let ta = s.spawn(|| env.compose(&a, &[]));
+        let tb = s.spawn(|| env.compose(&b, &[]));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert_ok(&out_a);
+    assert_ok(&out_b);
+    // Deterministically: while another holder has the cachedir's lock, a compose waits.
+    std::fs::create_dir_all(env.cache()).unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg(env.cache().join("lock"))
+        .args(["sleep", "3"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let out = env.compose(&a, &["--force-nocache"]);
+    holder.wait().unwrap();
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("waiting for another compose using this cachedir"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    assert!(env.rev("test/node").is_some() && env.rev("test/other").is_some());
+    env.ostree(&["fsck", "--quiet"]);
+    common::ostree_at(&env.cache().join("repo"), &["fsck", "--quiet"]);
+    let co = env.checkout("test/other");
+    assert!(co.join("usr/bin/config-tool").exists());
+}
