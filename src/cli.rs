@@ -287,7 +287,12 @@ fn parse_kv(s: &str) -> Result<(String, String)> {
 }
 
 pub fn run() -> Result<()> {
-    match Cli::parse().command {
+    dispatch(Cli::parse())
+}
+
+/// Runs a parsed command line.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Compose(ComposeCmd::Tree(a)) => compose_tree(a),
         Command::Provision(a) => provision(a),
         Command::Image(ImageCmd::Build(a)) => image_build(a),
@@ -355,6 +360,11 @@ fn provision(a: ProvisionArgs) -> Result<()> {
 
 fn image_build(a: ImageBuildArgs) -> Result<()> {
     use crate::image::layout::Format;
+    // Refs end up in the deployments' origin files.
+    crate::validate::ostree_ref("--ref", &a.treeref)?;
+    if let Some(p) = &a.previous {
+        crate::validate::ostree_ref("--previous", p)?;
+    }
     crate::image::build(&crate::image::BuildRequest {
         repo: &a.repo,
         treeref: &a.treeref,
@@ -384,6 +394,9 @@ fn image_op(cmd: ImageCmd) -> Result<()> {
         ImageCmd::Rollback(a) => (&a.target, false),
         ImageCmd::Pin(a) => (&a.target, false),
     };
+    if let ImageCmd::Deploy(a) = &cmd {
+        crate::validate::ostree_ref("--ref", &a.treeref)?;
+    }
     let deps = match (&target.image, &target.sysroot, &cmd) {
         (Some(img), _, ImageCmd::Deploy(a)) => ops::deploy(img, &a.repo, &a.treeref)?,
         (Some(img), _, ImageCmd::Status(_)) => ops::status(img)?,
@@ -497,6 +510,45 @@ mod tests {
         assert_eq!(a.output, PathBuf::from("/b/loader.1/grub.cfg"));
         let help = Cli::command().render_help().to_string();
         assert!(!help.contains("grub-mkconfig"), "{help}");
+    }
+
+    /// Refs land in the deployments' origin files: a flag that would add a line or a second
+    /// argument is refused, named, before anything is read or written.
+    #[test]
+    fn image_ref_flags_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("x.qcow2");
+        let out = out.to_str().unwrap();
+        for (args, flag) in [
+            (
+                vec![
+                    "build", "--ref", "a/b\n[x]", "--layout", "l.yaml", "-o", out,
+                ],
+                "--ref",
+            ),
+            (
+                vec![
+                    "build",
+                    "--ref",
+                    "a/b",
+                    "--previous",
+                    "a b",
+                    "--layout",
+                    "l",
+                    "-o",
+                    out,
+                ],
+                "--previous",
+            ),
+            (vec!["deploy", out, "--ref", "a/b;c"], "--ref"),
+        ] {
+            let mut argv = vec!["hostforge", "image", "--repo=/nonexistent"];
+            argv.splice(2..2, args);
+            let cli = Cli::try_parse_from(&argv).unwrap();
+            let e = format!("{:#}", dispatch(cli).unwrap_err());
+            assert!(e.starts_with(flag), "{argv:?}: {e}");
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]
