@@ -177,12 +177,27 @@ pub fn write_libdnf_reposdir(repos: &[RepoDef], dir: &Path) -> Result<()> {
 }
 
 /// Where a solved package is downloaded from.
-pub fn package_url(repo: &RepoDef, pkg: &Solved) -> String {
-    format!(
+/// The repodata's `location href` must stay inside the repo: a relative path without `..`.
+pub fn package_url(repo: &RepoDef, pkg: &Solved) -> Result<String> {
+    let loc = &pkg.location;
+    if loc.is_empty()
+        || loc.starts_with('/')
+        || loc.contains("://")
+        || loc.split('/').any(|c| c == "..")
+        || loc.chars().any(char::is_control)
+    {
+        bail!(
+            "{}: repo [{}] gives the location {loc:?}, which points outside the repo; \
+             its repodata is broken or hostile",
+            nevra(pkg),
+            repo.id
+        );
+    }
+    Ok(format!(
         "{}/{}",
         repo.baseurl().unwrap_or_default().trim_end_matches('/'),
-        pkg.location
-    )
+        loc
+    ))
 }
 
 fn read_url(url: &str) -> Result<Vec<u8>> {
@@ -205,7 +220,7 @@ fn read_url(url: &str) -> Result<Vec<u8>> {
 
 /// Downloads one package into `dest`, checking size and checksum against the repodata.
 pub fn download(repo: &RepoDef, pkg: &Solved, dest: &Path) -> Result<u64> {
-    let url = package_url(repo, pkg);
+    let url = package_url(repo, pkg)?;
     let data = read_url(&url)?;
     if pkg.checksum_type != "sha256" {
         bail!(
@@ -274,6 +289,42 @@ pub fn nevra(p: &Solved) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a `location href` of `../../x` read a file outside a file:// repo.
+    #[test]
+    fn package_locations_stay_inside_the_repo() {
+        let repo =
+            &parse_repo_file(Path::new("x.repo"), "[base]\nbaseurl=file:///srv/r/\n").unwrap()[0];
+        let pkg = |location: &str| Solved {
+            name: "p".into(),
+            epoch: 0,
+            version: "1".into(),
+            release: "1".into(),
+            arch: "x86_64".into(),
+            repo_id: "base".into(),
+            location: location.into(),
+            checksum_type: "sha256".into(),
+            checksum: String::new(),
+            download_size: 0,
+        };
+        assert_eq!(
+            package_url(repo, &pkg("Packages/p.rpm")).unwrap(),
+            "file:///srv/r/Packages/p.rpm"
+        );
+        for bad in [
+            "../../etc/shadow",
+            "/etc/shadow",
+            "a/../../x.rpm",
+            "http://evil/x.rpm",
+            "",
+        ] {
+            let e = format!("{:#}", package_url(repo, &pkg(bad)).unwrap_err());
+            assert!(
+                e.contains("outside the repo") && e.contains("[base]"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn repo_ids_and_values_cannot_add_lines_to_libdnfs_repo_file() {
