@@ -74,7 +74,7 @@ pub struct PartitionSpec {
     pub uuid: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct OstreeSettings {
     #[serde(default = "default_osname")]
@@ -85,6 +85,16 @@ pub struct OstreeSettings {
 
 fn default_osname() -> String {
     "hostforge".into()
+}
+
+/// A layout without `ostree:` gets the same values as one with an empty `ostree:`.
+impl Default for OstreeSettings {
+    fn default() -> Self {
+        OstreeSettings {
+            osname: default_osname(),
+            sysroot_readonly: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +351,24 @@ mod tests {
         l.ostree.osname = "node\n[evil]".into();
         let e = format!("{:#}", l.validate().unwrap_err());
         assert!(e.contains("ostree.osname"), "{e}");
+    }
+
+    /// Regression: a layout without `ostree:` had an empty stateroot name.
+    #[test]
+    fn ostree_settings_default_to_the_hostforge_stateroot() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l.yaml");
+        let base =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
+                .unwrap();
+        let without: String = base
+            .lines()
+            .filter(|l| !l.starts_with("ostree:") && !l.starts_with("  osname:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!without.contains("osname"), "{without}");
+        std::fs::write(&p, without).unwrap();
+        assert_eq!(Layout::load(&p).unwrap().ostree.osname, "hostforge");
     }
 
     #[test]
