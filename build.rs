@@ -44,10 +44,13 @@ fn main() {
             "ext2fs_(open2|close_free|free|read_bitmaps|new_inode|inode_alloc_stats2|\
              write_new_inode|read_inode|write_inode|inode_size_set|link|expand_dir|mkdir|\
              symlink|lookup|fallocate|extent_open2|extent_get|extent_free|xattrs_open|\
-             xattrs_read|xattr_set|xattrs_close)|error_message",
+             xattrs_read|xattr_set|xattrs_close|namei|file_open|file_read|file_close|\
+             file_get_lsize|is_fast_symlink)|error_message",
         )
         .allowlist_var("unix_io_manager|EXT2_.*|EXT4_.*|LINUX_S_.*")
-        .allowlist_type("ext2_filsys|ext2_extent_handle_t|ext2fs_extent|ext2_xattr_handle")
+        .allowlist_type(
+            "ext2_filsys|ext2_extent_handle_t|ext2fs_extent|ext2_xattr_handle|ext2_file_t",
+        )
         .default_enum_style(bindgen::EnumVariation::Consts)
         .layout_tests(false)
         .generate_comments(false);

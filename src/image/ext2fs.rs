@@ -519,6 +519,142 @@ fn set_ids(i: &mut sys::ext2_inode, uid: u32, gid: u32) {
     i.osd2.linux2.l_i_gid_high = (gid >> 16) as u16;
 }
 
+/// An ext4 filesystem opened read-only, to read a few links and files (an image's
+/// deployment links, commit objects and origins) without spawning debugfs for each.
+pub struct Reader {
+    fs: sys::ext2_filsys,
+    path: PathBuf,
+}
+
+// SAFETY: as for [`Fs`]: the handle belongs to this value alone.
+unsafe impl Send for Reader {}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // SAFETY: fs came from ext2fs_open2 and is freed once.
+        unsafe { sys::ext2fs_free(self.fs) };
+    }
+}
+
+impl Reader {
+    /// Opens the filesystem at `offset` in `image` for reading.
+    pub fn open(image: &Path, offset: u64) -> Result<Reader> {
+        let name = cstr(image.as_os_str().as_bytes())?;
+        let opts = cstr(format!("offset={offset}").as_bytes())?;
+        let mut fs: sys::ext2_filsys = std::ptr::null_mut();
+        // SAFETY: valid C strings; unix_io_manager is libext2fs's own static manager.
+        check(
+            unsafe {
+                sys::ext2fs_open2(
+                    name.as_ptr(),
+                    opts.as_ptr(),
+                    sys::EXT2_FLAG_64BITS as i32,
+                    0,
+                    0,
+                    sys::unix_io_manager,
+                    &mut fs,
+                )
+            },
+            || format!("opening the ext4 filesystem in {}", image.display()),
+        )?;
+        Ok(Reader {
+            fs,
+            path: image.to_path_buf(),
+        })
+    }
+
+    /// The inode at the absolute `path` (a final symlink is not followed).
+    fn lookup(&self, path: &str) -> Result<(u32, sys::ext2_inode)> {
+        let c = cstr(path.trim_start_matches('/').as_bytes())?;
+        let mut ino: u32 = 0;
+        // SAFETY: valid handle and C string; ino is written on success.
+        check(
+            unsafe { sys::ext2fs_namei(self.fs, ROOT_INO, ROOT_INO, c.as_ptr(), &mut ino) },
+            || format!("{path} in {}", self.path.display()),
+        )?;
+        // SAFETY: ext2_inode is plain data; read_inode fills it.
+        let mut inode: sys::ext2_inode = unsafe { std::mem::zeroed() };
+        check(
+            unsafe { sys::ext2fs_read_inode(self.fs, ino, &mut inode) },
+            || format!("reading the inode of {path}"),
+        )?;
+        Ok((ino, inode))
+    }
+
+    /// The target of the symlink at `path`.
+    pub fn read_link(&self, path: &str) -> Result<String> {
+        let (ino, mut inode) = self.lookup(path)?;
+        if u32::from(inode.i_mode) & sys::LINUX_S_IFMT != sys::LINUX_S_IFLNK {
+            bail!("{path} is not a symlink");
+        }
+        let size = inode.i_size as usize;
+        // SAFETY: inode is a valid inode read above.
+        let bytes = if unsafe { sys::ext2fs_is_fast_symlink(&mut inode) } != 0 {
+            // A short target is kept in the inode's block array itself.
+            // SAFETY: i_block is a plain array inside `inode`, read as bytes.
+            let raw: &[u8] = unsafe {
+                std::slice::from_raw_parts(
+                    inode.i_block.as_ptr().cast::<u8>(),
+                    std::mem::size_of_val(&inode.i_block),
+                )
+            };
+            raw[..size.min(raw.len())].to_vec()
+        } else if inode.i_flags & sys::EXT4_INLINE_DATA_FL != 0 {
+            bail!("{path}: symlinks with inline data are not supported");
+        } else {
+            self.read_ino(ino, path)?
+        };
+        String::from_utf8(bytes).map_err(|_| anyhow!("{path}: the target is not UTF-8"))
+    }
+
+    /// The contents of the regular file at `path`.
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let (ino, inode) = self.lookup(path)?;
+        if u32::from(inode.i_mode) & sys::LINUX_S_IFMT != sys::LINUX_S_IFREG {
+            bail!("{path} is not a regular file");
+        }
+        self.read_ino(ino, path)
+    }
+
+    fn read_ino(&self, ino: u32, path: &str) -> Result<Vec<u8>> {
+        let mut file: sys::ext2_file_t = std::ptr::null_mut();
+        // SAFETY: valid handle and inode number; file is closed below.
+        check(
+            unsafe { sys::ext2fs_file_open(self.fs, ino, 0, &mut file) },
+            || format!("opening {path}"),
+        )?;
+        let result = (|| -> Result<Vec<u8>> {
+            let mut size: u64 = 0;
+            // SAFETY: file is open.
+            check(
+                unsafe { sys::ext2fs_file_get_lsize(file, &mut size) },
+                || format!("sizing {path}"),
+            )?;
+            let mut buf = vec![0u8; size as usize];
+            let mut done = 0usize;
+            while done < buf.len() {
+                let want = (buf.len() - done).min(1 << 30) as u32;
+                let mut got: u32 = 0;
+                // SAFETY: file is open; the buffer has `want` bytes from `done`.
+                check(
+                    unsafe {
+                        sys::ext2fs_file_read(file, buf[done..].as_mut_ptr().cast(), want, &mut got)
+                    },
+                    || format!("reading {path}"),
+                )?;
+                if got == 0 {
+                    bail!("{path}: ends after {done} of {size} bytes");
+                }
+                done += got as usize;
+            }
+            Ok(buf)
+        })();
+        // SAFETY: file is open and closed once.
+        unsafe { sys::ext2fs_file_close(file) };
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,6 +744,17 @@ mod tests {
                 .to_string()
         };
         assert_eq!(ino("/repo/objects/big"), ino("/usr/bin/big"));
+
+        // Read back through libext2fs, as image status reads deployments.
+        let r = Reader::open(&img, offset).unwrap();
+        assert_eq!(r.read_link("/usr/short").unwrap(), "bin/tool");
+        assert_eq!(r.read_link("/usr/long").unwrap(), "x".repeat(200));
+        assert_eq!(r.read_file("/usr/bin/big").unwrap(), big);
+        assert_eq!(r.read_file("/usr/empty").unwrap(), b"");
+        assert!(r.read_file("/usr/short").is_err());
+        assert!(r.read_link("/usr/bin/tool").is_err());
+        let e = format!("{:#}", r.read_file("/usr/missing").unwrap_err());
+        assert!(e.contains("/usr/missing"), "{e}");
     }
 
     /// A file of more extents than fit in the inode (an extent tree of depth 1, here from

@@ -182,35 +182,35 @@ trait SysrootFiles {
     fn read(&self, path: &str) -> Option<Vec<u8>>;
 }
 
-impl SysrootFiles for Opened {
+/// An image's filesystems as read out into the workspace: /boot as a directory tree, the
+/// root filesystem through libext2fs (no debugfs per file).
+struct ImageFiles<'a> {
+    boot_dir: &'a Path,
+    root: super::ext2fs::Reader,
+}
+
+impl<'a> ImageFiles<'a> {
+    fn open(o: &'a Opened) -> Result<Self> {
+        Ok(ImageFiles {
+            boot_dir: &o.boot_dir,
+            root: super::ext2fs::Reader::open(&o.root_fs, 0)?,
+        })
+    }
+}
+
+impl SysrootFiles for ImageFiles<'_> {
     fn boot_dir(&self) -> PathBuf {
-        self.boot_dir.clone()
+        self.boot_dir.to_path_buf()
     }
 
     fn read_link(&self, path: &str) -> Result<String> {
-        let stat = debugfs(&self.root_fs, &format!("stat {path}"))?;
-        if !stat.contains("Type: symlink") {
-            bail!("{path} is not a deployment link on the root filesystem");
-        }
-        // Short targets live in the inode ("fast" links); longer ones in a block `cat` prints.
-        Ok(
-            match stat
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
-            {
-                Some(t) => t.trim_matches('"').to_string(),
-                None => debugfs(&self.root_fs, &format!("cat {path}"))?
-                    .trim()
-                    .to_string(),
-            },
-        )
+        self.root
+            .read_link(path)
+            .with_context(|| format!("{path} is not a deployment link on the root filesystem"))
     }
 
     fn read(&self, path: &str) -> Option<Vec<u8>> {
-        let scratch = self.work.scratch.join("read.tmp");
-        let _ = std::fs::remove_file(&scratch);
-        debugfs(&self.root_fs, &format!("dump {path} {}", scratch.display())).ok()?;
-        std::fs::read(&scratch).ok()
+        self.root.read_file(path).ok()
     }
 }
 
@@ -299,7 +299,7 @@ fn origin_pinned(origin: &str) -> bool {
 /// The deployments of an image, default first.
 pub fn status(img: &Path) -> Result<Vec<Deployment>> {
     let o = open(img)?;
-    let deps = deployments(&o)?;
+    let deps = deployments(&ImageFiles::open(&o)?)?;
     o.close()?;
     Ok(deps)
 }
@@ -345,7 +345,7 @@ fn fs_identity(fs: &Path) -> Result<(String, String)> {
 /// Makes the rollback deployment the default (and the default the rollback).
 pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
     let o = open(img)?;
-    let deps = deployments(&o)?;
+    let deps = deployments(&ImageFiles::open(&o)?)?;
     if deps.len() < 2 {
         bail!(
             "{} has one deployment; there is nothing to roll back to",
@@ -400,7 +400,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
     disk.flush()?;
     disk.sync_all()?;
     // /boot in the staging dir now holds the edited entries; re-read the order from them.
-    let new_deps = deployments(&o)?;
+    let new_deps = deployments(&ImageFiles::open(&o)?)?;
     replace_image(&o, img, "rollback")?;
     o.close()?;
     Ok(new_deps)
@@ -472,7 +472,7 @@ fn offline_edit(
 ) -> Result<Vec<Deployment>> {
     use ostree::gio;
     let o = open(img)?;
-    deployments(&o)?;
+    deployments(&ImageFiles::open(&o)?)?;
     let sysroot_dir = o.work.scratch.join("sysroot");
     std::fs::create_dir_all(&sysroot_dir)?;
     debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
@@ -527,7 +527,7 @@ fn offline_edit(
     let _ = std::fs::remove_dir_all(&o.boot_dir);
     std::fs::create_dir_all(&o.boot_dir)?;
     debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
-    let new_deps = deployments(&o)?;
+    let new_deps = deployments(&ImageFiles::open(&o)?)?;
     replace_image(&o, img, op)?;
     o.close()?;
     Ok(new_deps)
