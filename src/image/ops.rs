@@ -1,9 +1,11 @@
 //! A/B operations. On images, offline: `status` reads the boot loader entries and the
-//! deployment links without mounting anything (debugfs reads the filesystems); `rollback`
+//! deployment links without mounting anything (/boot read out by debugfs, the root
+//! filesystem's links and files through libext2fs); `rollback`
 //! makes the other deployment the default by rewriting the /boot filesystem (entries and GRUB
 //! config together) in a copy of the image that replaces the original in one rename; `deploy`
 //! and `pin` edit the filesystems' trees with the `ostree` crate and make them again. On a
-//! live sysroot (`--sysroot /` on a booted node) the same operations go through libostree,
+//! live sysroot (`--sysroot /` on a booted node) the same operations go through libostree
+//! (status reads the same links and files from its directories, with the same reader),
 //! whose loader swap changes the entries and GRUB's config (kept in the loader directory) in
 //! one rename.
 
