@@ -44,6 +44,30 @@ fn check(code: sys::errcode_t, what: impl FnOnce() -> String) -> Result<()> {
     Err(anyhow!("{}: {msg}", what()))
 }
 
+/// libext2fs's handle for the filesystem at `offset` in `image`, opened with `flags`; the
+/// caller owns it (and frees it with `ext2fs_free`).
+fn open_handle(image: &Path, offset: u64, flags: u32) -> Result<sys::ext2_filsys> {
+    let name = cstr(image.as_os_str().as_bytes())?;
+    let opts = cstr(format!("offset={offset}").as_bytes())?;
+    let mut fs: sys::ext2_filsys = std::ptr::null_mut();
+    // SAFETY: valid C strings; unix_io_manager is libext2fs's own static manager.
+    check(
+        unsafe {
+            sys::ext2fs_open2(
+                name.as_ptr(),
+                opts.as_ptr(),
+                flags as i32,
+                0,
+                0,
+                sys::unix_io_manager,
+                &mut fs,
+            )
+        },
+        || "ext2fs_open2".into(),
+    )?;
+    Ok(fs)
+}
+
 fn cstr(s: &[u8]) -> Result<CString> {
     CString::new(s).map_err(|_| anyhow!("{:?} contains a NUL byte", String::from_utf8_lossy(s)))
 }
@@ -91,30 +115,13 @@ impl Fs {
                 image.display()
             )
         };
-        let name = cstr(image.as_os_str().as_bytes())?;
-        let opts = cstr(format!("offset={offset}").as_bytes())?;
         let flags = sys::EXT2_FLAG_RW | sys::EXT2_FLAG_64BITS | sys::EXT2_FLAG_IGNORE_CSUM_ERRORS;
         // Opened first: once libext2fs has a handle, nothing fails before `Fs` owns it.
         let image_file = std::fs::OpenOptions::new()
             .write(true)
             .open(image)
             .with_context(what)?;
-        let mut fs: sys::ext2_filsys = std::ptr::null_mut();
-        // SAFETY: valid C strings; unix_io_manager is libext2fs's own static manager.
-        check(
-            unsafe {
-                sys::ext2fs_open2(
-                    name.as_ptr(),
-                    opts.as_ptr(),
-                    flags as i32,
-                    0,
-                    0,
-                    sys::unix_io_manager,
-                    &mut fs,
-                )
-            },
-            what,
-        )?;
+        let fs = open_handle(image, offset, flags).with_context(what)?;
         let mut me = Fs {
             fs,
             image: image_file,
@@ -539,24 +546,8 @@ impl Drop for Reader {
 impl Reader {
     /// Opens the filesystem at `offset` in `image` for reading.
     pub fn open(image: &Path, offset: u64) -> Result<Reader> {
-        let name = cstr(image.as_os_str().as_bytes())?;
-        let opts = cstr(format!("offset={offset}").as_bytes())?;
-        let mut fs: sys::ext2_filsys = std::ptr::null_mut();
-        // SAFETY: valid C strings; unix_io_manager is libext2fs's own static manager.
-        check(
-            unsafe {
-                sys::ext2fs_open2(
-                    name.as_ptr(),
-                    opts.as_ptr(),
-                    sys::EXT2_FLAG_64BITS as i32,
-                    0,
-                    0,
-                    sys::unix_io_manager,
-                    &mut fs,
-                )
-            },
-            || format!("opening the ext4 filesystem in {}", image.display()),
-        )?;
+        let fs = open_handle(image, offset, sys::EXT2_FLAG_64BITS)
+            .with_context(|| format!("opening the ext4 filesystem in {}", image.display()))?;
         Ok(Reader {
             fs,
             path: image.to_path_buf(),
