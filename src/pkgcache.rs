@@ -293,6 +293,27 @@ fn open_verified(
     rpm_pkg
         .verify_digests()
         .map_err(|e| anyhow!("{nv}: RPM digest check failed, the package is corrupt: {e}"))?;
+    // The header must be the package the repodata promised: a repo that lists one package
+    // and serves another (with a matching checksum) is refused before anything is unpacked.
+    let m = &rpm_pkg.metadata;
+    let header_nevra = format!(
+        "{}-{}{}-{}.{}",
+        m.get_name().unwrap_or_default(),
+        match m.get_epoch().unwrap_or(0) {
+            0 => String::new(),
+            e => format!("{e}:"),
+        },
+        m.get_version().unwrap_or_default(),
+        m.get_release().unwrap_or_default(),
+        m.get_arch().unwrap_or_default()
+    );
+    if header_nevra != nv {
+        bail!(
+            "{nv}: the RPM from repo [{}] is {header_nevra} by its header; the repodata and \
+             the package disagree",
+            pkg.repo_id
+        );
+    }
     if let Some(v) = verifier {
         if rpm_pkg
             .metadata
@@ -646,6 +667,43 @@ pub fn nevra_index(infos: &[PkgInfo]) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repo whose repodata names one package and serves another (its checksum matching the
+    /// file served) is refused before the payload is read.
+    #[test]
+    fn a_header_that_disagrees_with_the_repodata_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("evil.rpm");
+        rpm::PackageBuilder::new("evil", "6.6", "MIT", "x86_64", "not what was listed")
+            .release("1")
+            .build()
+            .unwrap()
+            .write_file(&path)
+            .unwrap();
+        let solved = |name: &str, epoch: u64| Solved {
+            name: name.into(),
+            epoch,
+            version: "6.6".into(),
+            release: "1".into(),
+            arch: "x86_64".into(),
+            repo_id: "mirror".into(),
+            location: "evil.rpm".into(),
+            checksum_type: "sha256".into(),
+            checksum: String::new(),
+            download_size: 0,
+        };
+        open_verified(&path, &solved("evil", 0), None).unwrap();
+        for (name, epoch) in [("glibc", 0), ("evil", 1)] {
+            let e = format!(
+                "{:#}",
+                open_verified(&path, &solved(name, epoch), None).unwrap_err()
+            );
+            assert!(
+                e.contains("is evil-6.6-1.x86_64 by its header") && e.contains("[mirror]"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn dotdot_paths_are_refused() {
