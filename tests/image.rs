@@ -262,3 +262,63 @@ fn live_sysroot_deploy_prune_pin_rollback() {
     assert_eq!(first_menu_commit(), b);
     unlock_tree(dir.path());
 }
+
+/// Two operations on one image file at once: the second is refused with a clear message
+/// while the first holds the image's workspace, and the first still completes; the image
+/// is whole afterwards.
+#[test]
+fn a_second_operation_on_the_same_image_is_refused_while_the_first_runs() {
+    let (repo, _) = composed_node();
+    let b = composed_node_b();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.raw");
+    assert_ok(&image_build(
+        &repo,
+        "hostforge/x86_64/node",
+        "qemu.yaml",
+        "raw",
+        &img,
+        None,
+    ));
+    // The workspace is named after the image's path; on tmpfs when there is room.
+    let hash = run(Command::new("sh")
+        .arg("-c")
+        .arg("printf %s \"$1\" | sha256sum")
+        .arg("sh")
+        .arg(&img));
+    let scratch = Path::new("/dev/shm").join(format!("hostforge-image-{}", &hash[..16]));
+    let fallback = dir.path().join(".node.raw.hostforge-scratch");
+    let first = hostforge_cmd()
+        .args(["image", "deploy"])
+        .arg(&img)
+        .arg("--repo")
+        .arg(&repo)
+        .args(["--ref", "hostforge/x86_64/node-b"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !(scratch.join(".lock").exists() || fallback.join(".lock").exists()) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the first operation never claimed its workspace"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = hostforge_cmd()
+        .args(["image", "rollback"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_fails_with(
+        &second,
+        &["in use by another hostforge image build or operation"],
+    );
+    let first = first.wait_with_output().unwrap();
+    assert_ok(&first);
+    let st = image_status(&img);
+    assert_eq!(st["deployments"][0]["commit"].as_str().unwrap(), b);
+    assert!(!scratch.exists() && !fallback.exists());
+    unlock_tree(dir.path());
+}
