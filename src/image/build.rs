@@ -204,7 +204,13 @@ fn start_grub_images(plan: &Plan) -> GrubImagesJob {
     let scratch = plan.work.scratch.clone();
     let separate_boot = plan.separate_boot();
     let bios = plan.layout.has(Bootloader::Grub2Bios);
-    let efi = plan.layout.has(Bootloader::Grub2Efi);
+    // An ESP always carries GRUB as the removable-media loader.
+    let efi = plan.layout.has(Bootloader::Grub2Efi)
+        || plan
+            .layout
+            .partitions
+            .iter()
+            .any(|p| p.kind == PartType::Esp);
     let grub_part = plan.grub_partition();
     let boot_uuid = plan.uuid(grub_part).to_string();
     GrubImagesJob(Some(std::thread::spawn(move || {
@@ -415,9 +421,7 @@ fn bootloader(plan: &Plan, grub_images: GrubImagesJob, disk: &mut Disk) -> Resul
     for (i, p) in layout.partitions.iter().enumerate() {
         match p.kind {
             PartType::Esp => {
-                let efi = images.efi.as_deref().ok_or_else(|| {
-                    anyhow!("partition {}: an ESP needs bootloader grub2-efi", p.name)
-                })?;
+                let efi = images.efi.as_deref().expect("made for an ESP");
                 disk.file.sync_all()?;
                 fs::mkfs_esp(
                     &disk.path,
