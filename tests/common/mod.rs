@@ -351,8 +351,11 @@ pub fn qemu_serial_until(
             &accel,
             "-m",
             "1024",
+            // One vCPU: boot tests run two guests at once on a 2-core host; with two vCPUs
+            // each, a descheduled vCPU stalled the other in the kernel's cross-CPU text
+            // patching (RCU stall, udev hung; seen once in CI, metal BIOS boot).
             "-smp",
-            "2",
+            "1",
             "-nographic",
             "-no-reboot",
         ])
