@@ -296,17 +296,14 @@ fn open_verified(
     // The header must be the package the repodata promised: a repo that lists one package
     // and serves another (with a matching checksum) is refused before anything is unpacked.
     let m = &rpm_pkg.metadata;
-    let header_nevra = format!(
-        "{}-{}{}-{}.{}",
-        m.get_name().unwrap_or_default(),
-        match m.get_epoch().unwrap_or(0) {
-            0 => String::new(),
-            e => format!("{e}:"),
-        },
-        m.get_version().unwrap_or_default(),
-        m.get_release().unwrap_or_default(),
-        m.get_arch().unwrap_or_default()
-    );
+    let header_nevra = nevra(&Solved {
+        name: m.get_name().unwrap_or_default().to_string(),
+        epoch: u64::from(m.get_epoch().unwrap_or(0)),
+        version: m.get_version().unwrap_or_default().to_string(),
+        release: m.get_release().unwrap_or_default().to_string(),
+        arch: m.get_arch().unwrap_or_default().to_string(),
+        ..pkg.clone()
+    });
     if header_nevra != nv {
         bail!(
             "{nv}: the RPM from repo [{}] is {header_nevra} by its header; the repodata and \
@@ -643,10 +640,8 @@ fn tmpfiles_line(e: &Entry, comps: &[&str]) -> Result<Option<String>> {
         FileType::Dir => Some(format!("d {path} {:04o} root root - -", e.mode)),
         FileType::SymbolicLink => {
             let target = e.linkto.as_deref().unwrap_or_default();
-            if target.chars().any(char::is_control) || target.trim() != target {
-                bail!("{shown}: symlink target {target:?} cannot be written to tmpfiles.d");
-            }
-            Some(format!("L {path} - - - - {}", target.replace('%', "%%")))
+            let target = crate::validate::tmpfiles_link_target(&shown, target)?;
+            Some(format!("L {path} - - - - {target}"))
         }
         FileType::Regular if !e.ghost => Some(format!(
             "C {path} - - - - /usr/share/factory{}",

@@ -198,13 +198,14 @@ impl External {
         use std::os::unix::fs::PermissionsExt;
         let dir = declared_in.parent().unwrap_or(Path::new("."));
         let path = dir.join(name);
-        let at = format!(
-            "{}:{}",
-            declared_in.display(),
-            line_of_key(text, key).unwrap_or(1)
-        );
-        let data = std::fs::read(&path)
-            .with_context(|| format!("{at}: {key}: reading {}", path.display()))?;
+        let data = std::fs::read(&path).with_context(|| {
+            format!(
+                "{}:{}: {key}: reading {}",
+                declared_in.display(),
+                line_of_key(text, key).unwrap_or(1),
+                path.display()
+            )
+        })?;
         let mode = std::fs::metadata(&path)?.permissions().mode() & 0o7777;
         Ok(External {
             name: name.to_string(),

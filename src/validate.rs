@@ -224,6 +224,19 @@ pub fn tmpfiles_path(v: &str) -> Result<String> {
     Ok(out)
 }
 
+/// A symlink target as the last field of a tmpfiles.d `L` line: `%` doubled (specifiers);
+/// control characters or spaces around it cannot be written there, so such a target is
+/// refused, `path` (the link) named.
+pub fn tmpfiles_link_target(path: &str, target: &str) -> Result<String> {
+    if target.chars().any(char::is_control) || target.trim() != target {
+        bail!(
+            "{path}: the symlink's target {target:?} cannot be written as a tmpfiles.d line \
+             (control characters or surrounding spaces)"
+        );
+    }
+    Ok(target.replace('%', "%%"))
+}
+
 /// A systemd unit name (`foo.service`, `getty@ttyS0.service`), never a path.
 pub fn unit_name(field: &str, v: &str) -> Result<()> {
     let ok = v.contains('.')
@@ -322,5 +335,11 @@ mod tests {
         assert_eq!(erb_literal("a <%= x %> b"), "a <%%= x %> b");
         assert_eq!(tmpfiles_path("/var/a b%h").unwrap(), "/var/a\\ b%%h");
         assert!(tmpfiles_path("/var/a\nb").is_err());
+        assert_eq!(
+            tmpfiles_link_target("/var/l", "../x%y z").unwrap(),
+            "../x%%y z"
+        );
+        assert!(tmpfiles_link_target("/var/l", "x\ny").is_err());
+        assert!(tmpfiles_link_target("/var/l", " x").is_err());
     }
 }

@@ -778,8 +778,7 @@ fn commit(ctx: &mut Ctx) -> Result<Flow> {
 
 /// What the commit changes on the way in: owners from the composed passwd/group, and
 /// `readonly-executables`.
-fn commit_modifier(ctx: &Ctx) -> ostree::RepoCommitModifier {
-    let owners = ctx.owners.clone();
+fn commit_modifier(ctx: &Ctx, owners: BTreeMap<String, (u32, u32)>) -> ostree::RepoCommitModifier {
     let readonly_exec = ctx.tf.doc.readonly_executables == Some(true);
     let filter = move |_repo: &ostree::Repo, path: &str, info: &gio::FileInfo| {
         if let Some((uid, gid)) = owners.get(path) {
@@ -806,7 +805,8 @@ fn commit_modifier(ctx: &Ctx) -> ostree::RepoCommitModifier {
 /// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
 fn write_build_commit(ctx: &mut Ctx) -> Result<String> {
     let cancellable = gio::Cancellable::NONE;
-    let modifier = commit_modifier(ctx);
+    let owners = std::mem::take(&mut ctx.owners);
+    let modifier = commit_modifier(ctx, owners);
     let cache = &ctx.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;

@@ -256,13 +256,8 @@ fn var_to_tmpfiles(root: &Path) -> Result<Vec<String>> {
                 walk(base, &p, lines)?;
             } else if m.is_symlink() {
                 let target = std::fs::read_link(&p)?.display().to_string();
-                if target.chars().any(char::is_control) || target.trim() != target {
-                    bail!(
-                        "{shown}: the symlink's target {target:?} cannot be written as a \
-                         tmpfiles.d line (control characters or surrounding spaces)"
-                    );
-                }
-                lines.push(format!("L {rel} - - - - {}", target.replace('%', "%%")));
+                let target = crate::validate::tmpfiles_link_target(&shown, &target)?;
+                lines.push(format!("L {rel} - - - - {target}"));
             }
         }
         Ok(())
