@@ -21,11 +21,8 @@ pub fn remove_any(p: &Path) -> Result<()> {
 /// `remove-files`: paths relative to the root (a leading `/` is allowed).
 pub fn remove_files(root: &Path, tf: &Treefile) -> Result<()> {
     for f in tf.doc.remove_files.iter().flatten() {
-        let rel = f.trim_start_matches('/');
-        if rel.split('/').any(|c| c == "..") {
-            bail!("remove-files: {f:?} contains ..");
-        }
-        remove_any(&root.join(rel))?;
+        let path = inside_root(root, f).context("remove-files")?;
+        remove_any(&path)?;
     }
     Ok(())
 }
@@ -454,6 +451,31 @@ mod tests {
             assert!(e.contains(says), "{dest}: {e}");
         }
         assert_eq!(inside_root(&root, "/etc/x").unwrap(), root.join("etc/x"));
+    }
+
+    /// Regression: remove-files deleted through a symlink of the composed tree on the host.
+    #[test]
+    fn remove_files_stay_in_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, host) = (d.path().join("root"), d.path().join("host"));
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("x"), "keep").unwrap();
+        symlink(&host, root.join("var/run")).unwrap();
+        for f in ["/var/run/x", "usr/../../host/x"] {
+            let dir = d.path().join("tf");
+            std::fs::create_dir_all(&dir).unwrap();
+            let p = dir.join("t.yaml");
+            std::fs::write(
+                &p,
+                format!("ref: a/b\nrepos: [r]\npackages: [x]\nremove-files: [\"{f}\"]\n"),
+            )
+            .unwrap();
+            let tf = Treefile::load(&p).unwrap();
+            let e = format!("{:#}", remove_files(&root, &tf).unwrap_err());
+            assert!(e.starts_with("remove-files"), "{f}: {e}");
+            assert!(host.join("x").exists(), "{f}");
+        }
     }
 
     #[test]
