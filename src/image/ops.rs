@@ -568,8 +568,6 @@ fn relink_deployments(sysroot: &ostree::Sysroot, sysroot_dir: &Path) -> Result<(
 struct Live {
     path: PathBuf,
     sysroot: ostree::Sysroot,
-    /// Holds the script ostree runs to write GRUB's menu ([`grub::install_hook`]).
-    hook_dir: tempfile::TempDir,
 }
 
 impl Live {
@@ -585,20 +583,20 @@ impl Live {
         sysroot
             .load(gio::Cancellable::NONE)
             .with_context(|| format!("loading the sysroot at {}", path.display()))?;
-        let hook_dir = tempfile::Builder::new()
-            .prefix("hostforge-grub-hook")
-            .tempdir()
-            .context("making a directory for the GRUB config hook")?;
         Ok(Live {
             path: path.to_path_buf(),
             sysroot,
-            hook_dir,
         })
     }
 
     /// Runs `edit` holding the sysroot lock, then reloads.
     fn edit(&self, edit: impl FnOnce(&ostree::Sysroot) -> Result<()>) -> Result<()> {
-        grub::install_hook(self.hook_dir.path())?;
+        // The script ostree runs to write GRUB's menu lives as long as the edit.
+        let hook_dir = tempfile::Builder::new()
+            .prefix("hostforge-grub-hook")
+            .tempdir()
+            .context("making a directory for the GRUB config hook")?;
+        grub::install_hook(hook_dir.path())?;
         self.sysroot
             .lock()
             .context("locking the sysroot (is another ostree operation running?)")?;
