@@ -1,6 +1,7 @@
 //! `compose tree`: the pipeline from a treefile to an ostree commit, as a flat list of named,
-//! timed steps over one context. No step reaches back into an earlier one; the ref moves only
-//! in the last step, after every object is written.
+//! timed steps ([`STEPS`]). Each step reads the settled environment (`Env`) and what earlier
+//! steps returned, and returns its own typed result; none reaches back into an earlier one.
+//! The ref moves only in the last step, after every object is written.
 
 mod kernel;
 mod postprocess;
@@ -41,16 +42,14 @@ pub struct Options {
 }
 
 #[derive(Default)]
-struct Stats {
+struct FetchStats {
     cache_hits: usize,
     downloaded: usize,
     bytes_downloaded: u64,
-    objects_written: u64,
-    bytes_written: u64,
 }
 
-/// Everything the steps share.
-struct Ctx {
+/// What every step reads: settled before the first step, never changed by one.
+struct Env {
     opts: Options,
     progress: Progress,
     tf: Treefile,
@@ -60,45 +59,117 @@ struct Ctx {
     cache_path: PathBuf,
     work: PathBuf,
     repos: Vec<RepoDef>,
-    solved: Vec<Solved>,
+    /// (device, inode) -> checksum of every file the assemble step hardlinked from the cache.
+    devino: ostree::RepoDevInoCache,
+}
+
+impl Env {
+    /// The tree being composed.
+    fn root(&self) -> PathBuf {
+        self.work.join("root")
+    }
+}
+
+/// The inputs hashed, and the commit they are compared with (the ref's current commit).
+struct Input {
     inputhash: String,
     parent: Option<String>,
-    pkg_commits: Vec<String>,
+}
+
+/// What the inputhash step found.
+enum Checked {
+    /// The ref's commit was made from the same inputs.
+    Unchanged {
+        inputhash: String,
+        commit: String,
+        version: Option<String>,
+    },
+    Changed(Input),
+}
+
+/// The packages, in the cache repo: one commit each, with what the cache knows of them.
+struct Packages {
+    commits: Vec<String>,
     infos: Vec<PkgInfo>,
+    stats: FetchStats,
+}
+
+/// Everything the tree steps settled, which the commit records.
+struct Tree {
+    input: Input,
+    packages: Packages,
     version: Option<String>,
     /// The kernel version of a bootable tree.
     kver: Option<String>,
-    commit: Option<String>,
-    changed: bool,
-    stats: Stats,
-    steps: Vec<(String, f64)>,
-    /// (device, inode) -> checksum of every file the assemble step hardlinked from the cache.
-    devino: ostree::RepoDevInoCache,
-    /// Committed path -> (uid, gid) for files not owned by root, from the layout step.
-    owners: BTreeMap<String, (u32, u32)>,
 }
 
-/// How a step ended: whether the pipeline goes on, and the detail for the step's progress
-/// line (a stop without one prints no line: the step said why itself).
-enum Flow {
-    Continue(String),
-    Stop(Option<String>),
+/// Committed path -> (uid, gid), for files not owned by root.
+type Owners = BTreeMap<String, (u32, u32)>;
+
+/// What the commit step wrote.
+struct Committed {
+    commit: String,
+    objects_written: u64,
+    bytes_written: u64,
 }
 
-type Step = fn(&mut Ctx) -> Result<Flow>;
+/// How the compose ended, for the summary.
+enum Outcome {
+    DryRun {
+        solved: Vec<Solved>,
+    },
+    Unchanged {
+        inputhash: String,
+        commit: String,
+        version: Option<String>,
+        packages: usize,
+    },
+    Committed {
+        tree: Tree,
+        committed: Committed,
+    },
+}
 
-/// The pipeline, in order.
-const STEPS: &[(&str, Step)] = &[
-    ("resolve", resolve),
-    ("inputhash", inputhash),
-    ("fetch", fetch_and_import),
-    ("assemble", assemble),
-    ("scripts", run_scriptlets),
-    ("rpmdb", write_rpmdb),
-    ("postprocess", postprocess_tree),
-    ("initramfs", initramfs),
-    ("layout", layout),
-    ("commit", commit),
+/// Times each step once and prints its line (a step with no detail prints none: it said why
+/// itself).
+struct Runner<'a> {
+    progress: &'a Progress,
+    seconds: Vec<(String, f64)>,
+}
+
+impl Runner<'_> {
+    fn step<T, D: Into<Option<String>>>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<(T, D)>,
+    ) -> Result<T> {
+        debug_assert_eq!(
+            STEPS.get(self.seconds.len()),
+            Some(&name),
+            "steps run in order"
+        );
+        let t = Timer::start();
+        let (value, detail) = f().with_context(|| format!("compose step {name}"))?;
+        self.seconds.push((name.to_string(), t.secs()));
+        if let Some(d) = detail.into() {
+            self.progress.step_done(name, t.secs(), &d);
+        }
+        Ok(value)
+    }
+}
+
+/// The pipeline, in order (each step's output is what later steps receive).
+pub const STEPS: &[&str] = &[
+    "resolve",
+    "inputhash",
+    "fetch",
+    "assemble",
+    "scripts",
+    "rpmdb",
+    "postprocess",
+    "initramfs",
+    "layout",
+    "commit",
 ];
 
 /// Bump when the compose output changes for the same inputs, so old commits are redone.
@@ -106,6 +177,72 @@ const COMPOSE_FORMAT: &str = "hostforge-compose-1";
 
 /// Runs a compose; returns what it did (the compose.json document).
 pub fn compose_tree(opts: Options) -> Result<Summary> {
+    let (env, lock) = setup(opts)?;
+    let mut run = Runner {
+        progress: &env.progress,
+        seconds: Vec::new(),
+    };
+    let outcome = pipeline(&env, &mut run)?;
+    drop(lock);
+    let doc = summary(&env, outcome, run.seconds)?;
+    if let Some(p) = &env.opts.write_composejson_to {
+        std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let (Some(p), Some(c)) = (&env.opts.write_commitid_to, &doc.commit) {
+        std::fs::write(p, c).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(doc)
+}
+
+/// The steps of [`STEPS`], each handed what the earlier ones returned.
+fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
+    let solved = run.step("resolve", || resolve(env))?;
+    let Some(target) = env.target.as_ref().filter(|_| !env.opts.dry_run) else {
+        if !env.opts.json {
+            for p in &solved {
+                println!("{}", rpmmd::nevra(p));
+            }
+        }
+        return Ok(Outcome::DryRun { solved });
+    };
+    let input = match run.step("inputhash", || inputhash(env, target, &solved))? {
+        Checked::Unchanged {
+            inputhash,
+            commit,
+            version,
+        } => {
+            return Ok(Outcome::Unchanged {
+                inputhash,
+                commit,
+                version,
+                packages: solved.len(),
+            })
+        }
+        Checked::Changed(input) => input,
+    };
+    let packages = run.step("fetch", || fetch_and_import(env, &solved))?;
+    run.step("assemble", || assemble(env, &packages))?;
+    run.step("scripts", || run_scriptlets(env, &packages))?;
+    run.step("rpmdb", || write_rpmdb(env, &packages))?;
+    let version = run.step("postprocess", || {
+        postprocess_tree(env, target, &input, &packages)
+    })?;
+    let kver = run.step("initramfs", || initramfs(env))?;
+    let owners = run.step("layout", || layout(env, &packages))?;
+    let tree = Tree {
+        input,
+        packages,
+        version,
+        kver,
+    };
+    let committed = run.step("commit", || commit(env, target, &tree, owners))?;
+    Ok(Outcome::Committed { tree, committed })
+}
+
+/// Loads the treefile and its repos, opens the repos, and takes the cachedir's lock (held
+/// until the returned file is dropped).
+fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
     process::check_required_programs()?;
     let progress = Progress::new(opts.quiet, opts.json);
     let tf = Treefile::load(&opts.treefile)?;
@@ -134,7 +271,7 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
         tf.doc.repos.as_deref().unwrap_or_default(),
         &tf.path,
     )?;
-    let mut ctx = Ctx {
+    let env = Env {
         opts,
         progress,
         tf,
@@ -144,93 +281,53 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
         cache_path,
         work,
         repos,
-        solved: Vec::new(),
-        inputhash: String::new(),
-        parent: None,
-        pkg_commits: Vec::new(),
-        infos: Vec::new(),
-        version: None,
-        kver: None,
-        commit: None,
-        changed: false,
-        stats: Stats::default(),
-        steps: Vec::new(),
         devino: ostree::RepoDevInoCache::new(),
-        owners: BTreeMap::new(),
     };
-    // Each step is timed here, once; its line carries the detail it returns.
-    for (name, step) in STEPS {
-        let t = Timer::start();
-        let flow = step(&mut ctx).with_context(|| format!("compose step {name}"))?;
-        ctx.steps.push((name.to_string(), t.secs()));
-        match flow {
-            Flow::Continue(detail) => ctx.progress.step_done(name, t.secs(), &detail),
-            Flow::Stop(detail) => {
-                if let Some(d) = detail {
-                    ctx.progress.step_done(name, t.secs(), &d);
-                }
-                break;
-            }
-        }
-    }
-    drop(lock);
-    let doc = summary(&ctx)?;
-    if let Some(p) = &ctx.opts.write_composejson_to {
-        std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    if let (Some(p), Some(c)) = (&ctx.opts.write_commitid_to, &ctx.commit) {
-        std::fs::write(p, c).with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(doc)
+    Ok((env, lock))
 }
 
-fn resolve(ctx: &mut Ctx) -> Result<Flow> {
-    let reposdir = ctx.work.join("repos.d");
+fn resolve(env: &Env) -> Result<(Vec<Solved>, String)> {
+    let reposdir = env.work.join("repos.d");
     let _ = std::fs::remove_dir_all(&reposdir);
-    rpmmd::write_libdnf_reposdir(&ctx.repos, &reposdir)?;
-    let installroot = ctx.work.join("dnf-root");
+    rpmmd::write_libdnf_reposdir(&env.repos, &reposdir)?;
+    let installroot = env.work.join("dnf-root");
     std::fs::create_dir_all(&installroot)?;
-    let releasever = ctx.tf.releasever();
-    let excludes = ctx.tf.doc.exclude_packages.clone().unwrap_or_default();
+    let releasever = env.tf.releasever();
+    let excludes = env.tf.doc.exclude_packages.clone().unwrap_or_default();
     let req = rpmmd::libdnf::Request {
         reposdir: &reposdir,
-        cachedir: &ctx.opts.cachedir.join("dnf"),
+        cachedir: &env.opts.cachedir.join("dnf"),
         installroot: &installroot,
         releasever: releasever.as_deref(),
-        packages: ctx.tf.packages(),
+        packages: env.tf.packages(),
         excludes: &excludes,
-        recommends: ctx.tf.recommends(),
+        recommends: env.tf.recommends(),
     };
-    ctx.solved = rpmmd::libdnf::depsolve(&req).with_context(|| {
+    let solved = rpmmd::libdnf::depsolve(&req).with_context(|| {
         format!(
             "{}: resolving packages from repos {}",
-            ctx.tf.path.display(),
-            ctx.repos
+            env.tf.path.display(),
+            env.repos
                 .iter()
                 .map(|r| format!("[{}] {}", r.id, r.baseurl().unwrap_or_default()))
                 .collect::<Vec<_>>()
                 .join(", ")
         )
     })?;
-    let detail = format!("{} packages", ctx.solved.len());
-    if ctx.opts.dry_run {
-        if !ctx.opts.json {
-            for p in &ctx.solved {
-                println!("{}", rpmmd::nevra(p));
-            }
-        }
-        return Ok(Flow::Stop(Some(detail)));
-    }
-    Ok(Flow::Continue(detail))
+    let detail = format!("{} packages", solved.len());
+    Ok((solved, detail))
 }
 
-fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
+fn inputhash(
+    env: &Env,
+    target: &ostree::Repo,
+    solved: &[Solved],
+) -> Result<(Checked, Option<String>)> {
     let mut h = Sha256::new();
     h.update(format!("{COMPOSE_FORMAT}\n{HOSTFORGE_VERSION}\n"));
-    h.update(ctx.tf.flattened_json());
+    h.update(env.tf.flattened_json());
     // The referenced files' bytes as the loader read them: the same bytes compose uses.
-    let ext = &ctx.tf.externals;
+    let ext = &env.tf.externals;
     let files = ext
         .add_files
         .iter()
@@ -242,7 +339,7 @@ fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
         h.update(format!("\nfile {} {} {:o}\n", f.name, f.data.len(), f.mode));
         h.update(&f.data);
     }
-    for p in &ctx.solved {
+    for p in solved {
         h.update(format!(
             "\npkg {} {}:{}",
             rpmmd::nevra(p),
@@ -250,51 +347,57 @@ fn inputhash(ctx: &mut Ctx) -> Result<Flow> {
             p.checksum
         ));
     }
-    ctx.inputhash = hex::encode(h.finalize());
-    let target = ctx.target.as_ref().expect("target repo outside dry-run");
-    ctx.parent = ostreeutil::resolve(target, &ctx.treeref)?;
-    if let (Some(parent), false) = (&ctx.parent, ctx.opts.force_nocache) {
+    let inputhash = hex::encode(h.finalize());
+    let parent = ostreeutil::resolve(target, &env.treeref)?;
+    if let (Some(parent), false) = (&parent, env.opts.force_nocache) {
         let meta = ostreeutil::commit_meta(target, parent)?;
-        if ostreeutil::meta_str(&meta, "hostforge.inputhash").as_deref() == Some(&ctx.inputhash) {
-            ctx.commit = Some(parent.clone());
-            ctx.version = ostreeutil::meta_str(&meta, "version");
-            ctx.progress
-                .info(&format!("no changes: {} is {parent}", ctx.treeref));
-            return Ok(Flow::Stop(None));
+        if ostreeutil::meta_str(&meta, "hostforge.inputhash").as_deref() == Some(&inputhash) {
+            env.progress
+                .info(&format!("no changes: {} is {parent}", env.treeref));
+            let unchanged = Checked::Unchanged {
+                inputhash,
+                commit: parent.clone(),
+                version: ostreeutil::meta_str(&meta, "version"),
+            };
+            return Ok((unchanged, None));
         }
     }
-    ctx.changed = true;
-    Ok(Flow::Continue(ctx.inputhash.clone()))
+    let detail = inputhash.clone();
+    Ok((Checked::Changed(Input { inputhash, parent }), Some(detail)))
 }
 
-fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
-    let mut commits: Vec<Option<String>> = Vec::with_capacity(ctx.solved.len());
-    for p in &ctx.solved {
-        commits.push(pkgcache::lookup(&ctx.cache, p)?);
+fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> {
+    let mut commits: Vec<Option<String>> = Vec::with_capacity(solved.len());
+    for p in solved {
+        commits.push(pkgcache::lookup(&env.cache, p)?);
     }
-    let missing: Vec<usize> = (0..ctx.solved.len())
+    let missing: Vec<usize> = (0..solved.len())
         .filter(|&i| commits[i].is_none())
         .collect();
-    ctx.stats.cache_hits = ctx.solved.len() - missing.len();
-    let dl_dir = ctx.opts.cachedir.join("downloads");
+    let mut stats = FetchStats {
+        cache_hits: solved.len() - missing.len(),
+        ..Default::default()
+    };
+    let dl_dir = env.opts.cachedir.join("downloads");
     std::fs::create_dir_all(&dl_dir)?;
     let mut verifiers = HashMap::new();
-    for r in ctx.repos.iter().filter(|r| r.gpgcheck()) {
+    for r in env.repos.iter().filter(|r| r.gpgcheck()) {
         verifiers.insert(r.id.clone(), rpmmd::load_verifier(r)?);
     }
-    let bar = ctx.progress.bar("fetch", missing.len() as u64);
+    let bar = env.progress.bar("fetch", missing.len() as u64);
+    // The workers get what they need, not the whole (not thread-safe) environment.
+    let (cache_path, repos) = (&env.cache_path, &env.repos);
     let imported = crate::pool::map(
         &missing,
         crate::pool::workers(4),
         || {
-            let repo = ostree::Repo::new_for_path(&ctx.cache_path);
+            let repo = ostree::Repo::new_for_path(cache_path);
             repo.open(gio::Cancellable::NONE)?;
             Ok(repo)
         },
         |repo, &i| -> Result<(usize, String, u64)> {
-            let pkg = &ctx.solved[i];
-            let repodef = ctx
-                .repos
+            let pkg = &solved[i];
+            let repodef = repos
                 .iter()
                 .find(|r| r.id == pkg.repo_id)
                 .ok_or_else(|| anyhow!("package from unknown repo {}", pkg.repo_id))?;
@@ -316,45 +419,48 @@ fn fetch_and_import(ctx: &mut Ctx) -> Result<Flow> {
     drop(bar);
     for (i, commit, size) in imported? {
         commits[i] = Some(commit);
-        ctx.stats.downloaded += 1;
-        ctx.stats.bytes_downloaded += size;
+        stats.downloaded += 1;
+        stats.bytes_downloaded += size;
     }
-    ctx.pkg_commits = commits
+    let commits: Vec<String> = commits
         .into_iter()
         .map(|c| c.expect("every package imported"))
         .collect();
-    ctx.infos = ctx
-        .pkg_commits
+    let infos = commits
         .iter()
-        .map(|c| pkgcache::read_info(&ctx.cache, c))
+        .map(|c| pkgcache::read_info(&env.cache, c))
         .collect::<Result<_>>()?;
-    Ok(Flow::Continue(format!(
+    let detail = format!(
         "{} downloaded and imported, {} from cache",
-        ctx.stats.downloaded, ctx.stats.cache_hits
-    )))
-}
-
-fn root(ctx: &Ctx) -> PathBuf {
-    ctx.work.join("root")
+        stats.downloaded, stats.cache_hits
+    );
+    Ok((
+        Packages {
+            commits,
+            infos,
+            stats,
+        },
+        detail,
+    ))
 }
 
 /// Empties the work dir of an earlier (possibly interrupted) compose.
-fn clean_work_root(ctx: &Ctx) -> Result<()> {
-    let mnt = ctx.work.join("rofiles");
+fn clean_work_root(env: &Env) -> Result<()> {
+    let mnt = env.work.join("rofiles");
     if mnt.exists() {
         process::run_best_effort(Command::new("fusermount3").arg("-u").arg(&mnt));
     }
-    let r = root(ctx);
+    let r = env.root();
     if r.exists() {
         std::fs::remove_dir_all(&r).with_context(|| format!("removing {}", r.display()))?;
     }
     Ok(())
 }
 
-fn assemble(ctx: &mut Ctx) -> Result<Flow> {
+fn assemble(env: &Env, packages: &Packages) -> Result<((), String)> {
     // Two packages may ship one path only with identical content.
     let mut owners: HashMap<&str, (&str, &str)> = HashMap::new();
-    for info in &ctx.infos {
+    for info in &packages.infos {
         for (path, csum) in &info.files {
             if let Some((other, other_csum)) = owners.get(path.as_str()) {
                 if *other_csum != csum.as_str() {
@@ -370,12 +476,12 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
             }
         }
     }
-    clean_work_root(ctx)?;
-    let r = root(ctx);
+    clean_work_root(env)?;
+    let r = env.root();
     std::fs::create_dir_all(&r)?;
-    let devino = ctx.devino.clone();
-    let bar = ctx.progress.bar("assemble", ctx.pkg_commits.len() as u64);
-    for (commit, info) in ctx.pkg_commits.iter().zip(&ctx.infos) {
+    let devino = env.devino.clone();
+    let bar = env.progress.bar("assemble", packages.commits.len() as u64);
+    for (commit, info) in packages.commits.iter().zip(&packages.infos) {
         let opts = ostree::RepoCheckoutAtOptions {
             mode: ostree::RepoCheckoutMode::User,
             overwrite_mode: ostree::RepoCheckoutOverwriteMode::UnionFiles,
@@ -383,7 +489,7 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
             devino_to_csum_cache: Some(devino.clone()),
             ..Default::default()
         };
-        ctx.cache
+        env.cache
             .checkout_at(
                 Some(&opts),
                 libc::AT_FDCWD,
@@ -397,9 +503,9 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
     drop(bar);
     // documentation: false and install-langs drop files after checkout (unlinking a hardlink
     // leaves the cache untouched).
-    let langs = ctx.tf.doc.install_langs.clone();
-    for info in &ctx.infos {
-        if !ctx.tf.documentation() {
+    let langs = env.tf.doc.install_langs.clone();
+    for info in &packages.infos {
+        if !env.tf.documentation() {
             for d in &info.docs {
                 postprocess::remove_any(&r.join(d.trim_start_matches('/')))?;
             }
@@ -415,10 +521,7 @@ fn assemble(ctx: &mut Ctx) -> Result<Flow> {
             }
         }
     }
-    Ok(Flow::Continue(format!(
-        "{} packages",
-        ctx.pkg_commits.len()
-    )))
+    Ok(((), format!("{} packages", packages.commits.len())))
 }
 
 fn script_interp(label: &str, s: &rpm::Scriptlet) -> Result<Vec<String>> {
@@ -429,15 +532,15 @@ fn script_interp(label: &str, s: &rpm::Scriptlet) -> Result<Vec<String>> {
     Ok(prog)
 }
 
-fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
-    let r = root(ctx);
-    let metas: Vec<rpm::PackageMetadata> = ctx
-        .pkg_commits
+fn run_scriptlets(env: &Env, packages: &Packages) -> Result<((), String)> {
+    let r = env.root();
+    let metas: Vec<rpm::PackageMetadata> = packages
+        .commits
         .iter()
-        .map(|c| pkgcache::read_rpm_metadata(&ctx.cache, c))
+        .map(|c| pkgcache::read_rpm_metadata(&env.cache, c))
         .collect::<Result<_>>()?;
-    let protected = scripts::Protected::mount(&r, &ctx.work.join("rofiles"))?;
-    let scratch = ctx.work.join("scratch");
+    let protected = scripts::Protected::mount(&r, &env.work.join("rofiles"))?;
+    let scratch = env.work.join("scratch");
     let mut count = 0;
     type Getter = fn(&rpm::PackageMetadata) -> Result<rpm::Scriptlet, rpm::Error>;
     let phases: [(&str, Getter, &str); 3] = [
@@ -449,12 +552,12 @@ fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
             "0",
         ),
     ];
-    let bar = ctx.progress.bar("scripts", metas.len() as u64 * 3);
+    let bar = env.progress.bar("scripts", metas.len() as u64 * 3);
     for (phase, get, arg) in phases {
         if phase == "%posttrans" {
-            count += run_trans_file_triggers(ctx, &metas, protected.path(), &scratch)?;
+            count += run_trans_file_triggers(&packages.infos, &metas, protected.path(), &scratch)?;
         }
-        for (meta, info) in metas.iter().zip(&ctx.infos) {
+        for (meta, info) in metas.iter().zip(&packages.infos) {
             bar.inc(&info.name);
             let Ok(s) = get(meta) else { continue };
             if s.script.trim().is_empty() {
@@ -475,24 +578,23 @@ fn run_scriptlets(ctx: &mut Ctx) -> Result<Flow> {
     }
     drop(bar);
     drop(protected);
-    Ok(Flow::Continue(format!("{count} scriptlets")))
+    Ok(((), format!("{count} scriptlets")))
 }
 
 /// `%transfiletriggerin`: each trigger gets, on stdin, the composed files under its prefixes.
 fn run_trans_file_triggers(
-    ctx: &Ctx,
+    infos: &[PkgInfo],
     metas: &[rpm::PackageMetadata],
     root: &Path,
     scratch: &Path,
 ) -> Result<usize> {
-    let mut all_files: Vec<&str> = ctx
-        .infos
+    let mut all_files: Vec<&str> = infos
         .iter()
         .flat_map(|i| i.files.iter().map(|(p, _)| p.as_str()))
         .collect();
     all_files.sort();
     let mut count = 0;
-    for (meta, info) in metas.iter().zip(&ctx.infos) {
+    for (meta, info) in metas.iter().zip(infos) {
         let Ok(triggers) = meta.get_trans_file_triggers() else {
             continue;
         };
@@ -529,20 +631,20 @@ fn run_trans_file_triggers(
     Ok(count)
 }
 
-fn write_rpmdb(ctx: &mut Ctx) -> Result<Flow> {
-    let r = root(ctx);
+fn write_rpmdb(env: &Env, packages: &Packages) -> Result<((), String)> {
+    let r = env.root();
     let dbpath = r.join("usr/share/rpm");
     postprocess::remove_any(&dbpath)?;
     std::fs::create_dir_all(&dbpath)?;
     let mut headers = Vec::new();
-    for c in &ctx.pkg_commits {
-        let meta = pkgcache::read_rpm_metadata(&ctx.cache, c)?;
+    for c in &packages.commits {
+        let meta = pkgcache::read_rpm_metadata(&env.cache, c)?;
         headers.extend(
             meta.header_bytes()
                 .map_err(|e| anyhow!("serializing header: {e}"))?,
         );
     }
-    let export = ctx.work.join("headers.rpmdb");
+    let export = env.work.join("headers.rpmdb");
     std::fs::write(&export, &headers)?;
     process::run_with_stdin(
         Command::new("rpmdb").arg("--dbpath").arg(&dbpath).args([
@@ -556,7 +658,7 @@ fn write_rpmdb(ctx: &mut Ctx) -> Result<Flow> {
     for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
         let _ = std::fs::remove_file(dbpath.join(f));
     }
-    Ok(Flow::Continue(format!("{} headers", ctx.pkg_commits.len())))
+    Ok(((), format!("{} headers", packages.commits.len())))
 }
 
 /// `automatic-version-prefix`: `P`, then `P.1`, `P.2`, ... as rpm-ostree numbers them.
@@ -575,29 +677,32 @@ pub fn next_version(prefix: &str, previous: Option<&str>) -> String {
     }
 }
 
-fn read_parent_file(ctx: &Ctx, path: &str) -> Option<String> {
-    let data =
-        ostreeutil::read_commit_file(ctx.target.as_ref()?, ctx.parent.as_ref()?, path).ok()?;
+fn read_parent_file(target: &ostree::Repo, input: &Input, path: &str) -> Option<String> {
+    let data = ostreeutil::read_commit_file(target, input.parent.as_ref()?, path).ok()?;
     Some(String::from_utf8_lossy(&data).into_owned())
 }
 
-fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
-    let r = root(ctx);
-    let tf = &ctx.tf;
+/// Returns the tree's version.
+fn postprocess_tree(
+    env: &Env,
+    target: &ostree::Repo,
+    input: &Input,
+    packages: &Packages,
+) -> Result<(Option<String>, String)> {
+    let r = env.root();
+    let tf = &env.tf;
     // Version first: os-release mentions it.
-    let user_version = ctx
+    let user_version = env
         .opts
         .add_metadata
         .iter()
         .find(|(k, _)| k == "version")
         .map(|(_, v)| v.clone());
-    let parent_version = match (&ctx.target, &ctx.parent) {
-        (Some(repo), Some(p)) => {
-            ostreeutil::meta_str(&ostreeutil::commit_meta(repo, p)?, "version")
-        }
-        _ => None,
+    let parent_version = match &input.parent {
+        Some(p) => ostreeutil::meta_str(&ostreeutil::commit_meta(target, p)?, "version"),
+        None => None,
     };
-    ctx.version = user_version.or_else(|| {
+    let version = user_version.or_else(|| {
         tf.doc
             .automatic_version_prefix
             .as_ref()
@@ -606,12 +711,16 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
 
     for entry in tf.doc.remove_from_packages.iter().flatten() {
         let (pkg, patterns) = entry.split_first().expect("validated");
-        let info = ctx.infos.iter().find(|i| &i.name == pkg).ok_or_else(|| {
-            anyhow!(
-                "{}: remove-from-packages names {pkg:?}, which is not in the composed set",
-                tf.path.display()
-            )
-        })?;
+        let info = packages
+            .infos
+            .iter()
+            .find(|i| &i.name == pkg)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: remove-from-packages names {pkg:?}, which is not in the composed set",
+                    tf.path.display()
+                )
+            })?;
         let regexes: Vec<regex::Regex> = patterns
             .iter()
             .map(|p| {
@@ -649,7 +758,7 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
         bodies.push((format!("postprocess-script {}", ps.name), body));
     }
     if !bodies.is_empty() {
-        let protected = scripts::Protected::mount(&r, &ctx.work.join("rofiles"))?;
+        let protected = scripts::Protected::mount(&r, &env.work.join("rofiles"))?;
         for (name, body) in &bodies {
             let label = format!("{}: {name}", tf.path.display());
             let interp = if body.starts_with("#!") {
@@ -667,44 +776,46 @@ fn postprocess_tree(ctx: &mut Ctx) -> Result<Flow> {
                 args: vec![],
                 stdin: None,
             };
-            scripts::run_in_root(protected.path(), &ctx.work.join("scratch"), &script)?;
+            scripts::run_in_root(protected.path(), &env.work.join("scratch"), &script)?;
             scripts_run += 1;
         }
     }
-    postprocess::mutate_os_release(&r, tf, ctx.version.as_deref())?;
-    let prev_passwd = read_parent_file(ctx, "usr/etc/passwd");
-    let prev_group = read_parent_file(ctx, "usr/etc/group");
+    postprocess::mutate_os_release(&r, tf, version.as_deref())?;
+    let prev_passwd = read_parent_file(target, input, "usr/etc/passwd");
+    let prev_group = read_parent_file(target, input, "usr/etc/group");
     let prev_dir = match (prev_passwd, prev_group) {
         (None, None) => None,
         (pw, gr) => {
-            let d = ctx.work.join("previous/usr/etc");
+            let d = env.work.join("previous/usr/etc");
             std::fs::create_dir_all(&d)?;
             std::fs::write(d.join("passwd"), pw.unwrap_or_default())?;
             std::fs::write(d.join("group"), gr.unwrap_or_default())?;
-            Some(ctx.work.join("previous"))
+            Some(env.work.join("previous"))
         }
     };
     postprocess::check_ids(&r, tf, prev_dir.as_deref())?;
 
-    Ok(Flow::Continue(format!("{scripts_run} scripts")))
+    Ok((version, format!("{scripts_run} scripts")))
 }
 
-fn initramfs(ctx: &mut Ctx) -> Result<Flow> {
-    if ctx.tf.container() {
-        return Ok(Flow::Continue("container: no kernel handling".into()));
+/// Returns the kernel version of a bootable tree.
+fn initramfs(env: &Env) -> Result<(Option<String>, String)> {
+    if env.tf.container() {
+        return Ok((None, "container: no kernel handling".into()));
     }
-    ctx.kver = kernel::prepare(&root(ctx), &ctx.tf, &ctx.work)?;
-    let detail = match &ctx.kver {
-        Some(k) if ctx.tf.doc.no_initramfs == Some(true) => format!("kernel {k}, no initramfs"),
+    let kver = kernel::prepare(&env.root(), &env.tf, &env.work)?;
+    let detail = match &kver {
+        Some(k) if env.tf.doc.no_initramfs == Some(true) => format!("kernel {k}, no initramfs"),
         Some(k) => format!("kernel {k}"),
         None => "no kernel in the tree".to_string(),
     };
-    Ok(Flow::Continue(detail))
+    Ok((kver, detail))
 }
 
-fn layout(ctx: &mut Ctx) -> Result<Flow> {
-    let r = root(ctx);
-    let tf = &ctx.tf;
+/// Returns the owners of files not owned by root, by committed path.
+fn layout(env: &Env, packages: &Packages) -> Result<(Owners, String)> {
+    let r = env.root();
+    let tf = &env.tf;
     // The flattened treefile travels in the commit.
     let share = r.join("usr/share/hostforge");
     std::fs::create_dir_all(&share)?;
@@ -715,8 +826,8 @@ fn layout(ctx: &mut Ctx) -> Result<Flow> {
     let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap_or_default();
     let group = std::fs::read_to_string(r.join("etc/group")).unwrap_or_default();
     let (uids, gids) = (name_ids(&passwd), name_ids(&group));
-    let mut owners: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    for info in &ctx.infos {
+    let mut owners = Owners::new();
+    for info in &packages.infos {
         for (path, user, grp) in &info.owners {
             if path.starts_with("/var/") || path.starts_with("/run/") {
                 continue;
@@ -742,13 +853,12 @@ fn layout(ctx: &mut Ctx) -> Result<Flow> {
             owners.insert(committed, (uid, gid));
         }
     }
-    ctx.owners = owners;
     if tf.container() {
         postprocess::container_layout(&r)?;
-        Ok(Flow::Continue("container layout".into()))
+        Ok((owners, "container layout".into()))
     } else {
         postprocess::ostree_layout(&r, tf)?;
-        Ok(Flow::Continue("ostree layout".into()))
+        Ok((owners, "ostree layout".into()))
     }
 }
 
@@ -766,20 +876,27 @@ fn name_ids(text: &str) -> HashMap<&str, u32> {
 
 /// Commits the tree into the cache repo, copies the commit into `--repo`, and only then
 /// moves the ref there.
-fn commit(ctx: &mut Ctx) -> Result<Flow> {
-    let built = write_build_commit(ctx)?;
-    copy_into_target(ctx, &built)?;
+/// `owners`: committed path -> (uid, gid) for files not owned by root (from the layout step).
+fn commit(
+    env: &Env,
+    target: &ostree::Repo,
+    tree: &Tree,
+    owners: Owners,
+) -> Result<(Committed, String)> {
+    let committed = write_build_commit(env, tree, owners)?;
+    let built = &committed.commit;
+    copy_into_target(env, target, built)?;
     process::fault_point("commit");
-    move_ref(ctx, &built)?;
-    ctx.commit = Some(built.clone());
-    clean_work_root(ctx)?;
-    Ok(Flow::Continue(format!("{} => {built}", ctx.treeref)))
+    move_ref(env, target, built)?;
+    clean_work_root(env)?;
+    let detail = format!("{} => {built}", env.treeref);
+    Ok((committed, detail))
 }
 
 /// What the commit changes on the way in: owners from the composed passwd/group, and
 /// `readonly-executables`.
-fn commit_modifier(ctx: &Ctx, owners: BTreeMap<String, (u32, u32)>) -> ostree::RepoCommitModifier {
-    let readonly_exec = ctx.tf.doc.readonly_executables == Some(true);
+fn commit_modifier(env: &Env, owners: Owners) -> ostree::RepoCommitModifier {
+    let readonly_exec = env.tf.doc.readonly_executables == Some(true);
     let filter = move |_repo: &ostree::Repo, path: &str, info: &gio::FileInfo| {
         if let Some((uid, gid)) = owners.get(path) {
             info.set_attribute_uint32("unix::uid", *uid);
@@ -798,40 +915,39 @@ fn commit_modifier(ctx: &Ctx, owners: BTreeMap<String, (u32, u32)>) -> ostree::R
         Some(Box::new(filter)),
     );
     // Reuse checksums of files still hardlinked to the package cache.
-    modifier.set_devino_cache(&ctx.devino);
+    modifier.set_devino_cache(&env.devino);
     modifier
 }
 
 /// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
-fn write_build_commit(ctx: &mut Ctx) -> Result<String> {
+fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committed> {
     let cancellable = gio::Cancellable::NONE;
-    let owners = std::mem::take(&mut ctx.owners);
-    let modifier = commit_modifier(ctx, owners);
-    let cache = &ctx.cache;
+    let modifier = commit_modifier(env, owners);
+    let cache = &env.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;
     let mtree = ostree::MutableTree::new();
-    let dir = std::fs::File::open(root(ctx))?;
+    let dir = std::fs::File::open(env.root())?;
     use std::os::fd::AsRawFd;
     cache.write_dfd_to_mtree(dir.as_raw_fd(), ".", &mtree, Some(&modifier), cancellable)?;
     let root_file = cache.write_mtree(&mtree, cancellable)?;
     let root_file = root_file
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
-    let meta = commit_metadata(ctx)?;
-    let name = ctx
+    let meta = commit_metadata(env, tree)?;
+    let name = env
         .tf
         .path
         .file_name()
         .unwrap_or_default()
         .to_string_lossy();
-    let subject = match &ctx.version {
+    let subject = match &tree.version {
         Some(v) => format!("{name} {v}"),
         None => name.into_owned(),
     };
     let time = crate::ostreeutil::source_date_epoch()?;
     let c = cache.write_commit_with_time(
-        ctx.parent.as_deref(),
+        tree.input.parent.as_deref(),
         Some(&subject),
         None,
         Some(&meta),
@@ -839,21 +955,22 @@ fn write_build_commit(ctx: &mut Ctx) -> Result<String> {
         time,
         cancellable,
     )?;
-    cache.transaction_set_ref(None, &format!("hostforge/build/{}", ctx.treeref), Some(&c));
+    cache.transaction_set_ref(None, &format!("hostforge/build/{}", env.treeref), Some(&c));
     let stats = tx.commit(cancellable)?;
-    ctx.stats.objects_written =
-        stats.get_content_objects_written() as u64 + stats.get_metadata_objects_written() as u64;
-    ctx.stats.bytes_written = stats.get_content_bytes_written();
-    Ok(c.to_string())
+    Ok(Committed {
+        commit: c.to_string(),
+        objects_written: stats.get_content_objects_written() as u64
+            + stats.get_metadata_objects_written() as u64,
+        bytes_written: stats.get_content_bytes_written(),
+    })
 }
 
 /// Copies the commit's objects from the cache repo into `--repo` (no ref moves yet).
-fn copy_into_target(ctx: &Ctx, built: &str) -> Result<()> {
-    let target = ctx.target.as_ref().expect("target repo");
+fn copy_into_target(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
     let opts = glib::VariantDict::new(None);
     opts.insert("refs", vec![built.to_string()]);
     opts.insert("depth", 0i32);
-    let url = format!("file://{}", ctx.cache_path.canonicalize()?.display());
+    let url = format!("file://{}", env.cache_path.canonicalize()?.display());
     target
         .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
         .with_context(|| format!("copying commit {built} into the target repo"))?;
@@ -861,13 +978,12 @@ fn copy_into_target(ctx: &Ctx, built: &str) -> Result<()> {
 }
 
 /// Points the ref at the commit, and keeps a served repo's summary in step with its refs.
-fn move_ref(ctx: &Ctx, built: &str) -> Result<()> {
+fn move_ref(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
     let cancellable = gio::Cancellable::NONE;
-    let target = ctx.target.as_ref().expect("target repo");
     let tx = target.auto_transaction(cancellable)?;
-    target.transaction_set_ref(None, &ctx.treeref, Some(built));
+    target.transaction_set_ref(None, &env.treeref, Some(built));
     tx.commit(cancellable)?;
-    if ctx
+    if env
         .opts
         .repo
         .as_ref()
@@ -902,30 +1018,35 @@ fn json_to_variant(v: &serde_json::Value) -> glib::Variant {
     }
 }
 
-fn commit_metadata(ctx: &Ctx) -> Result<glib::Variant> {
+fn commit_metadata(env: &Env, tree: &Tree) -> Result<glib::Variant> {
     let mut m = MetaBuilder::new();
-    for (k, v) in ctx.tf.doc.add_commit_metadata.iter().flatten() {
+    for (k, v) in env.tf.doc.add_commit_metadata.iter().flatten() {
         m.value(k, &json_to_variant(v));
     }
-    for (k, v) in &ctx.opts.add_metadata {
+    for (k, v) in &env.opts.add_metadata {
         m.str(k, v);
     }
-    if let Some(v) = &ctx.version {
+    if let Some(v) = &tree.version {
         m.str("version", v);
     }
-    if let Some(k) = &ctx.kver {
+    if let Some(k) = &tree.kver {
         m.value("ostree.bootable", &true.to_variant())
             .str("ostree.linux", k);
     }
-    let nevras: Vec<String> = ctx.infos.iter().map(|i| i.nevra.clone()).collect();
-    let repos: Vec<String> = ctx
+    let nevras: Vec<String> = tree
+        .packages
+        .infos
+        .iter()
+        .map(|i| i.nevra.clone())
+        .collect();
+    let repos: Vec<String> = env
         .repos
         .iter()
         .map(|r| format!("{} {}", r.id, r.baseurl().unwrap_or_default()))
         .collect();
-    m.str("hostforge.inputhash", &ctx.inputhash)
-        .str("rpmostree.inputhash", &ctx.inputhash)
-        .str("hostforge.treefile", &ctx.tf.flattened_json())
+    m.str("hostforge.inputhash", &tree.input.inputhash)
+        .str("rpmostree.inputhash", &tree.input.inputhash)
+        .str("hostforge.treefile", &env.tf.flattened_json())
         .strv("hostforge.packages", &nevras)
         .strv("hostforge.repos", &repos)
         .str("hostforge.version", HOSTFORGE_VERSION);
@@ -966,11 +1087,12 @@ pub struct PackageDiff {
     pub changed: Vec<[String; 2]>,
 }
 
-fn package_diff(ctx: &Ctx) -> Result<PackageDiff> {
-    let now: BTreeMap<String, String> = pkgcache::nevra_index(&ctx.infos);
-    let before: BTreeMap<String, String> = match (&ctx.target, &ctx.parent, ctx.changed) {
-        (Some(repo), Some(p), true) => {
-            let meta = ostreeutil::commit_meta(repo, p)?;
+/// The packages against the parent commit's `hostforge.packages`.
+fn package_diff(target: &ostree::Repo, tree: &Tree) -> Result<PackageDiff> {
+    let now: BTreeMap<String, String> = pkgcache::nevra_index(&tree.packages.infos);
+    let before: BTreeMap<String, String> = match &tree.input.parent {
+        Some(p) => {
+            let meta = ostreeutil::commit_meta(target, p)?;
             let list: Vec<String> = meta
                 .lookup_value("hostforge.packages", None)
                 .and_then(|v| v.get::<Vec<String>>())
@@ -979,12 +1101,7 @@ fn package_diff(ctx: &Ctx) -> Result<PackageDiff> {
                 .map(|nevra| (name_of_nevra(&nevra).to_string(), nevra))
                 .collect()
         }
-        _ => {
-            return Ok(PackageDiff {
-                total: ctx.solved.len(),
-                ..Default::default()
-            })
-        }
+        None => BTreeMap::new(),
     };
     let added = now
         .iter()
@@ -1021,37 +1138,60 @@ fn name_of_nevra(nevra: &str) -> &str {
     it.next().unwrap_or(nevra)
 }
 
-fn summary(ctx: &Ctx) -> Result<Summary> {
-    let seconds = ctx
-        .steps
-        .iter()
-        .map(|(k, v)| (k.clone(), json!((v * 1000.0).round() / 1000.0)))
+fn summary(env: &Env, outcome: Outcome, seconds: Vec<(String, f64)>) -> Result<Summary> {
+    let seconds = seconds
+        .into_iter()
+        .map(|(k, v)| (k, json!((v * 1000.0).round() / 1000.0)))
         .collect();
-    // Unchanged: the ref's commit is the parent we compared with; report its own parent.
-    let parent = if ctx.changed {
-        ctx.parent.clone()
-    } else {
-        match (&ctx.parent, &ctx.target) {
-            (Some(p), Some(t)) => ostreeutil::commit_parent(t, p).ok().flatten(),
-            _ => None,
-        }
-    };
-    Ok(Summary {
-        treeref: ctx.treeref.clone(),
-        treefiles: ctx.tf.sources.clone(),
-        commit: ctx.commit.clone(),
-        parent,
-        version: ctx.version.clone(),
-        inputhash: ctx.inputhash.clone(),
-        changed: ctx.changed,
-        packages: package_diff(ctx)?,
-        bytes_written: ctx.stats.bytes_written,
-        objects_written: ctx.stats.objects_written,
-        cache_hits: ctx.stats.cache_hits,
-        downloaded: ctx.stats.downloaded,
-        bytes_downloaded: ctx.stats.bytes_downloaded,
+    let mut doc = Summary {
+        treeref: env.treeref.clone(),
+        treefiles: env.tf.sources.clone(),
+        commit: None,
+        parent: None,
+        version: None,
+        inputhash: String::new(),
+        changed: false,
+        packages: PackageDiff::default(),
+        bytes_written: 0,
+        objects_written: 0,
+        cache_hits: 0,
+        downloaded: 0,
+        bytes_downloaded: 0,
         seconds,
-    })
+    };
+    match outcome {
+        Outcome::DryRun { solved } => doc.packages.total = solved.len(),
+        Outcome::Unchanged {
+            inputhash,
+            commit,
+            version,
+            packages,
+        } => {
+            // The ref's commit is the one compared with; report its own parent.
+            let target = env.target.as_ref().expect("a repo outside dry-run");
+            doc.parent = ostreeutil::commit_parent(target, &commit).ok().flatten();
+            doc.commit = Some(commit);
+            doc.version = version;
+            doc.inputhash = inputhash;
+            doc.packages.total = packages;
+        }
+        Outcome::Committed { tree, committed } => {
+            let target = env.target.as_ref().expect("a repo outside dry-run");
+            doc.packages = package_diff(target, &tree)?;
+            doc.commit = Some(committed.commit);
+            doc.parent = tree.input.parent;
+            doc.version = tree.version;
+            doc.inputhash = tree.input.inputhash;
+            doc.changed = true;
+            doc.bytes_written = committed.bytes_written;
+            doc.objects_written = committed.objects_written;
+            let stats = tree.packages.stats;
+            doc.cache_hits = stats.cache_hits;
+            doc.downloaded = stats.downloaded;
+            doc.bytes_downloaded = stats.bytes_downloaded;
+        }
+    }
+    Ok(doc)
 }
 
 #[cfg(test)]
