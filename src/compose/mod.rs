@@ -709,18 +709,41 @@ fn postprocess_tree(
             .map(|pfx| next_version(&tf.substitute(pfx), parent_version.as_deref()))
     });
 
+    remove_from_packages(&r, tf, &packages.infos)?;
+    postprocess::remove_files(&r, tf)?;
+    postprocess::add_files(&r, tf)?;
+    postprocess::enable_units(&r, tf)?;
+    postprocess::default_target(&r, tf)?;
+
+    let scripts_run = run_postprocess_scripts(env)?;
+    postprocess::mutate_os_release(&r, tf, version.as_deref())?;
+    let prev_passwd = read_parent_file(target, input, "usr/etc/passwd");
+    let prev_group = read_parent_file(target, input, "usr/etc/group");
+    let prev_dir = match (prev_passwd, prev_group) {
+        (None, None) => None,
+        (pw, gr) => {
+            let d = env.work.join("previous/usr/etc");
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(d.join("passwd"), pw.unwrap_or_default())?;
+            std::fs::write(d.join("group"), gr.unwrap_or_default())?;
+            Some(env.work.join("previous"))
+        }
+    };
+    postprocess::check_ids(&r, tf, prev_dir.as_deref())?;
+
+    Ok((version, format!("{scripts_run} scripts")))
+}
+
+/// `remove-from-packages`: deletes the paths of a package that match its regexes.
+fn remove_from_packages(r: &Path, tf: &Treefile, infos: &[PkgInfo]) -> Result<()> {
     for entry in tf.doc.remove_from_packages.iter().flatten() {
         let (pkg, patterns) = entry.split_first().expect("validated");
-        let info = packages
-            .infos
-            .iter()
-            .find(|i| &i.name == pkg)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}: remove-from-packages names {pkg:?}, which is not in the composed set",
-                    tf.path.display()
-                )
-            })?;
+        let info = infos.iter().find(|i| &i.name == pkg).ok_or_else(|| {
+            anyhow!(
+                "{}: remove-from-packages names {pkg:?}, which is not in the composed set",
+                tf.path.display()
+            )
+        })?;
         let regexes: Vec<regex::Regex> = patterns
             .iter()
             .map(|p| {
@@ -738,11 +761,14 @@ fn postprocess_tree(
             }
         }
     }
-    postprocess::remove_files(&r, tf)?;
-    postprocess::add_files(&r, tf)?;
-    postprocess::enable_units(&r, tf)?;
-    postprocess::default_target(&r, tf)?;
+    Ok(())
+}
 
+/// `postprocess` (inline scripts) and `postprocess-script`, in that order, in the sandbox.
+/// Returns how many ran.
+fn run_postprocess_scripts(env: &Env) -> Result<usize> {
+    let tf = &env.tf;
+    let r = env.root();
     let mut scripts_run = 0;
     let mut bodies: Vec<(String, String)> = tf
         .doc
@@ -780,22 +806,7 @@ fn postprocess_tree(
             scripts_run += 1;
         }
     }
-    postprocess::mutate_os_release(&r, tf, version.as_deref())?;
-    let prev_passwd = read_parent_file(target, input, "usr/etc/passwd");
-    let prev_group = read_parent_file(target, input, "usr/etc/group");
-    let prev_dir = match (prev_passwd, prev_group) {
-        (None, None) => None,
-        (pw, gr) => {
-            let d = env.work.join("previous/usr/etc");
-            std::fs::create_dir_all(&d)?;
-            std::fs::write(d.join("passwd"), pw.unwrap_or_default())?;
-            std::fs::write(d.join("group"), gr.unwrap_or_default())?;
-            Some(env.work.join("previous"))
-        }
-    };
-    postprocess::check_ids(&r, tf, prev_dir.as_deref())?;
-
-    Ok((version, format!("{scripts_run} scripts")))
+    Ok(scripts_run)
 }
 
 /// Returns the kernel version of a bootable tree.

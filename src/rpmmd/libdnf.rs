@@ -146,20 +146,7 @@ pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
         }
         let sack = sys::dnf_context_get_sack(c);
 
-        for name in req.excludes {
-            let n = cstr(name);
-            let q = sys::hy_query_create(sack);
-            sys::hy_query_filter(
-                q,
-                sys::_hy_key_name_e_HY_PKG_NAME as i32,
-                sys::_hy_comparison_type_e_HY_EQ as i32,
-                n.as_ptr(),
-            );
-            let set = sys::hy_query_run_set(q);
-            sys::dnf_sack_add_excludes(sack, set);
-            sys::dnf_packageset_free(set);
-            sys::hy_query_free(q);
-        }
+        add_excludes(sack, req.excludes);
 
         for pkg in req.packages {
             let p = cstr(pkg);
@@ -189,32 +176,60 @@ pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
         let arr = &*installs;
         let mut out = Vec::with_capacity(arr.len as usize);
         for i in 0..arr.len as usize {
-            let pkg = *arr.pdata.add(i) as *mut sys::DnfPackage;
-            let mut ctype: i32 = 0;
-            let sum = sys::dnf_package_get_chksum(pkg, &mut ctype);
-            let (checksum_type, checksum) = if sum.is_null() {
-                (String::new(), String::new())
-            } else {
-                let hex = sys::hy_chksum_str(sum, ctype);
-                let s = owned(hex);
-                sys::g_free(hex as sys::gpointer);
-                (owned(sys::hy_chksum_name(ctype)), s)
-            };
-            out.push(Solved {
-                name: owned(sys::dnf_package_get_name(pkg)),
-                epoch: sys::dnf_package_get_epoch(pkg),
-                version: owned(sys::dnf_package_get_version(pkg)),
-                release: owned(sys::dnf_package_get_release(pkg)),
-                arch: owned(sys::dnf_package_get_arch(pkg)),
-                repo_id: owned(sys::dnf_package_get_reponame(pkg)),
-                location: owned(sys::dnf_package_get_location(pkg)),
-                checksum_type,
-                checksum,
-                download_size: sys::dnf_package_get_downloadsize(pkg),
-            });
+            out.push(solved_from(*arr.pdata.add(i) as *mut sys::DnfPackage));
         }
         sys::g_ptr_array_unref(installs);
         out.sort();
         Ok(out)
+    }
+}
+
+/// Hides every package with one of these names from the solver (`exclude-packages`).
+///
+/// # Safety
+/// `sack` is the live sack of a set-up libdnf context.
+unsafe fn add_excludes(sack: *mut sys::DnfSack, names: &[String]) {
+    for name in names {
+        let n = cstr(name);
+        let q = sys::hy_query_create(sack);
+        sys::hy_query_filter(
+            q,
+            sys::_hy_key_name_e_HY_PKG_NAME as i32,
+            sys::_hy_comparison_type_e_HY_EQ as i32,
+            n.as_ptr(),
+        );
+        let set = sys::hy_query_run_set(q);
+        sys::dnf_sack_add_excludes(sack, set);
+        sys::dnf_packageset_free(set);
+        sys::hy_query_free(q);
+    }
+}
+
+/// One package of the solution, copied out of libdnf.
+///
+/// # Safety
+/// `pkg` is a live package of the goal's install list.
+unsafe fn solved_from(pkg: *mut sys::DnfPackage) -> Solved {
+    let mut ctype: i32 = 0;
+    let sum = sys::dnf_package_get_chksum(pkg, &mut ctype);
+    let (checksum_type, checksum) = if sum.is_null() {
+        (String::new(), String::new())
+    } else {
+        let hex = sys::hy_chksum_str(sum, ctype);
+        let s = owned(hex);
+        sys::g_free(hex as sys::gpointer);
+        (owned(sys::hy_chksum_name(ctype)), s)
+    };
+    Solved {
+        name: owned(sys::dnf_package_get_name(pkg)),
+        epoch: sys::dnf_package_get_epoch(pkg),
+        version: owned(sys::dnf_package_get_version(pkg)),
+        release: owned(sys::dnf_package_get_release(pkg)),
+        arch: owned(sys::dnf_package_get_arch(pkg)),
+        repo_id: owned(sys::dnf_package_get_reponame(pkg)),
+        location: owned(sys::dnf_package_get_location(pkg)),
+        checksum_type,
+        checksum,
+        download_size: sys::dnf_package_get_downloadsize(pkg),
     }
 }
