@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod compose;
 pub mod dracut;
+pub mod fsutil;
 pub mod image;
 pub mod ostreeutil;
 pub mod pkgcache;

@@ -345,6 +345,23 @@ fn import_filez(
     Ok(())
 }
 
+/// Commits a transaction that wrote `commit` (and maybe set a ref to it), with the commit
+/// marked partial while libostree moves the staged objects into the repo. It moves them in
+/// directory order, so a process killed in the middle could leave the commit object without
+/// some of the objects it refers to, which `ostree fsck` reports as corruption; a partial
+/// commit is skipped by fsck and never reached by a ref (refs are written after the objects).
+pub fn commit_transaction(
+    repo: &ostree::Repo,
+    tx: ostree::TransactionGuard,
+    commit: &str,
+) -> Result<ostree::RepoTransactionStats> {
+    let cancellable = gio::Cancellable::NONE;
+    repo.mark_commit_partial(commit, true)?;
+    let stats = tx.commit(cancellable)?;
+    repo.mark_commit_partial(commit, false)?;
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,7 +276,7 @@ pub fn import(
     let tx = repo.auto_transaction(cancellable)?;
     let commit = write_package(repo, &rpm_pkg, &mut entries, &mut info, pkg)
         .with_context(|| format!("importing {nv} into the package cache"))?;
-    tx.commit(cancellable)
+    crate::ostreeutil::commit_transaction(repo, tx, &commit)
         .with_context(|| format!("importing {nv} into the package cache"))?;
     Ok(commit)
 }

@@ -318,3 +318,186 @@ fn concurrent_composes_on_one_cachedir_wait_for_each_other() {
     let co = env.checkout("test/other");
     assert!(co.join("usr/bin/config-tool").exists());
 }
+
+/// SIGKILL at random moments (beyond the named fault points), many times: after each kill
+/// both repos pass `ostree fsck`, the ref is where it was or at a complete commit of the
+/// treefile, and the next run succeeds and leaves no FUSE mount and no build root behind.
+/// Cold runs (a fresh cachedir) give the fetch and import steps work to be killed in.
+#[test]
+fn compose_killed_at_random_moments_recovers() {
+    let env = Env::new();
+    let sets = [
+        env.treefile("a.yaml", GOOD),
+        env.treefile(
+            "b.yaml",
+            &GOOD.replace("triggerer]", "triggerer, config-tool-1.0]"),
+        ),
+    ];
+    // a.yaml gets config-tool 2.0 (the newest), b.yaml pins 1.0.
+    let pinned_tool = |r: &str| {
+        let co = env.checkout(r);
+        let yes = std::fs::read_to_string(co.join("usr/bin/config-tool"))
+            .unwrap()
+            .contains("one");
+        unlock_tree(&co);
+        std::fs::remove_dir_all(&co).unwrap();
+        yes
+    };
+    // How long whole cold and warm composes take here: kill times are spread over them.
+    let timed = |tf: &std::path::Path| {
+        let start = std::time::Instant::now();
+        assert_ok(&env.compose(tf, &["--force-nocache"]));
+        start.elapsed().as_millis() as u64
+    };
+    let mut cold = timed(&sets[0]);
+    let mut warm = timed(&sets[0]);
+    let mut rng = Rng::seeded("compose kills");
+    let (mut killed, mut ended) = (0, 0);
+    for i in 0..16 {
+        let tf = &sets[i % 2];
+        let mut whole = warm;
+        if rng.below(3) == 0 {
+            std::fs::remove_dir_all(env.cache()).unwrap();
+            whole = cold;
+        }
+        let before = env.rev("test/node").unwrap();
+        let after = std::time::Duration::from_millis(rng.below(whole));
+        let started = std::time::Instant::now();
+        let (done, out) = kill_after(&mut env.compose_cmd(tf, &["--force-nocache"]), after);
+        if done {
+            assert_ok(&out);
+            ended += 1;
+            // Runs are faster than measured (a busy machine while measuring): aim within.
+            let took = started.elapsed().as_millis() as u64;
+            if whole == warm {
+                warm = warm.min(took);
+            } else {
+                cold = cold.min(took);
+            }
+        } else {
+            killed += 1;
+        }
+        env.ostree(&["fsck", "--quiet"]);
+        // (A run killed early may not have made the cache repo yet.)
+        if env.cache().join("repo/config").exists() {
+            common::ostree_at(&env.cache().join("repo"), &["fsck", "--quiet"]);
+        }
+        let now = env.rev("test/node").unwrap();
+        if now != before {
+            assert_eq!(
+                pinned_tool(&now),
+                i % 2 == 1,
+                "kill {i} after {after:?}: wrong tree"
+            );
+        }
+        // The next run succeeds and cleans up after the killed one.
+        assert_ok(&env.compose(tf, &["--force-nocache"]));
+        assert_eq!(pinned_tool("test/node"), i % 2 == 1);
+        assert_eq!(mounts_under(env.path()), Vec::<String>::new(), "kill {i}");
+        assert!(
+            !env.cache().join("work/root").exists(),
+            "kill {i}: build root left"
+        );
+    }
+    eprintln!("{killed} runs killed, {ended} ended before their kill time");
+    assert!(
+        killed >= 8,
+        "too few runs were killed ({killed}) to test anything"
+    );
+}
+
+/// Repo and cachedir on a small filesystem that fills up at different moments of a
+/// compose: each run fails with an error that says the disk is full and names the cachedir
+/// and repo, the ref stays where it was, both repos stay consistent, the build root is
+/// removed and the previous compose.json is intact; with room again, the compose works.
+#[test]
+fn compose_on_a_full_disk_fails_clearly_and_loses_nothing() {
+    let env = Env::new();
+    let fs = SmallFs::mount(&env.path().join("small"), "96m");
+    let (repo, cache) = (fs.0.join("repo"), fs.0.join("cache"));
+    common::ostree_at(&repo, &["init", "--mode=archive"]);
+    let json = fs.0.join("compose.json");
+    let compose = |tf: &std::path::Path| {
+        hostforge_cmd()
+            .args(["compose", "tree", "--force-nocache", "--repo"])
+            .arg(&repo)
+            .arg("--cachedir")
+            .arg(&cache)
+            .arg("--write-composejson-to")
+            .arg(&json)
+            .arg(tf)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap()
+    };
+    let a = env.treefile("a.yaml", GOOD);
+    let b = env.treefile(
+        "b.yaml",
+        &GOOD.replace("triggerer]", "triggerer, config-tool-1.0]"),
+    );
+    // Cold: the disk fills while packages are imported. Then warm (every package cached)
+    // with libostree's free-space reserve off: it fills in the later steps instead.
+    let mut failed = 0;
+    for warm in [false, true] {
+        if warm {
+            assert_ok(&compose(&b));
+            for r in [&repo, &cache.join("repo")] {
+                common::ostree_at(r, &["config", "set", "core.min-free-space-percent", "0"]);
+            }
+        }
+        assert_ok(&compose(&a));
+        failed += fill_and_compose(&fs, &repo, &cache, &json, &|| compose(&b));
+    }
+    assert!(failed >= 6, "only {failed} runs ran out of space");
+    assert_ok(&compose(&b));
+    common::ostree_at(&repo, &["fsck", "--quiet"]);
+}
+
+/// Runs `compose` with less and less room left on `fs`; checks each failure as
+/// [`compose_on_a_full_disk_fails_clearly_and_loses_nothing`] says. Returns how many failed.
+fn fill_and_compose(
+    fs: &SmallFs,
+    repo: &std::path::Path,
+    cache: &std::path::Path,
+    json: &std::path::Path,
+    compose: &dyn Fn() -> std::process::Output,
+) -> usize {
+    let before = common::ostree_at(repo, &["rev-parse", "test/node"]);
+    let json_before = std::fs::read(json).unwrap();
+    let mut failed = 0;
+    for free_kib in [16, 64, 256, 512, 1024, 2048] {
+        fs.leave_free(free_kib * 1024);
+        let out = compose();
+        fs.unfill();
+        if out.status.success() {
+            continue;
+        }
+        failed += 1;
+        eprintln!(
+            "{free_kib} KiB free: {}",
+            stderr(&out).trim().lines().last().unwrap()
+        );
+        assert_fails_with(
+            &out,
+            &[
+                "out of disk space",
+                cache.to_str().unwrap(),
+                repo.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            common::ostree_at(repo, &["rev-parse", "test/node"]),
+            before,
+            "{free_kib} KiB free: the ref moved"
+        );
+        common::ostree_at(repo, &["fsck", "--quiet"]);
+        common::ostree_at(&cache.join("repo"), &["fsck", "--quiet"]);
+        assert!(
+            !cache.join("work/root").exists(),
+            "{free_kib} KiB free: build root left"
+        );
+        assert_eq!(mounts_under(&fs.0), Vec::<String>::new());
+        assert_eq!(std::fs::read(json).unwrap(), json_before);
+    }
+    failed
+}

@@ -322,3 +322,168 @@ fn a_second_operation_on_the_same_image_is_refused_while_the_first_runs() {
     assert!(!scratch.exists() && !fallback.exists());
     unlock_tree(dir.path());
 }
+
+/// The tmpfs scratch directory of operations on `img` (named after its path), and the stale
+/// claim directories of dead processes in the tmpfs.
+fn leftovers(img: &Path) -> Vec<String> {
+    let hash = run(Command::new("sh")
+        .arg("-c")
+        .arg("printf %s \"$1\" | sha256sum")
+        .arg("sh")
+        .arg(img));
+    let mut left = Vec::new();
+    let scratch = Path::new("/dev/shm").join(format!("hostforge-image-{}", &hash[..16]));
+    if scratch.exists() {
+        left.push(scratch.display().to_string());
+    }
+    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(".hostforge-claim-") {
+            if !Path::new("/proc").join(pid).exists() {
+                left.push(name);
+            }
+        }
+    }
+    // Staging directories beside the image.
+    for e in std::fs::read_dir(img.parent().unwrap()).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            left.push(name);
+        }
+    }
+    left
+}
+
+/// SIGKILL at random moments of `image build` and of each offline operation (seeded, several
+/// times each): the image is then either the previous bytes or a complete new image (the
+/// same bytes as an uninterrupted build; for operations, the same deployments as an
+/// uninterrupted run), the next run succeeds, and it leaves no scratch or staging behind.
+#[test]
+fn image_build_and_operations_killed_at_random_moments() {
+    let (repo, a) = composed_node();
+    let b = composed_node_b();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let img = work.join("node.raw");
+    let same = |x: &Path, y: &Path| {
+        Command::new("cmp")
+            .arg("-s")
+            .arg(x)
+            .arg(y)
+            .status()
+            .unwrap()
+            .success()
+    };
+    let copy = |from: &Path, to: &Path| {
+        run(Command::new("cp").arg("--sparse=always").arg(from).arg(to));
+    };
+    let build = |r: &str, out: &Path| {
+        let mut cmd = hostforge_cmd();
+        cmd.args(["image", "build", "-q", "--repo"])
+            .arg(&repo)
+            .args(["--ref", r, "--layout"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
+            .args(["--format", "raw", "-o"])
+            .arg(out)
+            .env("SOURCE_DATE_EPOCH", "1700000000");
+        cmd
+    };
+    let timed = |cmd: &mut Command| {
+        let start = std::time::Instant::now();
+        assert_ok(&cmd.output().unwrap());
+        start.elapsed().as_millis() as u64
+    };
+    let mut rng = Rng::seeded("image kills");
+    let mut killed = 0;
+
+    // image build over an existing image of B; the new one is A's.
+    let old = dir.path().join("old.raw");
+    let new = dir.path().join("new.raw");
+    timed(&mut build("hostforge/x86_64/node-b", &old));
+    let whole = timed(&mut build("hostforge/x86_64/node", &new));
+    for i in 0..3 {
+        copy(&old, &img);
+        let after = std::time::Duration::from_millis(rng.below(whole));
+        let (ended, out) = kill_after(&mut build("hostforge/x86_64/node", &img), after);
+        if ended {
+            assert_ok(&out);
+        } else {
+            killed += 1;
+        }
+        assert!(
+            same(&img, &old) || same(&img, &new),
+            "build killed after {after:?} (run {i}): the output is neither the old image nor the new one"
+        );
+        assert_ok(&build("hostforge/x86_64/node", &img).output().unwrap());
+        assert!(same(&img, &new));
+        assert_eq!(leftovers(&img), Vec::<String>::new(), "build run {i}");
+    }
+
+    // The offline operations, each from one starting image (A default, B deployed for pin
+    // and rollback to have two deployments).
+    let two = dir.path().join("two.raw");
+    copy(&new, &two);
+    let deploy_b = |target: &Path| {
+        let mut cmd = hostforge_cmd();
+        cmd.args(["image", "deploy"])
+            .arg(target)
+            .arg("--repo")
+            .arg(&repo)
+            .args(["--ref", "hostforge/x86_64/node-b"]);
+        cmd
+    };
+    timed(&mut deploy_b(&two));
+    type Op<'a> = (&'a str, &'a Path, Box<dyn Fn(&Path) -> Command + 'a>);
+    let ops: [Op; 3] = [
+        ("deploy", &new, Box::new(deploy_b)),
+        (
+            "rollback",
+            &two,
+            Box::new(|t: &Path| {
+                let mut cmd = hostforge_cmd();
+                cmd.args(["image", "rollback"]).arg(t);
+                cmd
+            }),
+        ),
+        (
+            "pin",
+            &two,
+            Box::new(|t: &Path| {
+                let mut cmd = hostforge_cmd();
+                cmd.args(["image", "pin", "--index", "1"]).arg(t);
+                cmd
+            }),
+        ),
+    ];
+    for (name, start, op) in &ops {
+        let reference = dir.path().join(format!("{name}.raw"));
+        copy(start, &reference);
+        let whole = timed(&mut op(&reference));
+        let expected = image_status(&reference);
+        for i in 0..2 {
+            copy(start, &img);
+            let after = std::time::Duration::from_millis(rng.below(whole));
+            let (ended, out) = kill_after(&mut op(&img), after);
+            if ended {
+                assert_ok(&out);
+            } else {
+                killed += 1;
+            }
+            assert!(
+                same(&img, start) || image_status(&img) == expected,
+                "{name} killed after {after:?} (run {i}): the image is neither as before nor as after"
+            );
+            assert_ok(&op(&img).output().unwrap());
+            image_status(&img);
+            assert_eq!(leftovers(&img), Vec::<String>::new(), "{name} run {i}");
+        }
+    }
+    eprintln!("{killed} runs killed");
+    assert!(
+        killed >= 5,
+        "too few runs were killed ({killed}) to test anything"
+    );
+    let _ = (a, b);
+    unlock_tree(dir.path());
+}

@@ -7,6 +7,7 @@ mod kernel;
 mod postprocess;
 mod scripts;
 
+use crate::fsutil;
 use crate::ostreeutil::{self, MetaBuilder};
 use crate::pkgcache::{self, PkgInfo};
 use crate::process;
@@ -182,17 +183,49 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
         progress: &env.progress,
         seconds: Vec::new(),
     };
-    let outcome = pipeline(&env, &mut run)?;
+    let outcome = match pipeline(&env, &mut run) {
+        Ok(o) => o,
+        Err(e) => {
+            // The build root can be large: a failed run does not keep it (nor a full disk).
+            if let Err(clean) = clean_work_root(&env) {
+                env.progress.info(&format!("{clean:#}"));
+            }
+            return Err(explain_out_of_space(&env, e));
+        }
+    };
     drop(lock);
     let doc = summary(&env, outcome, run.seconds)?;
     if let Some(p) = &env.opts.write_composejson_to {
-        std::fs::write(p, serde_json::to_string_pretty(&doc)? + "\n")
-            .with_context(|| format!("writing {}", p.display()))?;
+        let text = serde_json::to_string_pretty(&doc)? + "\n";
+        fsutil::write_replacing(p, text.as_bytes())?;
     }
     if let (Some(p), Some(c)) = (&env.opts.write_commitid_to, &doc.commit) {
-        std::fs::write(p, c).with_context(|| format!("writing {}", p.display()))?;
+        fsutil::write_replacing(p, c.as_bytes())?;
     }
     Ok(doc)
+}
+
+/// An error from a full filesystem says which of the compose's places filled up, and what
+/// is left on each.
+fn explain_out_of_space(env: &Env, e: anyhow::Error) -> anyhow::Error {
+    if !fsutil::out_of_space(&e) {
+        return e;
+    }
+    let mut places = vec![("cachedir", env.opts.cachedir.clone())];
+    if let Some(r) = &env.opts.repo {
+        places.push(("repo", r.clone()));
+    }
+    let room: Vec<String> = places
+        .iter()
+        .map(|(what, p)| match fsutil::free_bytes(p) {
+            Some(b) => format!("{what} {} ({} KiB free)", p.display(), b / 1024),
+            None => format!("{what} {}", p.display()),
+        })
+        .collect();
+    e.context(format!(
+        "out of disk space: make room for {}",
+        room.join(" and ")
+    ))
 }
 
 /// The steps of [`STEPS`], each handed what the earlier ones returned.
@@ -446,10 +479,7 @@ fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> 
 
 /// Empties the work dir of an earlier (possibly interrupted) compose.
 fn clean_work_root(env: &Env) -> Result<()> {
-    let mnt = env.work.join("rofiles");
-    if mnt.exists() {
-        process::run_best_effort(Command::new("fusermount3").arg("-u").arg(&mnt));
-    }
+    scripts::unmount_stale(&env.work.join("rofiles"));
     let r = env.root();
     if r.exists() {
         std::fs::remove_dir_all(&r).with_context(|| format!("removing {}", r.display()))?;
@@ -967,7 +997,7 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
         cancellable,
     )?;
     cache.transaction_set_ref(None, &format!("hostforge/build/{}", env.treeref), Some(&c));
-    let stats = tx.commit(cancellable)?;
+    let stats = ostreeutil::commit_transaction(cache, tx, &c)?;
     Ok(Committed {
         commit: c.to_string(),
         objects_written: stats.get_content_objects_written() as u64

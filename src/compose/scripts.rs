@@ -15,9 +15,8 @@ pub struct Protected {
 
 impl Protected {
     pub fn mount(root: &Path, mnt: &Path) -> Result<Protected> {
-        std::fs::create_dir_all(mnt)?;
-        // A previous interrupted run may have left a mount behind.
-        process::run_best_effort(Command::new("fusermount3").arg("-u").arg(mnt));
+        unmount_stale(mnt);
+        std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
         process::run(Command::new("rofiles-fuse").arg(root).arg(mnt))
             .context("mounting the root read-only for hardlinks (rofiles-fuse)")?;
         Ok(Protected {
@@ -28,6 +27,20 @@ impl Protected {
     pub fn path(&self) -> &Path {
         &self.mnt
     }
+}
+
+/// Unmounts what a killed run may have left mounted at `mnt`. Its FUSE daemon may be gone
+/// too: the mount point then fails every access (ENOTCONN), looks absent to `exists()`, and
+/// makes `create_dir_all` fail with EEXIST; a lazy unmount clears it either way.
+pub fn unmount_stale(mnt: &Path) {
+    if std::fs::symlink_metadata(mnt).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return;
+    }
+    process::run_best_effort(
+        Command::new("fusermount3")
+            .args(["-u", "-q", "-z"])
+            .arg(mnt),
+    );
 }
 
 impl Drop for Protected {

@@ -9,13 +9,13 @@
 //! whose loader swap changes the entries and GRUB's config (kept in the loader directory) in
 //! one rename.
 
-use super::filesystems::mkfs_ext4;
+use super::filesystems::{copy_range_sparse, mkfs_ext4};
 use super::scratch::Workspace;
 use super::{gpt, grub};
 use crate::process;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -87,10 +87,18 @@ fn partition(raw: &Path, type_guid: &str) -> Result<gpt::Found> {
 }
 
 fn extract_fs(raw: &Path, part: &gpt::Found, dest: &Path) -> Result<()> {
-    let mut src = std::fs::File::open(raw)?;
-    src.seek(SeekFrom::Start(part.offset))?;
-    let mut out = std::fs::File::create(dest)?;
-    std::io::copy(&mut (&mut src).take(part.bytes), &mut out)?;
+    let src = std::fs::File::open(raw)?;
+    let out = std::fs::File::create(dest)?;
+    copy_range_sparse(&src, part.offset, part.bytes, &out, 0)
+        .with_context(|| format!("copying a filesystem out of {}", raw.display()))
+}
+
+/// Writes the filesystem image `fs` over its partition in the raw disk `raw`, and syncs.
+fn write_fs(raw: &Path, part: &gpt::Found, fs: &Path) -> Result<()> {
+    let disk = std::fs::OpenOptions::new().write(true).open(raw)?;
+    copy_range_sparse(&std::fs::File::open(fs)?, 0, part.bytes, &disk, part.offset)
+        .with_context(|| format!("writing a filesystem into {}", raw.display()))?;
+    disk.sync_all()?;
     Ok(())
 }
 
@@ -396,11 +404,7 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
         &uuid,
         epoch,
     )?;
-    let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
-    disk.seek(SeekFrom::Start(o.boot_part.offset))?;
-    std::io::copy(&mut std::fs::File::open(&o.boot_fs)?, &mut disk)?;
-    disk.flush()?;
-    disk.sync_all()?;
+    write_fs(&o.raw, &o.boot_part, &o.boot_fs)?;
     // /boot in the staging dir now holds the edited entries; re-read the order from them.
     let new_deps = deployments(&ImageFiles::open(&o)?)?;
     replace_image(&o, img, "rollback")?;
@@ -518,13 +522,8 @@ fn offline_edit(
         &root_uuid,
         epoch,
     )?;
-    let mut disk = std::fs::OpenOptions::new().write(true).open(&o.raw)?;
-    for (part, fs) in [(&o.boot_part, &o.boot_fs), (&root_part, &o.root_fs)] {
-        disk.seek(SeekFrom::Start(part.offset))?;
-        std::io::copy(&mut std::fs::File::open(fs)?, &mut disk)?;
-    }
-    disk.flush()?;
-    disk.sync_all()?;
+    write_fs(&o.raw, &o.boot_part, &o.boot_fs)?;
+    write_fs(&o.raw, &root_part, &o.root_fs)?;
     // Re-read what was written, from the new filesystems.
     let _ = std::fs::remove_dir_all(&o.boot_dir);
     std::fs::create_dir_all(&o.boot_dir)?;

@@ -149,6 +149,9 @@ pub const SHM: &str = "/dev/shm";
 
 pub const SCRATCH_PREFIX: &str = "hostforge-image-";
 
+/// A scratch directory being claimed (made and locked under this name + the process id).
+const CLAIM_PREFIX: &str = ".hostforge-claim-";
+
 /// Creates `dir` and holds an exclusive lock in it for as long as the returned file lives;
 /// refuses a directory another live build holds.
 pub fn claim_scratch(dir: &Path) -> Result<std::fs::File> {
@@ -166,7 +169,7 @@ pub fn claim_scratch(dir: &Path) -> Result<std::fs::File> {
     // (see [`sweep_scratch`]) never sees it unlocked.
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let claim = parent.join(format!(".hostforge-claim-{}", std::process::id()));
+    let claim = parent.join(format!("{CLAIM_PREFIX}{}", std::process::id()));
     remove_staging(&claim)?;
     std::fs::create_dir(&claim)
         .with_context(|| format!("creating the scratch directory {}", claim.display()))?;
@@ -179,21 +182,28 @@ pub fn claim_scratch(dir: &Path) -> Result<std::fs::File> {
 }
 
 /// Removes the scratch directories in `base` left by builds that were killed (their lock
-/// is free), so a tmpfs does not keep them until the next reboot.
+/// is free), and claims whose process is gone, so a tmpfs does not keep them until the next
+/// reboot.
 pub fn sweep_scratch(base: &Path) {
     use rustix::fs::{flock, FlockOperation};
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
     for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) {
-            continue;
-        }
+        let name = e.file_name().to_string_lossy().into_owned();
         let dir = e.path();
-        let stale = match std::fs::File::open(dir.join(".lock")) {
-            Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok(),
-            // Without a lock file: not one of ours (they are renamed into place locked).
-            Err(_) => false,
+        let stale = if name.starts_with(SCRATCH_PREFIX) {
+            match std::fs::File::open(dir.join(".lock")) {
+                Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok(),
+                // Without a lock file: not one of ours (they are renamed into place locked).
+                Err(_) => false,
+            }
+        } else if let Some(pid) = name.strip_prefix(CLAIM_PREFIX) {
+            // A claim not yet renamed into place: stale once its process is gone.
+            pid.parse::<u32>()
+                .is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
+        } else {
+            false
         };
         if stale {
             let _ = remove_staging(&dir);
@@ -213,13 +223,20 @@ mod tests {
         let live = base.path().join(format!("{SCRATCH_PREFIX}live"));
         let stale = base.path().join(format!("{SCRATCH_PREFIX}stale"));
         let other = base.path().join("something-else");
+        // A claim of a process that is gone (pid beyond pid_max), and one of a live process.
+        let dead_claim = base.path().join(format!("{CLAIM_PREFIX}4294967295"));
+        let live_claim = base
+            .path()
+            .join(format!("{CLAIM_PREFIX}{}", std::process::id()));
         let held = claim_scratch(&live).unwrap();
         drop(claim_scratch(&stale).unwrap());
-        std::fs::create_dir(&other).unwrap();
+        for d in [&other, &dead_claim, &live_claim] {
+            std::fs::create_dir(d).unwrap();
+        }
         sweep_scratch(base.path());
         assert!(live.join(".lock").exists());
-        assert!(!stale.exists());
-        assert!(other.exists());
+        assert!(!stale.exists() && !dead_claim.exists());
+        assert!(other.exists() && live_claim.exists());
         let err = claim_scratch(&live).unwrap_err();
         assert!(format!("{err:#}").contains("in use"), "{err:#}");
         drop(held);

@@ -82,6 +82,15 @@ impl Env {
     }
 
     pub fn compose_env(&self, treefile: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.compose_cmd(treefile, extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// The `hostforge compose tree` command of [`Env::compose`], not yet run.
+    pub fn compose_cmd(&self, treefile: &Path, extra: &[&str]) -> Command {
         let mut cmd = hostforge_cmd();
         cmd.args(["compose", "tree", "--repo"])
             .arg(self.repo())
@@ -93,10 +102,7 @@ impl Env {
             .arg(treefile)
             .env_remove("HOSTFORGE_FAULT")
             .env("SOURCE_DATE_EPOCH", "1700000000");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
+        cmd
     }
 
     pub fn ostree(&self, args: &[&str]) -> String {
@@ -451,4 +457,109 @@ pub fn image_status(img: &Path) -> serde_json::Value {
         .unwrap();
     assert_ok(&out);
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A small seeded generator (xorshift64*) for the crash tests. The seed is
+/// `HOSTFORGE_CRASH_SEED` when set, else the clock; it is printed, so a failing run can be
+/// replayed with the same kill times (as far as timing repeats).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(what: &str) -> Rng {
+        let seed = std::env::var("HOSTFORGE_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{what}: HOSTFORGE_CRASH_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+/// Runs `cmd` in a process group of its own and kills the whole group with SIGKILL after
+/// `after` (as a cancelled CI job or `systemctl stop` would), unless it ended first.
+/// Returns whether it ended by itself, with its output.
+pub fn kill_after(cmd: &mut Command, after: std::time::Duration) -> (bool, Output) {
+    use std::os::unix::process::CommandExt;
+    let child = cmd
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let start = std::time::Instant::now();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() && start.elapsed() < after {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let ended = waiter.is_finished();
+    if !ended {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    (ended, waiter.join().unwrap())
+}
+
+/// The mount points below `dir`, not `dir` itself (a killed run's FUSE view would show here).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| Path::new(m).starts_with(&dir) && Path::new(m) != dir)
+        .collect()
+}
+
+/// A small tmpfs mounted at `dir` for full-disk tests, unmounted (lazily) on drop.
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    pub fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir));
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Fills the filesystem until `free` bytes are left (a file `filler` takes the rest).
+    pub fn leave_free(&self, free: u64) {
+        let filler = self.0.join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let out = run(Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(&self.0));
+        let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let avail = f[0] * f[1];
+        if avail > free {
+            let f = std::fs::File::create(&filler).unwrap();
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, avail - free)
+                .unwrap();
+        }
+    }
+
+    pub fn unfill(&self) {
+        let _ = std::fs::remove_file(self.0.join("filler"));
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        unlock_tree(&self.0);
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
