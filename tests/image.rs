@@ -487,3 +487,41 @@ fn image_build_and_operations_killed_at_random_moments() {
     let _ = (a, b);
     unlock_tree(dir.path());
 }
+
+/// `image build` onto a small filesystem, with its scratch space there too (it fills while
+/// the commit is pulled and deployed) or elsewhere (it fills while the image is written): a
+/// clear error naming the places, the previous image as it was, no staging or scratch left.
+#[test]
+fn image_build_on_a_full_disk_fails_clearly_and_loses_nothing() {
+    let (repo, _) = composed_node();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&dir.path().join("small"), "48m");
+    let img = fs.0.join("node.qcow2");
+    std::fs::write(&img, "the previous image").unwrap();
+    let tmp = fs.0.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    for with_tmpdir in [true, false] {
+        let mut cmd = hostforge_cmd();
+        cmd.args(["image", "build", "-q", "--repo"])
+            .arg(&repo)
+            .args(["--ref", "hostforge/x86_64/node", "--layout"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
+            .arg("-o")
+            .arg(&img);
+        if with_tmpdir {
+            cmd.arg("--tmpdir").arg(&tmp);
+        }
+        let out = cmd.output().unwrap();
+        eprintln!("--tmpdir {with_tmpdir}: {}", stderr(&out).trim());
+        assert_fails_with(&out, &["out of disk space", fs.0.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&img).unwrap(), b"the previous image");
+        let mut left: Vec<String> = std::fs::read_dir(&fs.0)
+            .unwrap()
+            .chain(std::fs::read_dir(&tmp).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "node.qcow2" && n != "tmp")
+            .collect();
+        left.extend(leftovers(&img));
+        assert_eq!(left, Vec::<String>::new(), "--tmpdir {with_tmpdir}");
+    }
+}

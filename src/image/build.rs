@@ -46,6 +46,41 @@ pub struct BuildRequest<'a> {
 
 /// Builds the image; see the module docs.
 pub fn build(req: &BuildRequest) -> Result<()> {
+    build_steps(req).map_err(|e| explain_out_of_space(req, e))
+}
+
+/// An error from a full filesystem says so, with the output's directory and the scratch
+/// space and what is left on each.
+fn explain_out_of_space(req: &BuildRequest, e: anyhow::Error) -> anyhow::Error {
+    if !crate::fsutil::out_of_space(&e) {
+        return e;
+    }
+    let out_dir = req
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut places = vec![("the output's directory", out_dir.to_path_buf())];
+    places.push((
+        "the scratch space",
+        req.tmpdir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| super::scratch::SHM.into()),
+    ));
+    let room: Vec<String> = places
+        .iter()
+        .map(|(what, p)| match crate::fsutil::free_bytes(p) {
+            Some(b) => format!("{what} {} ({} MiB free)", p.display(), b >> 20),
+            None => format!("{what} {}", p.display()),
+        })
+        .collect();
+    e.context(format!(
+        "out of disk space: make room in {} (or pass --tmpdir)",
+        room.join(" or ")
+    ))
+}
+
+fn build_steps(req: &BuildRequest) -> Result<()> {
     let progress = Progress::new(req.quiet, false);
     let started = Timer::start();
     let (plan, grub_images) = step(&progress, "prepare", || prepare(req))?;
