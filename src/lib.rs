@@ -7,6 +7,8 @@ pub mod cli;
 pub mod compose;
 pub mod dracut;
 pub mod fsutil;
+#[cfg(test)]
+mod fuzz;
 pub mod image;
 pub mod ostreeutil;
 pub mod pkgcache;

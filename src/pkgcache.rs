@@ -288,8 +288,8 @@ fn open_verified(
     verifier: Option<&rpm::signature::pgp::Verifier>,
 ) -> Result<rpm::Package> {
     let nv = nevra(pkg);
-    let rpm_pkg = rpm::Package::open(rpm_path)
-        .map_err(|e| anyhow!("{nv}: reading RPM {}: {e}", rpm_path.display()))?;
+    let rpm_pkg =
+        open_rpm(rpm_path).with_context(|| format!("{nv}: reading RPM {}", rpm_path.display()))?;
     rpm_pkg
         .verify_digests()
         .map_err(|e| anyhow!("{nv}: RPM digest check failed, the package is corrupt: {e}"))?;
@@ -331,6 +331,70 @@ fn open_verified(
         })?;
     }
     Ok(rpm_pkg)
+}
+
+/// Parses an RPM file whose header structure was checked first: the rpm crate indexes its
+/// header store with the offsets the file gives, and panics on one that points outside it
+/// (found by `crate::fuzz`).
+pub(crate) fn open_rpm(path: &Path) -> Result<rpm::Package> {
+    let mut f = std::fs::File::open(path)?;
+    check_header_bounds(&mut f)?;
+    rpm::Package::open(path).map_err(|e| anyhow!("{e}"))
+}
+
+/// Checks the signature header and the main header of an RPM: every index entry's data lies
+/// inside its header's data store, and the sizes are sane.
+fn check_header_bounds(mut f: impl std::io::Read) -> Result<()> {
+    const LEAD: usize = 96;
+    const MAX_STORE: usize = 256 << 20;
+    let mut lead = [0u8; LEAD];
+    f.read_exact(&mut lead).context("not an RPM: too short")?;
+    if lead[..4] != [0xed, 0xab, 0xee, 0xdb] {
+        bail!("not an RPM: no lead magic");
+    }
+    for (which, pad) in [("signature header", true), ("header", false)] {
+        let mut intro = [0u8; 16];
+        f.read_exact(&mut intro)
+            .with_context(|| format!("truncated {which}"))?;
+        if intro[..3] != [0x8e, 0xad, 0xe8] {
+            bail!("{which}: bad magic");
+        }
+        let nindex = u32::from_be_bytes(intro[8..12].try_into().unwrap()) as usize;
+        let hsize = u32::from_be_bytes(intro[12..16].try_into().unwrap()) as usize;
+        if nindex > MAX_STORE / 16 || hsize > MAX_STORE {
+            bail!("{which}: {nindex} entries, {hsize} bytes of data: too large");
+        }
+        let mut index = vec![0u8; nindex * 16];
+        f.read_exact(&mut index)
+            .with_context(|| format!("truncated {which} index"))?;
+        for e in index.chunks_exact(16) {
+            let word = |i: usize| u32::from_be_bytes(e[i..i + 4].try_into().unwrap()) as usize;
+            let (tag, ty, offset, count) = (word(0), word(4), word(8), word(12));
+            let size = match ty {
+                0..=2 | 7 => Some(1),
+                3 => Some(2),
+                4 => Some(4),
+                5 => Some(8),
+                // Strings: at least one byte each.
+                6 | 8 | 9 => Some(1),
+                _ => None,
+            };
+            let end = size.and_then(|s| count.checked_mul(s)?.checked_add(offset));
+            if end.is_none_or(|end| end > hsize) {
+                bail!(
+                    "{which}: entry for tag {tag} (type {ty}, {count} items at offset                      {offset}) lies outside its {hsize}-byte data store"
+                );
+            }
+        }
+        let mut store = hsize;
+        if pad {
+            store = store.div_ceil(8) * 8;
+        }
+        let mut skip = vec![0u8; store];
+        f.read_exact(&mut skip)
+            .with_context(|| format!("truncated {which} data"))?;
+    }
+    Ok(())
 }
 
 /// The payload's files with their contents.
@@ -657,6 +721,37 @@ pub fn nevra_index(infos: &[PkgInfo]) -> BTreeMap<String, String> {
         .iter()
         .map(|i| (i.name.clone(), i.nevra.clone()))
         .collect()
+}
+
+/// Everything compose reads of an RPM file, errors ignored: for the parser tests in
+/// `crate::fuzz`, which feed it mutated packages.
+#[cfg(test)]
+pub(crate) fn read_all_for_tests(path: &Path) {
+    let Ok(pkg) = open_rpm(path) else {
+        return;
+    };
+    let m = &pkg.metadata;
+    let solved = Solved {
+        name: m.get_name().unwrap_or_default().to_string(),
+        epoch: m.get_epoch().unwrap_or_default().into(),
+        version: m.get_version().unwrap_or_default().to_string(),
+        release: m.get_release().unwrap_or_default().to_string(),
+        arch: m.get_arch().unwrap_or_default().to_string(),
+        repo_id: "fuzz".into(),
+        location: "fuzz.rpm".into(),
+        checksum_type: "sha256".into(),
+        checksum: String::new(),
+        download_size: 0,
+    };
+    let _ = package_info(&pkg, &solved);
+    if let Ok(entries) = payload_entries(&pkg, "fuzz") {
+        let _ = check_paths(&entries, "fuzz");
+    }
+    let _ = m.get_pre_install_script();
+    let _ = m.get_post_install_script();
+    let _ = m.get_post_trans_script();
+    let _ = m.get_trans_file_triggers();
+    let _ = m.header_bytes();
 }
 
 #[cfg(test)]
