@@ -267,7 +267,7 @@ pub fn import(
 ) -> Result<String> {
     let nv = nevra(pkg);
     let rpm_pkg = open_verified(rpm_path, pkg, verifier)?;
-    let mut entries = payload_entries(&rpm_pkg, &nv)?;
+    let mut entries = payload_entries(rpm_path, &nv)?;
     let mut info = package_info(&rpm_pkg, pkg)?;
     // Every path is checked before anything is written.
     check_paths(&entries, &nv)?;
@@ -382,7 +382,8 @@ fn check_header_bounds(mut f: impl std::io::Read) -> Result<()> {
             let end = size.and_then(|s| count.checked_mul(s)?.checked_add(offset));
             if end.is_none_or(|end| end > hsize) {
                 bail!(
-                    "{which}: entry for tag {tag} (type {ty}, {count} items at offset                      {offset}) lies outside its {hsize}-byte data store"
+                    "{which}: entry for tag {tag} (type {ty}, {count} items at offset \
+                     {offset}) lies outside its {hsize}-byte data store"
                 );
             }
         }
@@ -398,26 +399,44 @@ fn check_header_bounds(mut f: impl std::io::Read) -> Result<()> {
 }
 
 /// The payload's files with their contents.
-fn payload_entries(rpm_pkg: &rpm::Package, nv: &str) -> Result<Vec<Entry>> {
+fn payload_entries(rpm_path: &Path, nv: &str) -> Result<Vec<Entry>> {
+    use std::io::Read;
+    let mut reader =
+        rpm::PackageReader::open(rpm_path).map_err(|e| anyhow!("{nv}: reading payload: {e}"))?;
     let mut entries = Vec::new();
-    let files = rpm_pkg
-        .files()
-        .map_err(|e| anyhow!("{nv}: reading payload: {e}"))?;
-    for f in files {
-        let f = f.map_err(|e| anyhow!("{nv}: payload is corrupt: {e}"))?;
-        let m = &f.metadata;
-        let mut entry = Entry {
-            path: m.path().to_string_lossy().into_owned(),
+    while let Some(mut f) = reader
+        .next_file()
+        .map_err(|e| anyhow!("{nv}: payload is corrupt: {e}"))?
+    {
+        let m = f.metadata.clone();
+        let path = m.path().to_string_lossy().into_owned();
+        // Never more than the header declares: a payload that decompresses to more (a
+        // decompression bomb, or a lying header) is refused before it fills memory.
+        let declared = m.size() as u64;
+        let mut content = Vec::new();
+        (&mut f)
+            .take(declared + 1)
+            .read_to_end(&mut content)
+            .map_err(|e| anyhow!("{nv}: payload is corrupt at {path}: {e}"))?;
+        if content.len() as u64 > declared {
+            bail!(
+                "{nv}: the payload holds more than the {declared} bytes the header declares for \
+                 {path}; refusing the package (corrupt, or a decompression bomb)"
+            );
+        }
+        let has_payload = f.has_payload();
+        f.finish()
+            .map_err(|e| anyhow!("{nv}: payload is corrupt at {path}: {e}"))?;
+        entries.push(Entry {
+            path,
             ftype: m.file_type(),
             mode: u32::from(m.mode().raw_mode()) & 0o7777,
             caps: m.caps().map(str::to_string),
             linkto: m.linkto().map(str::to_string),
             digest: m.digest().map(|d| d.to_string()),
             ghost: m.flags().contains(rpm::FileFlags::GHOST),
-            content: None,
-        };
-        entry.content = f.into_content();
-        entries.push(entry);
+            content: has_payload.then_some(content),
+        });
     }
     Ok(entries)
 }
@@ -744,7 +763,7 @@ pub(crate) fn read_all_for_tests(path: &Path) {
         download_size: 0,
     };
     let _ = package_info(&pkg, &solved);
-    if let Ok(entries) = payload_entries(&pkg, "fuzz") {
+    if let Ok(entries) = payload_entries(path, "fuzz") {
         let _ = check_paths(&entries, "fuzz");
     }
     let _ = m.get_pre_install_script();
@@ -793,6 +812,47 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// A payload that unpacks to more than the header declares (here: another package's
+    /// payload, 1 MiB of zeros where the header says 10 bytes) is refused, not read whole.
+    #[test]
+    fn a_payload_larger_than_its_header_says_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let build = |content: Vec<u8>, path: &Path| {
+            let src = d.path().join("x");
+            std::fs::write(&src, content).unwrap();
+            rpm::PackageBuilder::new("bomb", "1", "MIT", "noarch", "small, it says")
+                .release("1")
+                .with_file(&src, rpm::FileOptions::new("/usr/share/x"))
+                .unwrap()
+                .build()
+                .unwrap()
+                .write_file(path)
+                .unwrap();
+        };
+        let (small, big) = (d.path().join("small.rpm"), d.path().join("big.rpm"));
+        build(b"ten bytes\n".to_vec(), &small);
+        build(vec![0u8; 1 << 20], &big);
+        assert_eq!(payload_entries(&small, "bomb").unwrap().len(), 1);
+        let header_end = |p: &Path| {
+            let bytes = std::fs::read(p).unwrap();
+            let mut cur = std::io::Cursor::new(&bytes);
+            check_header_bounds(&mut cur).unwrap();
+            (bytes.clone(), cur.position() as usize)
+        };
+        let (s, s_end) = header_end(&small);
+        let (b, b_end) = header_end(&big);
+        let franken = d.path().join("franken.rpm");
+        std::fs::write(&franken, [&s[..s_end], &b[b_end..]].concat()).unwrap();
+        let Err(e) = payload_entries(&franken, "bomb") else {
+            panic!("the oversized payload was read");
+        };
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("more than the 10 bytes the header declares for /usr/share/x"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -501,3 +501,71 @@ fn fill_and_compose(
     }
     failed
 }
+
+/// A copy of the base fixture repo spoiled by `spoil`, as repo `[copy]` in a treefile that
+/// uses only it; the compose must fail naming `needles`, and leave the ref unmoved and no
+/// package of the copy in the cache.
+fn spoiled_repo_is_refused(spoil: impl Fn(&std::path::Path), extra: &str, needles: &[&str]) {
+    let env = Env::new();
+    let before = good_first(&env);
+    let copy = env.path().join("copy");
+    run(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fixtures().join("base"))
+        .arg(&copy));
+    spoil(&copy);
+    std::fs::write(
+        env.path().join("tf/copy.repo"),
+        format!("[copy]\nbaseurl=file://{}\ngpgcheck=0\n", copy.display()),
+    )
+    .unwrap();
+    let tf = env.treefile(
+        "spoiled.yaml",
+        &GOOD
+            .replace("[base]", "[copy]")
+            .replace("triggerer]", &format!("triggerer{extra}]")),
+    );
+    let out = env.compose(&tf, &["--force-nocache"]);
+    assert_fails_with(&out, needles);
+    assert_eq!(env.rev("test/node").unwrap(), before, "ref moved");
+    env.ostree(&["fsck", "--quiet"]);
+}
+
+fn truncate_half(p: &std::path::Path) {
+    let len = std::fs::metadata(p).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+/// Truncated metadata (repomd.xml, or primary.xml.gz against its checksum in repomd.xml)
+/// and a package file that is not the one the repodata lists: clear errors naming the repo.
+#[test]
+fn truncated_metadata_and_wrong_package_files_are_refused() {
+    spoiled_repo_is_refused(
+        |r| truncate_half(&r.join("repodata/repomd.xml")),
+        "",
+        &["[copy]", "resolving packages"],
+    );
+    spoiled_repo_is_refused(
+        |r| truncate_half(&r.join("repodata/primary.xml.gz")),
+        "",
+        &["[copy]", "resolving packages"],
+    );
+    // config-tool 2.0's bytes where the repodata lists 1.0's checksum (1.0 is not in the
+    // package cache yet, so it is downloaded).
+    spoiled_repo_is_refused(
+        |r| {
+            std::fs::copy(
+                r.join("Packages/config-tool-2.0-1.noarch.rpm"),
+                r.join("Packages/config-tool-1.0-1.noarch.rpm"),
+            )
+            .unwrap();
+        },
+        ", config-tool-1.0",
+        &["config-tool-1.0-1.noarch", "checksum mismatch", "[copy]"],
+    );
+}
