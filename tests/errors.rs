@@ -526,6 +526,7 @@ fn spoiled_repo_is_refused(spoil: impl Fn(&std::path::Path), extra: &str, needle
             .replace("triggerer]", &format!("triggerer{extra}]")),
     );
     let out = env.compose(&tf, &["--force-nocache"]);
+    eprintln!("{}", stderr(&out).trim());
     assert_fails_with(&out, needles);
     assert_eq!(env.rev("test/node").unwrap(), before, "ref moved");
     env.ostree(&["fsck", "--quiet"]);
@@ -567,5 +568,63 @@ fn truncated_metadata_and_wrong_package_files_are_refused() {
         },
         ", config-tool-1.0",
         &["config-tool-1.0-1.noarch", "checksum mismatch", "[copy]"],
+    );
+}
+
+/// A metadata decompression bomb: primary.xml.gz unpacks to 256 MiB of zeros, and
+/// repomd.xml vouches for it (checksums and sizes match). libsolv reads it as a stream and
+/// stops at the first byte that is not XML: a clear error naming the repo, quickly, with
+/// nothing unpacked to disk.
+#[test]
+fn metadata_decompression_bomb_is_refused() {
+    let started = std::time::Instant::now();
+    spoiled_repo_is_refused(
+        |r| {
+            let gz = r.join("repodata/primary.xml.gz");
+            let sh = |script: &str| {
+                run(std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .arg("sh")
+                    .arg(&gz))
+            };
+            sh("head -c 256M /dev/zero | gzip -1 > \"$1\"");
+            let sum = sh("sha256sum < \"$1\"");
+            let open = sh("head -c 256M /dev/zero | sha256sum");
+            let size = std::fs::metadata(&gz).unwrap().len();
+            let repomd = r.join("repodata/repomd.xml");
+            let text = std::fs::read_to_string(&repomd).unwrap();
+            let (head, rest) = text.split_once("<data type=\"filelists\">").unwrap();
+            let re = |pat: &str, with: &str, s: &str| {
+                regex::Regex::new(pat)
+                    .unwrap()
+                    .replace(s, with)
+                    .into_owned()
+            };
+            let mut head = re(
+                r#"<checksum type="sha256">[0-9a-f]+<"#,
+                &format!(r#"<checksum type="sha256">{}<"#, &sum[..64]),
+                head,
+            );
+            head = re(
+                r#"<open-checksum type="sha256">[0-9a-f]+<"#,
+                &format!(r#"<open-checksum type="sha256">{}<"#, &open[..64]),
+                &head,
+            );
+            head = re(r"<size>\d+<", &format!("<size>{size}<"), &head);
+            head = re(
+                r"<open-size>\d+<",
+                &format!("<open-size>{}<", 256u64 << 20),
+                &head,
+            );
+            std::fs::write(&repomd, format!("{head}<data type=\"filelists\">{rest}")).unwrap();
+        },
+        "",
+        &["[copy]", "resolving packages"],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "the bomb took {:?}",
+        started.elapsed()
     );
 }
