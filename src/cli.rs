@@ -264,6 +264,10 @@ pub struct TreeArgs {
     /// Resolve and print the package set; write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the flattened treefile (includes merged) as JSON and exit; no repo, cache or
+    /// network is touched
+    #[arg(long)]
+    pub print_only: bool,
     /// Print nothing but errors
     #[arg(long, short)]
     pub quiet: bool,
@@ -313,6 +317,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn compose_tree(a: TreeArgs) -> Result<()> {
+    if a.print_only {
+        let tf = crate::treefile::Treefile::load(&a.treefile)?;
+        println!("{}", tf.flattened_json());
+        return Ok(());
+    }
     let opts = compose::Options {
         treefile: a.treefile,
         repo: a.repo,

@@ -117,12 +117,23 @@ pub struct TreefileDoc {
     pub postprocess_script: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "default_target",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub default_target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_commit_metadata: Option<BTreeMap<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "automatic_version_prefix",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub automatic_version_prefix: Option<String>,
+    /// One ASCII character between the prefix and the build number (default `.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_version_suffix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutate_os_release: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,7 +146,11 @@ pub struct TreefileDoc {
     pub tmp_is_dir: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machineid_compat: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "boot_location",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_location: Option<BootLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs_args: Option<Vec<String>>,
@@ -151,6 +166,13 @@ pub struct TreefileDoc {
     /// stays /etc, /tmp is a directory and documentation is dropped unless asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<bool>,
+}
+
+/// `s` with each `${name}` reference (a plain variable name) replaced by `x`, for checks of
+/// the text around the references.
+fn without_var_refs(s: &str) -> String {
+    let re = regex::Regex::new(r"\$\{[A-Za-z0-9_]+\}").expect("valid regex");
+    re.replace_all(s, "x").into_owned()
 }
 
 /// A loaded treefile: the flattened document plus where it came from.
@@ -359,6 +381,7 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
         default_target,
         add_commit_metadata,
         automatic_version_prefix,
+        automatic_version_suffix,
         mutate_os_release,
         etc_group_members,
         check_passwd,
@@ -385,6 +408,7 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
     scalar(&mut base.postprocess_script, postprocess_script);
     scalar(&mut base.default_target, default_target);
     scalar(&mut base.automatic_version_prefix, automatic_version_prefix);
+    scalar(&mut base.automatic_version_suffix, automatic_version_suffix);
     scalar(&mut base.mutate_os_release, mutate_os_release);
     scalar(&mut base.check_passwd, check_passwd);
     scalar(&mut base.check_groups, check_groups);
@@ -533,12 +557,22 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
     if let Some(t) = &doc.default_target {
         crate::validate::unit_name("default-target", t).with_context(|| at("default-target"))?;
     }
+    // `${name}` references are checked here as written and the values again once
+    // substituted (the compose checks the result).
     if let Some(p) = &doc.automatic_version_prefix {
-        crate::validate::one_line_text("automatic-version-prefix", p)
+        crate::validate::one_line_text("automatic-version-prefix", &without_var_refs(p))
             .with_context(|| at("automatic-version-prefix"))?;
     }
+    if let Some(s) = &doc.automatic_version_suffix {
+        if s.len() != 1 || !s.is_ascii() || s.chars().any(|c| c.is_ascii_control()) {
+            bail!(
+                "{}: automatic-version-suffix must be one ASCII character, not {s:?}",
+                at("automatic-version-suffix")
+            );
+        }
+    }
     if let Some(m) = &doc.mutate_os_release {
-        crate::validate::one_line_text("mutate-os-release", m)
+        crate::validate::one_line_text("mutate-os-release", &without_var_refs(m))
             .with_context(|| at("mutate-os-release"))?;
     }
     if let Some(cp) = &doc.check_passwd {
@@ -707,6 +741,12 @@ mod tests {
                 "automatic-version-prefix",
             ),
             ("mutate-os-release", "\"$(id)\"", "mutate-os-release"),
+            ("mutate-os-release", "\"${a}$(id)\"", "mutate-os-release"),
+            (
+                "automatic-version-suffix",
+                "\"--\"",
+                "automatic-version-suffix",
+            ),
         ] {
             let p = write(
                 d.path(),
@@ -717,6 +757,30 @@ mod tests {
             assert!(err.contains("t.yaml:4:"), "{key}: {err}");
             assert!(err.contains(line), "{key}: {err}");
         }
+    }
+
+    /// rpm-ostree's examples use `${releasever}` in these values: references pass the check
+    /// (their values are checked once substituted, by the compose), the legacy underscore
+    /// spellings load as the dashed keys.
+    #[test]
+    fn variable_references_and_underscore_spellings_load() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: a/b\nrepos: [r]\npackages: [x]\nreleasever: 40\n\
+             automatic_version_prefix: \"${releasever}.<date:%Y%m%d>\"\n\
+             mutate-os-release: \"${releasever}\"\ndefault_target: multi-user.target\n\
+             boot_location: modules\n",
+        );
+        let tf = Treefile::load(&p).unwrap();
+        assert_eq!(
+            tf.doc.automatic_version_prefix.as_deref(),
+            Some("${releasever}.<date:%Y%m%d>")
+        );
+        assert_eq!(tf.doc.default_target.as_deref(), Some("multi-user.target"));
+        assert!(tf.doc.boot_location.is_some());
+        assert_eq!(tf.substitute("${releasever}"), "40");
     }
 
     /// rpm-ostree's rule: a referenced file is found beside the treefile that names it; the

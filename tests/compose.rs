@@ -362,3 +362,52 @@ fn tree_without_kernel_is_not_bootable() {
         "a tree without a kernel must not claim to be bootable"
     );
 }
+
+/// rpm-ostree's treefile rules: variables substituted in the ref, the version prefix,
+/// `mutate-os-release` and string values of `add-commit-metadata`; `<date:FORMAT>`
+/// versions with `automatic-version-suffix`; the legacy underscore spellings; and
+/// `--print-only`, which prints the flattened treefile without touching any repo.
+#[test]
+fn variables_dates_and_legacy_spellings_work_as_in_rpm_ostree() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "vars.yaml",
+        "ref: test/${stream}\nrepos: [base]\nvariables:\n  stream: testing\n  osver: \"1 (Anvil)\"\n\
+         packages: [filesystem, busybox, setup, app, triggerer]\n\
+         automatic_version_prefix: \"${stream}.<date:%Y%m%d>\"\nautomatic-version-suffix: \"-\"\n\
+         mutate-os-release: \"${osver}\"\ndefault_target: multi-user.target\n\
+         add-commit-metadata:\n  os.stream: \"${stream}\"\n  os.count: 3\n",
+    );
+    let out = hostforge_cmd()
+        .args(["compose", "tree", "--print-only"])
+        .arg(&tf)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["automatic-version-prefix"], "${stream}.<date:%Y%m%d>");
+    assert_eq!(j["default-target"], "multi-user.target");
+    assert_eq!(j["add-commit-metadata"]["os.count"], 3);
+    assert!(
+        !env.path().join("cache").exists(),
+        "--print-only made a cachedir"
+    );
+
+    // SOURCE_DATE_EPOCH=1700000000 is 2023-11-14 (UTC).
+    let tf = env.treefile(
+        "vars.yaml",
+        &std::fs::read_to_string(&tf)
+            .unwrap()
+            .replace("default_target: multi-user.target\n", ""),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    assert_eq!(env.json()["version"], "testing.20231114-0");
+    let show = |key: &str| env.ostree(&["show", "--print-metadata-key", key, "test/testing"]);
+    assert_eq!(show("os.stream").trim(), "'testing'");
+    assert!(show("os.count").contains('3'));
+    let osr =
+        std::fs::read_to_string(env.checkout("test/testing").join("usr/lib/os-release")).unwrap();
+    assert!(osr.contains("VERSION=\"testing.20231114-0\""), "{osr}");
+    assert_ok(&env.compose(&tf, &["--force-nocache"]));
+    assert_eq!(env.json()["version"], "testing.20231114-1");
+}

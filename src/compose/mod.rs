@@ -691,20 +691,95 @@ fn write_rpmdb(env: &Env, packages: &Packages) -> Result<((), String)> {
     Ok(((), format!("{} headers", packages.commits.len())))
 }
 
-/// `automatic-version-prefix`: `P`, then `P.1`, `P.2`, ... as rpm-ostree numbers them.
-pub fn next_version(prefix: &str, previous: Option<&str>) -> String {
-    match previous {
-        Some(p) if p == prefix => format!("{prefix}.1"),
-        Some(p) => match p
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('.'))
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            Some(n) => format!("{prefix}.{}", n + 1),
-            None => prefix.to_string(),
-        },
-        None => prefix.to_string(),
+/// `automatic-version-prefix` as rpm-ostree numbers it: `P`, then `P.1`, `P.2`, ... after a
+/// previous version in the series (`.` being `automatic-version-suffix`). A prefix with a
+/// `<date:FORMAT>` tag (GLib's strftime-like formats, at `epoch`, UTC) always ends in a
+/// build number: `P.0`, then `P.1`, ..., back to `.0` when the date (or prefix) changes.
+pub fn next_version(
+    prefix: &str,
+    suffix: char,
+    previous: Option<&str>,
+    epoch: u64,
+) -> Result<String> {
+    let (prefix, dated) = expand_dates(prefix, epoch)?;
+    let number = previous.and_then(|p| {
+        p.strip_prefix(prefix.as_str())?
+            .strip_prefix(suffix)?
+            .parse::<u64>()
+            .ok()
+    });
+    Ok(match (previous, number) {
+        (_, Some(n)) => format!("{prefix}{suffix}{}", n + 1),
+        (Some(p), None) if p == prefix && !dated => format!("{prefix}{suffix}1"),
+        _ if dated => format!("{prefix}{suffix}0"),
+        _ => prefix,
+    })
+}
+
+/// Replaces each `<date:FORMAT>` in `s`; returns whether there was one.
+fn expand_dates(s: &str, epoch: u64) -> Result<(String, bool)> {
+    let mut out = String::new();
+    let mut rest = s;
+    let mut dated = false;
+    while let Some(i) = rest.find("<date:") {
+        let end = rest[i..].find('>').ok_or_else(|| {
+            anyhow!("automatic-version-prefix {s:?}: <date: without its closing >")
+        })?;
+        out.push_str(&rest[..i]);
+        out.push_str(&strftime_utc(&rest[i + 6..i + end], epoch)?);
+        rest = &rest[i + end + 1..];
+        dated = true;
     }
+    out.push_str(rest);
+    Ok((out, dated))
+}
+
+/// The subset of GLib's `g_date_time_format` that version prefixes use, in UTC.
+fn strftime_utc(fmt: &str, epoch: u64) -> Result<String> {
+    let days = (epoch / 86400) as i64;
+    let secs = epoch % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let is_leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let before: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = before[(month - 1) as usize] + day + i64::from(month > 2 && is_leap(year));
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(ch) = chars.next() {
+        if ch != '%' {
+            out.push(ch);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&format!("{year:04}")),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('C') => out.push_str(&format!("{:02}", year / 100)),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:2}")),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('H') => out.push_str(&format!("{:02}", secs / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", secs / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", secs % 60)),
+            Some('F') => out.push_str(&format!("{year:04}-{month:02}-{day:02}")),
+            Some('s') => out.push_str(&epoch.to_string()),
+            Some('%') => out.push('%'),
+            other => bail!(
+                "automatic-version-prefix: <date:{fmt}> uses %{}, which hostforge does not \
+                 format (supported: %Y %y %C %m %d %e %j %H %M %S %F %s %%)",
+                other.map(String::from).unwrap_or_default()
+            ),
+        }
+    }
+    Ok(out)
 }
 
 fn read_parent_file(target: &ostree::Repo, input: &Input, path: &str) -> Option<String> {
@@ -732,12 +807,30 @@ fn postprocess_tree(
         Some(p) => ostreeutil::meta_str(&ostreeutil::commit_meta(target, p)?, "version"),
         None => None,
     };
-    let version = user_version.or_else(|| {
-        tf.doc
-            .automatic_version_prefix
-            .as_ref()
-            .map(|pfx| next_version(&tf.substitute(pfx), parent_version.as_deref()))
-    });
+    let version = match (user_version, &tf.doc.automatic_version_prefix) {
+        (Some(v), _) => Some(v),
+        (None, Some(pfx)) => {
+            let suffix = tf
+                .doc
+                .automatic_version_suffix
+                .as_deref()
+                .and_then(|s| s.chars().next())
+                .unwrap_or('.');
+            let epoch = ostreeutil::source_date_epoch()?;
+            let v = next_version(
+                &tf.substitute(pfx),
+                suffix,
+                parent_version.as_deref(),
+                epoch,
+            )
+            .with_context(|| format!("{}", tf.path.display()))?;
+            // Substituted variables may not bring what the prefix itself may not contain.
+            crate::validate::one_line_text("automatic-version-prefix (substituted)", &v)
+                .with_context(|| format!("{}", tf.path.display()))?;
+            Some(v)
+        }
+        (None, None) => None,
+    };
 
     remove_from_packages(&r, tf, &packages.infos)?;
     postprocess::remove_files(&r, tf)?;
@@ -1062,7 +1155,12 @@ fn json_to_variant(v: &serde_json::Value) -> glib::Variant {
 fn commit_metadata(env: &Env, tree: &Tree) -> Result<glib::Variant> {
     let mut m = MetaBuilder::new();
     for (k, v) in env.tf.doc.add_commit_metadata.iter().flatten() {
-        m.value(k, &json_to_variant(v));
+        // String values get variables substituted (rpm-ostree's rule); others stay as they are.
+        let v = match v {
+            serde_json::Value::String(s) => serde_json::Value::String(env.tf.substitute(s)),
+            other => other.clone(),
+        };
+        m.value(k, &json_to_variant(&v));
     }
     for (k, v) in &env.opts.add_metadata {
         m.str(k, v);
@@ -1241,10 +1339,37 @@ mod tests {
 
     #[test]
     fn versions_increment_like_rpm_ostree() {
-        assert_eq!(next_version("30", None), "30");
-        assert_eq!(next_version("30", Some("30")), "30.1");
-        assert_eq!(next_version("30", Some("30.1")), "30.2");
-        assert_eq!(next_version("31", Some("30.4")), "31");
+        let v = |p: &str, prev: Option<&str>| next_version(p, '.', prev, 0).unwrap();
+        assert_eq!(v("30", None), "30");
+        assert_eq!(v("30", Some("30")), "30.1");
+        assert_eq!(v("30", Some("30.1")), "30.2");
+        assert_eq!(v("31", Some("30.4")), "31");
+        assert_eq!(v("22.1", Some("22.1")), "22.1.1");
+        assert_eq!(next_version("22", '-', Some("22-4"), 0).unwrap(), "22-5");
+    }
+
+    /// rpm-ostree's table: `22.<date:%Y>` gives 22.2019.0, 22.2019.1, 22.2020.0.
+    #[test]
+    fn dated_versions_restart_at_zero_when_the_date_changes() {
+        let y2019 = 1_560_000_000; // 2019-06-08T13:20:00Z
+        let y2020 = 1_590_000_000; // 2020-05-20T18:40:00Z
+        let v = |p: &str, prev: Option<&str>, t| next_version(p, '.', prev, t).unwrap();
+        assert_eq!(v("22.<date:%Y>", None, y2019), "22.2019.0");
+        assert_eq!(v("22.<date:%Y>", Some("22.2019.0"), y2019), "22.2019.1");
+        assert_eq!(v("22.<date:%Y>", Some("22.2019.1"), y2020), "22.2020.0");
+        assert_eq!(
+            v("22.<date:%Y>.1", Some("22.2019.1.0"), y2019),
+            "22.2019.1.1"
+        );
+        assert_eq!(v("40.<date:%Y%m%d>.dev", None, y2020), "40.20200520.dev.0");
+        assert_eq!(
+            strftime_utc("%F %H:%M:%S %j %y %e %%", 951_782_400).unwrap(),
+            "2000-02-29 00:00:00 060 00 29 %"
+        );
+        assert_eq!(strftime_utc("%Y-%m-%d", 0).unwrap(), "1970-01-01");
+        let e = next_version("1.<date:%Q>", '.', None, 0).unwrap_err();
+        assert!(format!("{e:#}").contains("%Q"), "{e:#}");
+        assert!(next_version("1.<date:%Y", '.', None, 0).is_err());
     }
 
     #[test]

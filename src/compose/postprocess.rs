@@ -141,6 +141,10 @@ pub fn mutate_os_release(root: &Path, tf: &Treefile, version: Option<&str>) -> R
     let (Some(from), Some(version)) = (&tf.doc.mutate_os_release, version) else {
         return Ok(());
     };
+    // Variables are substituted in it, as rpm-ostree does (`mutate-os-release: "${releasever}"`).
+    let from = tf.substitute(from);
+    crate::validate::one_line_text("mutate-os-release (substituted)", &from)
+        .with_context(|| format!("{}", tf.path.display()))?;
     let candidates = ["usr/lib/os-release", "etc/os-release"];
     let Some(path) = candidates
         .iter()
@@ -156,7 +160,7 @@ pub fn mutate_os_release(root: &Path, tf: &Treefile, version: Option<&str>) -> R
     let mut out = String::new();
     for line in text.lines() {
         if line.starts_with("VERSION=") || line.starts_with("PRETTY_NAME=") {
-            out.push_str(&line.replace(from.as_str(), version));
+            out.push_str(&line.replace(&from, version));
         } else if line.starts_with("OSTREE_VERSION=") {
             continue;
         } else {
