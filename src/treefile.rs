@@ -459,6 +459,12 @@ impl Loader<'_> {
                 canon.display()
             );
         }
+        if self.sources.contains(&canon) {
+            bail!(
+                "{}: this file is included twice (rpm-ostree refuses that too)",
+                path.display()
+            );
+        }
         if stack.len() >= MAX_INCLUDE_DEPTH {
             bail!(
                 "{}: includes nested deeper than {MAX_INCLUDE_DEPTH} levels",
@@ -482,21 +488,6 @@ impl Loader<'_> {
                 includes.extend(v.clone().into_vec());
             }
         }
-        let mut merged = TreefileDoc::default();
-        let mut merged_ext = Externals::default();
-        for inc in includes {
-            let inc_path = dir.join(&inc);
-            let (sub, sub_ext) = self.load(&inc_path, stack).with_context(|| {
-                let line = line_of_key(&text, "include")
-                    .or_else(|| line_of_key(&text, "arch-include"))
-                    .unwrap_or(1);
-                format!("{}:{line}: in include {inc:?}", path.display())
-            })?;
-            merged_ext.merge(sub_ext, &sub);
-            merge(&mut merged, sub);
-        }
-        stack.pop();
-
         // Fold packages-$basearch into packages; other arches' lists are dropped.
         let arch_pkgs = match self.basearch {
             "x86_64" => doc.packages_x86_64.take(),
@@ -512,10 +503,29 @@ impl Loader<'_> {
         doc.packages_s390x = None;
 
         validate(path, &text, &doc)?;
-        let own = Externals::read(path, &text, &doc)?;
-        merged_ext.merge(own, &doc);
-        merge(&mut merged, doc);
-        Ok((merged, merged_ext))
+        let mut ext = Externals::read(path, &text, &doc)?;
+
+        // rpm-ostree's order: each include in turn is merged *under* what is there so far.
+        // The including file wins a scalar over its includes, an earlier include over a later
+        // one; an include's lists come before the includer's, a later include's before an
+        // earlier one's (so a later include's postprocess runs first).
+        for inc in includes {
+            let inc_path = dir.join(&inc);
+            let (sub, sub_ext) = self.load(&inc_path, stack).with_context(|| {
+                let line = line_of_key(&text, "include")
+                    .or_else(|| line_of_key(&text, "arch-include"))
+                    .unwrap_or(1);
+                format!("{}:{line}: in include {inc:?}", path.display())
+            })?;
+            let mut under_ext = sub_ext;
+            under_ext.merge(ext, &doc);
+            ext = under_ext;
+            let mut under = sub;
+            merge(&mut under, doc);
+            doc = under;
+        }
+        stack.pop();
+        Ok((doc, ext))
     }
 }
 
@@ -757,6 +767,68 @@ mod tests {
             assert!(err.contains("t.yaml:4:"), "{key}: {err}");
             assert!(err.contains(line), "{key}: {err}");
         }
+    }
+
+    /// rpm-ostree's include rules, with its documented postprocess example: includes'
+    /// lists before the includer's, a later sibling's before an earlier one's; the includer
+    /// wins a scalar (and a map key), then the earlier sibling; a file included twice (here
+    /// through two siblings) is an error.
+    #[test]
+    fn includes_merge_in_rpm_ostree_order() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("manifests")).unwrap();
+        write(
+            d.path(),
+            "manifests/kernel.yaml",
+            "postprocess: [echo bar]\npackages: [kernel]\nreleasever: 1\n\
+             automatic-version-prefix: kernel\nvariables: {a: kernel, b: kernel}\n",
+        );
+        write(
+            d.path(),
+            "manifests/bootupd.yaml",
+            "postprocess: [echo baz]\npackages: [bootupd]\nreleasever: 2\n\
+             automatic-version-prefix: bootupd\nmutate-os-release: bootupd\n\
+             variables: {a: bootupd, c: bootupd}\n",
+        );
+        let p = write(
+            d.path(),
+            "manifest.yaml",
+            "ref: a/b\nrepos: [r]\ninclude: [manifests/kernel.yaml, manifests/bootupd.yaml]\n\
+             postprocess: [echo foo]\npackages: [top]\nautomatic-version-prefix: top\n\
+             variables: {b: top}\n",
+        );
+        let tf = Treefile::load(&p).unwrap();
+        let doc = &tf.doc;
+        assert_eq!(
+            doc.postprocess.as_deref().unwrap(),
+            ["echo baz", "echo bar", "echo foo"]
+        );
+        assert_eq!(tf.packages(), ["bootupd", "kernel", "top"]);
+        assert_eq!(doc.automatic_version_prefix.as_deref(), Some("top"));
+        assert_eq!(
+            tf.releasever().as_deref(),
+            Some("1"),
+            "the earlier sibling wins"
+        );
+        assert_eq!(doc.mutate_os_release.as_deref(), Some("bootupd"));
+        let vars = doc.variables.as_ref().unwrap();
+        assert_eq!(vars["a"], "kernel");
+        assert_eq!(vars["b"], "top");
+        assert_eq!(vars["c"], "bootupd");
+
+        write(d.path(), "manifests/common.yaml", "packages: [common]\n");
+        write(d.path(), "manifests/x.yaml", "include: common.yaml\n");
+        write(d.path(), "manifests/y.yaml", "include: common.yaml\n");
+        let p = write(
+            d.path(),
+            "twice.yaml",
+            "ref: a/b\nrepos: [r]\npackages: [p]\ninclude: [manifests/x.yaml, manifests/y.yaml]\n",
+        );
+        let e = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(
+            e.contains("common.yaml") && e.contains("included twice"),
+            "{e}"
+        );
     }
 
     /// rpm-ostree's examples use `${releasever}` in these values: references pass the check
