@@ -1130,25 +1130,42 @@ fn move_ref(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
     Ok(())
 }
 
+/// A JSON value as commit metadata: booleans, numbers and strings as themselves, a list of
+/// strings as `as` (any other list as `av`), an object as `a{sv}` (objects stay objects, as
+/// in rpm-ostree), null as an empty `av`.
 fn json_to_variant(v: &serde_json::Value) -> glib::Variant {
+    use serde_json::Value;
     match v {
-        serde_json::Value::Bool(b) => b.to_variant(),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => i.to_variant(),
-            None => n.as_f64().unwrap_or_default().to_variant(),
+        Value::Bool(b) => b.to_variant(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.to_variant(),
+            (None, Some(u)) => u.to_variant(),
+            _ => n.as_f64().unwrap_or_default().to_variant(),
         },
-        serde_json::Value::String(s) => s.to_variant(),
-        serde_json::Value::Array(a) => {
-            let strs: Vec<String> = a
+        Value::String(s) => s.to_variant(),
+        Value::Array(a) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect::<Vec<String>>()
+            .to_variant(),
+        Value::Array(a) => {
+            let items: Vec<glib::Variant> = a
                 .iter()
-                .map(|x| match x {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
+                .map(|x| glib::Variant::from_variant(&json_to_variant(x)))
                 .collect();
-            strs.to_variant()
+            glib::Variant::array_from_iter_with_type(glib::VariantTy::VARIANT, items)
         }
-        other => other.to_string().to_variant(),
+        Value::Object(m) => {
+            let dict = glib::VariantDict::new(None);
+            for (k, x) in m {
+                dict.insert_value(k, &json_to_variant(x));
+            }
+            dict.end()
+        }
+        Value::Null => glib::Variant::array_from_iter_with_type(
+            glib::VariantTy::VARIANT,
+            Vec::<glib::Variant>::new(),
+        ),
     }
 }
 
@@ -1370,6 +1387,33 @@ mod tests {
         let e = next_version("1.<date:%Q>", '.', None, 0).unwrap_err();
         assert!(format!("{e:#}").contains("%Q"), "{e:#}");
         assert!(next_version("1.<date:%Y", '.', None, 0).is_err());
+    }
+
+    #[test]
+    fn commit_metadata_values_keep_their_types() {
+        let v: serde_json::Value = serde_json::json!({
+            "n": 3, "big": u64::MAX, "f": 1.5, "b": true, "s": "x",
+            "list": ["a", "b"], "mixed": [1, "a"], "obj": {"k": {"deep": 1}}, "nul": null
+        });
+        let var = json_to_variant(&v);
+        assert_eq!(var.type_().as_str(), "a{sv}");
+        let d = glib::VariantDict::new(Some(&var));
+        let ty = |k: &str| {
+            d.lookup_value(k, None)
+                .unwrap()
+                .type_()
+                .as_str()
+                .to_string()
+        };
+        assert_eq!(ty("n"), "x");
+        assert_eq!(ty("big"), "t");
+        assert_eq!(ty("f"), "d");
+        assert_eq!(ty("b"), "b");
+        assert_eq!(ty("s"), "s");
+        assert_eq!(ty("list"), "as");
+        assert_eq!(ty("mixed"), "av");
+        assert_eq!(ty("obj"), "a{sv}");
+        assert_eq!(ty("nul"), "av");
     }
 
     #[test]
