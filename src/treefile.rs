@@ -644,9 +644,6 @@ impl Treefile {
         if self.doc.treeref.as_deref().unwrap_or("").is_empty() {
             bail!("{p}: treefile has no `ref`: add e.g. `ref: myos/x86_64/node`");
         }
-        if self.doc.repos.as_ref().is_none_or(|r| r.is_empty()) {
-            bail!("{p}: treefile has no `repos`: name the [sections] of *.repo files beside it");
-        }
         if self.packages().is_empty() {
             bail!("{p}: treefile lists no `packages`");
         }

@@ -299,11 +299,7 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
     let cache = ostreeutil::open_or_create(&cache_path, ostree::RepoMode::BareUser)?;
     let work = opts.cachedir.join("work");
     let all_repos = rpmmd::load_repo_files(&tf.dir)?;
-    let repos = rpmmd::select_repos(
-        &all_repos,
-        tf.doc.repos.as_deref().unwrap_or_default(),
-        &tf.path,
-    )?;
+    let repos = rpmmd::select_repos(&all_repos, tf.doc.repos.as_deref(), &tf.path)?;
     let env = Env {
         opts,
         progress,

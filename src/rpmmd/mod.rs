@@ -28,6 +28,17 @@ impl RepoDef {
             .and_then(|v| v.split_whitespace().next())
     }
 
+    /// `enabled=` as dnf reads it: on unless 0, false or no.
+    pub fn enabled(&self) -> bool {
+        !matches!(
+            self.keys
+                .get("enabled")
+                .map(|s| s.trim().to_ascii_lowercase())
+                .as_deref(),
+            Some("0" | "false" | "no")
+        )
+    }
+
     pub fn gpgcheck(&self) -> bool {
         matches!(
             self.keys.get("gpgcheck").map(|s| s.trim()),
@@ -127,7 +138,34 @@ pub fn parse_repo_file(path: &Path, text: &str) -> Result<Vec<RepoDef>> {
 }
 
 /// Picks the repos a treefile names, failing with the names that exist when one is missing.
-pub fn select_repos(all: &[RepoDef], wanted: &[String], treefile: &Path) -> Result<Vec<RepoDef>> {
+/// The repos a treefile composes from: those its `repos` names (enabled or not), or, without
+/// `repos`, every repo enabled in the `.repo` files beside it (rpm-ostree's rule).
+pub fn select_repos(
+    all: &[RepoDef],
+    wanted: Option<&[String]>,
+    treefile: &Path,
+) -> Result<Vec<RepoDef>> {
+    let Some(wanted) = wanted else {
+        let enabled: Vec<String> = all
+            .iter()
+            .filter(|r| r.enabled())
+            .map(|r| r.id.clone())
+            .collect();
+        if enabled.is_empty() {
+            bail!(
+                "{}: the treefile has no `repos` and no *.repo file beside it enables a repo",
+                treefile.display()
+            );
+        }
+        return select_repos(all, Some(&enabled), treefile);
+    };
+    if wanted.is_empty() {
+        bail!(
+            "{}: `repos` is empty: name the [sections] of *.repo files beside it, or leave \
+             `repos` out to use every enabled one",
+            treefile.display()
+        );
+    }
     let mut out = Vec::new();
     for w in wanted {
         match all.iter().find(|r| &r.id == w) {
@@ -357,8 +395,31 @@ mod tests {
     #[test]
     fn missing_repo_lists_known_ones() {
         let repos = parse_repo_file(Path::new("f.repo"), "[a]\nbaseurl=file:///x\n").unwrap();
-        let err = select_repos(&repos, &["b".into()], Path::new("t.yaml")).unwrap_err();
+        let err = select_repos(&repos, Some(&["b".into()]), Path::new("t.yaml")).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("\"b\"") && msg.contains("found: a"), "{msg}");
+    }
+
+    /// Without `repos`, every enabled repo is used (rpm-ostree's rule); a named repo is used
+    /// even when its file disables it.
+    #[test]
+    fn without_repos_every_enabled_repo_is_used() {
+        let repos = parse_repo_file(
+            Path::new("f.repo"),
+            "[a]\nbaseurl=file:///a\n[b]\nbaseurl=file:///b\nenabled=0\n[c]\nbaseurl=file:///c\nenabled=1\n",
+        )
+        .unwrap();
+        let ids = |v: Vec<RepoDef>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let t = Path::new("t.yaml");
+        assert_eq!(ids(select_repos(&repos, None, t).unwrap()), ["a", "c"]);
+        assert_eq!(
+            ids(select_repos(&repos, Some(&["b".into()]), t).unwrap()),
+            ["b"]
+        );
+        let off =
+            parse_repo_file(Path::new("f.repo"), "[a]\nbaseurl=file:///a\nenabled=0\n").unwrap();
+        let e = format!("{:#}", select_repos(&off, None, t).unwrap_err());
+        assert!(e.contains("no `repos`"), "{e}");
+        assert!(select_repos(&repos, Some(&[]), t).is_err());
     }
 }
