@@ -28,6 +28,68 @@ impl OneOrMany {
     }
 }
 
+/// One `conditional-include` entry: `if` (one condition or a list that must all hold) and
+/// the files to include when it holds.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionalInclude {
+    #[serde(rename = "if")]
+    pub condition: OneOrMany,
+    pub include: OneOrMany,
+}
+
+/// Evaluates one `VAR OP VALUE` condition as rpm-ostree does: VALUE is `true`, `false`,
+/// digits or a double-quoted string; it must have the variable's type; `<`, `<=`, `>`, `>=`
+/// compare numbers only; an undefined variable is an error.
+fn condition_holds(cond: &str, vars: &BTreeMap<String, Value>) -> Result<bool> {
+    let re = regex::Regex::new(r#"^\s*([[:alnum:]_]+)\s*(\S+?)\s*(true|false|[0-9]+|"(.*)")\s*$"#)
+        .expect("valid regex");
+    let caps = re.captures(cond).ok_or_else(|| {
+        anyhow!("condition {cond:?}: expected VARIABLE OP VALUE, VALUE being true, false, a number or a \"string\"")
+    })?;
+    let (name, op, raw) = (&caps[1], &caps[2], &caps[3]);
+    let value = match raw {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => match caps.get(4) {
+            Some(s) => Value::String(s.as_str().to_string()),
+            None => Value::Number(
+                raw.parse::<u64>()
+                    .map_err(|e| anyhow!("condition {cond:?}: {e}"))?
+                    .into(),
+            ),
+        },
+    };
+    let var = vars
+        .get(name)
+        .ok_or_else(|| anyhow!("condition {cond:?}: undefined variable {name:?}"))?;
+    let same_type = matches!(
+        (var, &value),
+        (Value::Bool(_), Value::Bool(_))
+            | (Value::Number(_), Value::Number(_))
+            | (Value::String(_), Value::String(_))
+    );
+    if !same_type {
+        bail!("condition {cond:?}: {name} is {var}, not the same type as {raw}");
+    }
+    Ok(match op {
+        "==" => var == &value,
+        "!=" => var != &value,
+        "<" | "<=" | ">" | ">=" => {
+            let (Some(a), Some(b)) = (var.as_f64(), value.as_f64()) else {
+                bail!("condition {cond:?}: {op} compares numbers only");
+            };
+            match op {
+                "<" => a < b,
+                "<=" => a <= b,
+                ">" => a > b,
+                _ => a >= b,
+            }
+        }
+        _ => bail!("condition {cond:?}: expected one of ==, !=, <, <=, >, >= but got {op}"),
+    })
+}
+
 /// `check-passwd` / `check-groups`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -81,6 +143,8 @@ pub struct TreefileDoc {
     pub include: Option<OneOrMany>,
     #[serde(default, skip_serializing)]
     pub arch_include: Option<BTreeMap<String, OneOrMany>>,
+    #[serde(default, skip_serializing)]
+    pub conditional_include: Option<Vec<ConditionalInclude>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variables: Option<BTreeMap<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,6 +424,7 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
         treeref,
         include: _,
         arch_include: _,
+        conditional_include: _,
         variables,
         releasever,
         repos,
@@ -443,6 +508,9 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
 struct Loader<'a> {
     basearch: &'a str,
     sources: Vec<PathBuf>,
+    /// The variables `conditional-include` sees: one map for the whole load, the first
+    /// definition winning (with `basearch`, and `releasever` once set), as in rpm-ostree.
+    vars: BTreeMap<String, Value>,
 }
 
 impl Loader<'_> {
@@ -486,6 +554,27 @@ impl Loader<'_> {
         if let Some(arch_inc) = doc.arch_include.take() {
             if let Some(v) = arch_inc.get(self.basearch) {
                 includes.extend(v.clone().into_vec());
+            }
+        }
+        for (k, v) in doc.variables.iter().flatten() {
+            self.vars.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if let Some(rv) = &doc.releasever {
+            self.vars
+                .entry("releasever".into())
+                .or_insert_with(|| rv.clone());
+        }
+        for ci in doc.conditional_include.take().into_iter().flatten() {
+            let conds = ci.condition.into_vec();
+            let mut holds = true;
+            // All are evaluated, so a mistake in a later one shows even when an earlier fails.
+            for c in &conds {
+                let at = line_of_key(&text, "conditional-include").unwrap_or(1);
+                holds &= condition_holds(c, &self.vars)
+                    .with_context(|| format!("{}:{at}: conditional-include", path.display()))?;
+            }
+            if holds {
+                includes.extend(ci.include.into_vec());
             }
         }
         // Fold packages-$basearch into packages; other arches' lists are dropped.
@@ -606,6 +695,7 @@ impl Treefile {
         let mut loader = Loader {
             basearch,
             sources: Vec::new(),
+            vars: BTreeMap::from([("basearch".to_string(), Value::String(basearch.into()))]),
         };
         let (mut doc, externals) = loader.load(path, &mut Vec::new())?;
         let dir = path
@@ -826,6 +916,64 @@ mod tests {
             e.contains("common.yaml") && e.contains("included twice"),
             "{e}"
         );
+    }
+
+    /// `conditional-include` over releasever, basearch and variables (defined by the includer
+    /// and seen by its includes), with rpm-ostree's operators; mistakes are errors at the
+    /// key's line.
+    #[test]
+    fn conditional_includes_follow_rpm_ostree() {
+        let d = tempfile::tempdir().unwrap();
+        for name in ["dev", "f35", "x86", "not-dev", "old", "both"] {
+            write(
+                d.path(),
+                &format!("{name}.yaml"),
+                &format!("packages: [{name}]\n"),
+            );
+        }
+        write(
+            d.path(),
+            "mid.yaml",
+            "conditional-include:\n  - if: stream == \"dev\"\n    include: dev.yaml\n",
+        );
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: a/b\nrepos: [r]\npackages: [top]\nreleasever: 35\n\
+             variables:\n  stream: \"dev\"\n  devpackages: true\ninclude: mid.yaml\n\
+             conditional-include:\n\
+             \x20 - if: releasever >= 35\n    include: f35.yaml\n\
+             \x20 - if: basearch == \"x86_64\"\n    include: [x86.yaml]\n\
+             \x20 - if: stream != \"dev\"\n    include: not-dev.yaml\n\
+             \x20 - if: releasever<30\n    include: old.yaml\n\
+             \x20 - if: [devpackages == true, releasever > 34]\n    include: both.yaml\n",
+        );
+        let tf = Treefile::load_for_arch(&p, "x86_64").unwrap();
+        let mut pkgs = tf.packages().to_vec();
+        pkgs.sort();
+        assert_eq!(pkgs, ["both", "dev", "f35", "top", "x86"]);
+
+        for (cond, needle) in [
+            ("nosuch == 1", "undefined variable"),
+            ("releasever == \"35\"", "not the same type"),
+            ("stream > \"a\"", "compares numbers only"),
+            ("releasever =~ 3", "expected one of"),
+            ("releasever", "expected VARIABLE OP VALUE"),
+        ] {
+            let p = write(
+                d.path(),
+                "bad.yaml",
+                &format!(
+                    "ref: a/b\nrepos: [r]\npackages: [x]\nreleasever: 35\nvariables: {{stream: s}}\n\
+                     conditional-include:\n  - if: '{cond}'\n    include: dev.yaml\n"
+                ),
+            );
+            let e = format!("{:#}", Treefile::load(&p).unwrap_err());
+            assert!(
+                e.contains("bad.yaml:6") && e.contains(needle),
+                "{cond}: {e}"
+            );
+        }
     }
 
     /// rpm-ostree's examples use `${releasever}` in these values: references pass the check
