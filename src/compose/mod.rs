@@ -122,12 +122,15 @@ enum Outcome {
     Unchanged {
         inputhash: String,
         commit: String,
+        /// The ref's commit's own parent.
+        parent: Option<String>,
         version: Option<String>,
         packages: usize,
     },
     Committed {
         tree: Tree,
         committed: Committed,
+        diff: PackageDiff,
     },
 }
 
@@ -246,6 +249,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
             version,
         } => {
             return Ok(Outcome::Unchanged {
+                parent: ostreeutil::commit_parent(target, &commit).ok().flatten(),
                 inputhash,
                 commit,
                 version,
@@ -270,7 +274,12 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         kver,
     };
     let committed = run.step("commit", || commit(env, target, &tree, owners))?;
-    Ok(Outcome::Committed { tree, committed })
+    let diff = package_diff(target, &tree)?;
+    Ok(Outcome::Committed {
+        tree,
+        committed,
+        diff,
+    })
 }
 
 /// Loads the treefile and its repos, opens the repos, and takes the cachedir's lock (held
@@ -1316,20 +1325,22 @@ fn summary(env: &Env, outcome: Outcome, seconds: Vec<(String, f64)>) -> Result<S
         Outcome::Unchanged {
             inputhash,
             commit,
+            parent,
             version,
             packages,
         } => {
-            // The ref's commit is the one compared with; report its own parent.
-            let target = env.target.as_ref().expect("a repo outside dry-run");
-            doc.parent = ostreeutil::commit_parent(target, &commit).ok().flatten();
+            doc.parent = parent;
             doc.commit = Some(commit);
             doc.version = version;
             doc.inputhash = inputhash;
             doc.packages.total = packages;
         }
-        Outcome::Committed { tree, committed } => {
-            let target = env.target.as_ref().expect("a repo outside dry-run");
-            doc.packages = package_diff(target, &tree)?;
+        Outcome::Committed {
+            tree,
+            committed,
+            diff,
+        } => {
+            doc.packages = diff;
             doc.commit = Some(committed.commit);
             doc.parent = tree.input.parent;
             doc.version = tree.version;
