@@ -19,4 +19,5 @@ pub mod provision;
 pub mod rpmmd;
 pub mod toolbox;
 pub mod treefile;
+pub mod utctime;
 pub mod validate;

@@ -741,21 +741,13 @@ fn expand_dates(s: &str, epoch: u64) -> Result<(String, bool)> {
 
 /// The subset of GLib's `g_date_time_format` that version prefixes use, in UTC.
 fn strftime_utc(fmt: &str, epoch: u64) -> Result<String> {
-    let days = (epoch / 86400) as i64;
-    let secs = epoch % 86400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let is_leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let before: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let yday = before[(month - 1) as usize] + day + i64::from(month > 2 && is_leap(year));
+    let crate::utctime::Utc {
+        year,
+        month,
+        day,
+        yday,
+        secs,
+    } = crate::utctime::Utc::at(epoch);
     let mut out = String::new();
     let mut chars = fmt.chars();
     while let Some(ch) = chars.next() {
