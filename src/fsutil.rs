@@ -50,3 +50,27 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(path).ok()?;
     Some(st.f_bavail * st.f_frsize)
 }
+
+/// When `e` comes from a full filesystem, adds what to do: "out of disk space: make room
+/// {joined places}{hint}", each place with the room left on it. Other errors pass unchanged.
+pub fn explain_out_of_space(
+    e: anyhow::Error,
+    places: &[(&str, &Path)],
+    joiner: &str,
+    hint: &str,
+) -> anyhow::Error {
+    if !out_of_space(&e) {
+        return e;
+    }
+    let room: Vec<String> = places
+        .iter()
+        .map(|(what, p)| match free_bytes(p) {
+            Some(b) => format!("{what} {} ({} KiB free)", p.display(), b / 1024),
+            None => format!("{what} {}", p.display()),
+        })
+        .collect();
+    e.context(format!(
+        "out of disk space: make room {}{hint}",
+        room.join(joiner)
+    ))
+}

@@ -211,24 +211,11 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
 /// An error from a full filesystem says which of the compose's places filled up, and what
 /// is left on each.
 fn explain_out_of_space(env: &Env, e: anyhow::Error) -> anyhow::Error {
-    if !fsutil::out_of_space(&e) {
-        return e;
-    }
-    let mut places = vec![("cachedir", env.opts.cachedir.clone())];
+    let mut places = vec![("for cachedir", env.opts.cachedir.as_path())];
     if let Some(r) = &env.opts.repo {
-        places.push(("repo", r.clone()));
+        places.push(("repo", r.as_path()));
     }
-    let room: Vec<String> = places
-        .iter()
-        .map(|(what, p)| match fsutil::free_bytes(p) {
-            Some(b) => format!("{what} {} ({} KiB free)", p.display(), b / 1024),
-            None => format!("{what} {}", p.display()),
-        })
-        .collect();
-    e.context(format!(
-        "out of disk space: make room for {}",
-        room.join(" and ")
-    ))
+    fsutil::explain_out_of_space(e, &places, " and ", "")
 }
 
 /// The steps of [`STEPS`], each handed what the earlier ones returned.

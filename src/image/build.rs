@@ -52,32 +52,21 @@ pub fn build(req: &BuildRequest) -> Result<()> {
 /// An error from a full filesystem says so, with the output's directory and the scratch
 /// space and what is left on each.
 fn explain_out_of_space(req: &BuildRequest, e: anyhow::Error) -> anyhow::Error {
-    if !crate::fsutil::out_of_space(&e) {
-        return e;
-    }
     let out_dir = req
         .out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut places = vec![("the output's directory", out_dir.to_path_buf())];
-    places.push((
-        "the scratch space",
-        req.tmpdir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| super::scratch::SHM.into()),
-    ));
-    let room: Vec<String> = places
-        .iter()
-        .map(|(what, p)| match crate::fsutil::free_bytes(p) {
-            Some(b) => format!("{what} {} ({} MiB free)", p.display(), b >> 20),
-            None => format!("{what} {}", p.display()),
-        })
-        .collect();
-    e.context(format!(
-        "out of disk space: make room in {} (or pass --tmpdir)",
-        room.join(" or ")
-    ))
+    let scratch = req.tmpdir.unwrap_or(Path::new(super::scratch::SHM));
+    crate::fsutil::explain_out_of_space(
+        e,
+        &[
+            ("in the output's directory", out_dir),
+            ("the scratch space", scratch),
+        ],
+        " or ",
+        " (or pass --tmpdir)",
+    )
 }
 
 fn build_steps(req: &BuildRequest) -> Result<()> {
