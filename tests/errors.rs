@@ -628,3 +628,31 @@ fn metadata_decompression_bomb_is_refused() {
         started.elapsed()
     );
 }
+
+/// A variable's value reaches os-release through `mutate-os-release` and the version: the
+/// substituted text is checked like the text written there, so a newline or `$(...)` in a
+/// variable cannot add a line or a command to os-release.
+#[test]
+fn substituted_variables_cannot_smuggle_into_os_release() {
+    for (key, value) in [
+        ("mutate-os-release", "\"${v}\""),
+        ("automatic-version-prefix", "\"${v}\""),
+    ] {
+        for bad in ["1\\nID=evil", "$(reboot)"] {
+            let env = Env::new();
+            let before = good_first(&env);
+            let tf = env.treefile(
+                "vars.yaml",
+                // (GOOD's own version prefix stays for mutate-os-release, which needs a version.)
+                &format!("{GOOD}variables:\n  v: \"{bad}\"\n{key}: {value}\n").replacen(
+                    "automatic-version-prefix: \"1\"\n",
+                    "",
+                    usize::from(key == "automatic-version-prefix"),
+                ),
+            );
+            let out = env.compose(&tf, &["--force-nocache"]);
+            assert_fails_with(&out, &[key, "substituted"]);
+            assert_eq!(env.rev("test/node").unwrap(), before, "ref moved");
+        }
+    }
+}
