@@ -128,9 +128,92 @@ pub enum BootLocation {
 pub enum RpmdbBackend {
     #[default]
     Sqlite,
+    #[serde(alias = "b-d-b")]
     Bdb,
     Ndb,
+    /// The target's own default: sqlite for every rpm hostforge composes with.
     Target,
+    /// The build host's default; hostforge's rpm writes sqlite.
+    Host,
+}
+
+/// rpm-ostree's `edition`: which generation of defaults applies.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Edition {
+    #[default]
+    #[serde(rename = "2014")]
+    E2014,
+    #[serde(rename = "2024")]
+    E2024,
+}
+
+impl<'de> Deserialize<'de> for Edition {
+    /// `"2024"` as rpm-ostree writes it, or the bare number YAML readers also write.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Clone, Copy)]
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Edition;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("edition \"2014\" or \"2024\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Edition, E> {
+                match v {
+                    "2014" => Ok(Edition::E2014),
+                    "2024" => Ok(Edition::E2024),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Edition, E> {
+                V.visit_str::<E>(&v.to_string())
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Edition, E> {
+                V.visit_str::<E>(&v.to_string())
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SysUsers {
+    ComposeAuto,
+    ComposeForced,
+}
+
+/// Where `/opt` and `/usr/local` live.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptUsrLocal {
+    /// Links into `/var` (rpm-ostree's default): writable, not part of the commit.
+    #[default]
+    Var,
+    /// Real directories in the commit, read-only like `/usr`.
+    Root,
+    /// ostree's state overlays, which need a newer ostree than Debian 12's: refused.
+    #[serde(alias = "stateoverlay")]
+    StateOverlay,
+}
+
+/// `repo-metadata` / `advisories-metadata`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetadataTarget {
+    #[default]
+    Inline,
+    Detached,
+    Disabled,
+}
+
+/// One `repo-packages` entry: these packages come from that repo only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepoPackages {
+    pub repo: String,
+    pub packages: Vec<String>,
 }
 
 /// One treefile document exactly as written; all keys optional so includes can merge.
@@ -153,14 +236,6 @@ pub struct TreefileDoc {
     pub repos: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<Vec<String>>,
-    #[serde(rename = "packages-x86_64", default, skip_serializing)]
-    pub packages_x86_64: Option<Vec<String>>,
-    #[serde(rename = "packages-aarch64", default, skip_serializing)]
-    pub packages_aarch64: Option<Vec<String>>,
-    #[serde(rename = "packages-ppc64le", default, skip_serializing)]
-    pub packages_ppc64le: Option<Vec<String>>,
-    #[serde(rename = "packages-s390x", default, skip_serializing)]
-    pub packages_s390x: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude_packages: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +305,137 @@ pub struct TreefileDoc {
     /// stays /etc, /tmp is a directory and documentation is dropped unless asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<bool>,
+    /// rpm-ostree's defaults epoch: `2024` makes `tmp-is-dir` default to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edition: Option<Edition>,
+    /// Free-form data for tools around the compose; hostforge keeps it in the flattened
+    /// treefile and does nothing else with it, as rpm-ostree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, Value>>,
+    /// Must be the architecture composed for (no cross-composes, as in rpm-ostree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basearch: Option<String>,
+    /// `$name` values for the `.repo` files (besides `$releasever` and `$basearch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repovars: Option<BTreeMap<String, String>>,
+    /// rpm-ostree's retired rojig packaging: accepted, ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rojig: Option<Value>,
+    /// Repos whose packages are visible only where a lockfile pins them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockfile_repos: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_devices: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux_label_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sysusers: Option<SysUsers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima: Option<bool>,
+    #[serde(default, alias = "gpg_key", skip_serializing_if = "Option::is_none")]
+    pub gpg_key: Option<String>,
+    /// Folded into `packages`, as rpm-ostree does.
+    #[serde(default, skip_serializing)]
+    pub bootstrap_packages: Option<Vec<String>>,
+    /// Refs in the target repo whose trees are laid over the packages, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ostree_layers: Option<Vec<String>>,
+    /// Like `ostree-layers`, but their files may replace files from packages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ostree_override_layers: Option<Vec<String>>,
+    /// A modularity platform id; the fixture repos have no modules, so it changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_module: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_usrlocal: Option<OptUsrLocal>,
+    /// `false`: `check-passwd`/`check-groups` `previous` compare with nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_passwd: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_removed_users: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_removed_groups: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_metadata: Option<MetadataTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advisories_metadata: Option<MetadataTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpmdb_normalize: Option<bool>,
+    /// The command of the container image made from the commit (`ostree.container-cmd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_cmd: Option<Vec<String>>,
+    /// Packages that must come from one repo: `[{repo: ID, packages: [...]}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_packages: Option<Vec<RepoPackages>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cliwrap: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cliwrap_binaries: Option<Vec<String>>,
+    // rpm-ostree's client-side (derivation) keys, which its `compose tree` refuses too:
+    // parsed so that the refusal names them (see `DERIVE_KEYS`).
+    #[serde(rename = "base-refspec", default, skip_serializing)]
+    pub base_refspec: Option<Value>,
+    #[serde(rename = "container-image-reference", default, skip_serializing)]
+    pub container_image_reference: Option<Value>,
+    #[serde(rename = "packages-local", default, skip_serializing)]
+    pub packages_local: Option<Value>,
+    #[serde(rename = "packages-local-fileoverride", default, skip_serializing)]
+    pub packages_local_fileoverride: Option<Value>,
+    #[serde(rename = "override-remove", default, skip_serializing)]
+    pub override_remove: Option<Value>,
+    #[serde(rename = "ex-override-replace", default, skip_serializing)]
+    pub ex_override_replace: Option<Value>,
+    #[serde(rename = "override-replace-local", default, skip_serializing)]
+    pub override_replace_local: Option<Value>,
+    #[serde(rename = "initramfs", default, skip_serializing)]
+    pub initramfs: Option<Value>,
+    #[serde(rename = "custom", default, skip_serializing)]
+    pub custom: Option<Value>,
+    #[serde(rename = "override-commit", default, skip_serializing)]
+    pub override_commit: Option<Value>,
+    #[serde(rename = "unconfigured-state", default, skip_serializing)]
+    pub unconfigured_state: Option<Value>,
+}
+
+/// rpm-ostree's keys for deriving from an existing commit (client-side), not composing.
+pub const DERIVE_KEYS: &[&str] = &[
+    "base-refspec",
+    "container-image-reference",
+    "packages-local",
+    "packages-local-fileoverride",
+    "override-remove",
+    "ex-override-replace",
+    "override-replace-local",
+    "initramfs",
+    "custom",
+    "override-commit",
+    "unconfigured-state",
+];
+
+/// rpm-ostree's package list syntax: entries split at whitespace except inside single
+/// quotes (`'foo >= 5.0'` is one spec); the result sorted and without repeats, as its set.
+fn split_package_specs(entries: &[String]) -> Result<Vec<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    for entry in entries {
+        let mut rest = entry.as_str();
+        while let Some(open) = rest.find('\'') {
+            out.extend(rest[..open].split_whitespace().map(str::to_string));
+            let after = &rest[open + 1..];
+            let close = after
+                .find('\'')
+                .ok_or_else(|| anyhow!("missing closing quote in {entry:?}"))?;
+            let spec = after[..close].trim();
+            if !spec.is_empty() {
+                out.insert(spec.to_string());
+            }
+            rest = &after[close + 1..];
+        }
+        out.extend(rest.split_whitespace().map(str::to_string));
+    }
+    for spec in &out {
+        crate::validate::one_line_text("package", spec)?;
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// `s` with each `${name}` reference (a plain variable name) replaced by `x`, for checks of
@@ -364,26 +570,165 @@ pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-fn parse_doc(path: &Path, text: &str) -> Result<TreefileDoc> {
-    let is_json = path.extension().is_some_and(|e| e == "json");
-    if is_json {
-        serde_json::from_str(text).map_err(|e| {
-            anyhow!(
-                "{}:{}:{}: {}",
-                path.display(),
-                e.line(),
-                e.column(),
-                strip_loc(&e.to_string())
-            )
-        })
-    } else {
-        yaml_from_str(path, text)
+/// One file's document, with its `packages-ARCH` lists (any ARCH) taken aside.
+struct Parsed {
+    doc: TreefileDoc,
+    arch_packages: BTreeMap<String, Vec<String>>,
+}
+
+/// A map reader that hands every key to the document except `packages-ARCH` (kept in `arch`)
+/// and, for JSON, the keys in `skip` (rpm-ostree ignores unknown JSON keys). Errors keep the
+/// parser's line and column since the values are read by the parser itself.
+struct ArchKeys<'a, M> {
+    inner: M,
+    arch: &'a mut BTreeMap<String, Vec<String>>,
+    skip: &'a std::collections::BTreeSet<String>,
+}
+
+impl<'de, M: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for ArchKeys<'_, M> {
+    type Error = M::Error;
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> std::result::Result<Option<K::Value>, M::Error> {
+        use serde::de::IntoDeserializer;
+        loop {
+            let Some(key) = self.inner.next_key::<String>()? else {
+                return Ok(None);
+            };
+            if self.skip.contains(&key) {
+                self.inner.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            if let Some(arch) = key.strip_prefix("packages-") {
+                if !DERIVE_KEYS.contains(&key.as_str()) {
+                    let v: Vec<String> = self.inner.next_value()?;
+                    self.arch.entry(arch.to_string()).or_default().extend(v);
+                    continue;
+                }
+            }
+            return seed.deserialize(key.into_deserializer()).map(Some);
+        }
+    }
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> std::result::Result<V::Value, M::Error> {
+        self.inner.next_value_seed(seed)
     }
 }
 
-/// Parses YAML from `path`; a parse or schema error starts with `file:line:column:`.
-pub fn yaml_from_str<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
-    serde_yaml::from_str(text).map_err(|e| match e.location() {
+/// Deserializes a [`TreefileDoc`] through [`ArchKeys`].
+struct DocSeed<'a> {
+    arch: &'a mut BTreeMap<String, Vec<String>>,
+    skip: &'a std::collections::BTreeSet<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DocSeed<'_> {
+    type Value = TreefileDoc;
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<TreefileDoc, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DocSeed<'_> {
+    type Value = TreefileDoc;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a treefile (a map of keys)")
+    }
+    fn visit_map<M: serde::de::MapAccess<'de>>(
+        self,
+        map: M,
+    ) -> std::result::Result<TreefileDoc, M::Error> {
+        let filtered = ArchKeys {
+            inner: map,
+            arch: self.arch,
+            skip: self.skip,
+        };
+        TreefileDoc::deserialize(serde::de::value::MapAccessDeserializer::new(filtered))
+    }
+}
+
+fn parse_doc(path: &Path, text: &str) -> Result<Parsed> {
+    use serde::de::DeserializeSeed;
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let mut skip = std::collections::BTreeSet::new();
+    loop {
+        let mut arch = BTreeMap::new();
+        let seed = DocSeed {
+            arch: &mut arch,
+            skip: &skip,
+        };
+        let res = if is_json {
+            let mut de = serde_json::Deserializer::from_str(text);
+            seed.deserialize(&mut de).and_then(|d| de.end().map(|_| d))
+        } else {
+            let res = seed.deserialize(serde_yaml::Deserializer::from_str(text));
+            return res
+                .map(|doc| Parsed {
+                    doc,
+                    arch_packages: arch,
+                })
+                .map_err(|e| yaml_error(path, text, e));
+        };
+        match res {
+            Ok(doc) => {
+                return Ok(Parsed {
+                    doc,
+                    arch_packages: arch,
+                })
+            }
+            Err(e) => {
+                // rpm-ostree ignores keys it does not know in JSON treefiles (and FCOS uses
+                // that for comments); a warning says which, an error stays an error.
+                let msg = e.to_string();
+                let unknown = msg
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split_once('`'))
+                    .map(|(k, _)| k.to_string());
+                match unknown {
+                    Some(k) if !skip.contains(&k) => {
+                        eprintln!(
+                            "warning: {}:{}: unknown key {k:?} ignored (rpm-ostree ignores \
+                             unknown keys in JSON treefiles)",
+                            path.display(),
+                            e.line()
+                        );
+                        skip.insert(k);
+                    }
+                    _ => bail!(
+                        "{}:{}:{}: {}",
+                        path.display(),
+                        e.line(),
+                        e.column(),
+                        strip_loc(&msg)
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn yaml_error(path: &Path, text: &str, e: serde_yaml::Error) -> anyhow::Error {
+    if let Some((key, _)) = e
+        .to_string()
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        // The parser reports a top-level unknown key at the document's start: point at the
+        // key itself, and keep the message short (the keys are in docs/treefile.md).
+        let line = line_of_key(text, key).or(e.location().map(|l| l.line()));
+        return anyhow!(
+            "{}:{}: unknown key `{key}` (rpm-ostree's treefile keys and what hostforge \
+             does with each are listed in docs/treefile.md)",
+            path.display(),
+            line.unwrap_or(1)
+        );
+    }
+    match e.location() {
         Some(loc) => anyhow!(
             "{}:{}:{}: {}",
             path.display(),
@@ -392,7 +737,12 @@ pub fn yaml_from_str<T: serde::de::DeserializeOwned>(path: &Path, text: &str) ->
             strip_loc(&e.to_string())
         ),
         None => anyhow!("{}: {}", path.display(), e),
-    })
+    }
+}
+
+/// Parses YAML from `path`; a parse or schema error starts with `file:line:column:`.
+pub fn yaml_from_str<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    serde_yaml::from_str(text).map_err(|e| yaml_error(path, text, e))
 }
 
 /// serde's messages end in " at line X column Y"; we print the location up front instead.
@@ -429,10 +779,6 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
         releasever,
         repos,
         packages,
-        packages_x86_64,
-        packages_aarch64,
-        packages_ppc64le,
-        packages_s390x,
         exclude_packages,
         recommends,
         documentation,
@@ -460,6 +806,43 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
         rpmdb,
         selinux,
         container,
+        edition,
+        metadata,
+        basearch,
+        repovars,
+        rojig,
+        lockfile_repos,
+        ignore_devices,
+        selinux_label_version,
+        sysusers,
+        ima,
+        gpg_key,
+        bootstrap_packages,
+        ostree_layers,
+        ostree_override_layers,
+        platform_module,
+        opt_usrlocal,
+        preserve_passwd,
+        ignore_removed_users,
+        ignore_removed_groups,
+        repo_metadata,
+        advisories_metadata,
+        rpmdb_normalize,
+        container_cmd,
+        repo_packages,
+        cliwrap,
+        cliwrap_binaries,
+        base_refspec,
+        container_image_reference,
+        packages_local,
+        packages_local_fileoverride,
+        override_remove,
+        ex_override_replace,
+        override_replace_local,
+        initramfs,
+        custom,
+        override_commit,
+        unconfigured_state,
     } = over;
     fn scalar<T>(base: &mut Option<T>, over: Option<T>) {
         if over.is_some() {
@@ -485,15 +868,65 @@ fn merge(base: &mut TreefileDoc, over: TreefileDoc) {
     scalar(&mut base.rpmdb, rpmdb);
     scalar(&mut base.selinux, selinux);
     scalar(&mut base.container, container);
+    scalar(&mut base.edition, edition);
+    scalar(&mut base.basearch, basearch);
+    scalar(&mut base.rojig, rojig);
+    scalar(&mut base.ignore_devices, ignore_devices);
+    scalar(&mut base.selinux_label_version, selinux_label_version);
+    scalar(&mut base.sysusers, sysusers);
+    scalar(&mut base.ima, ima);
+    scalar(&mut base.gpg_key, gpg_key);
+    scalar(&mut base.platform_module, platform_module);
+    scalar(&mut base.opt_usrlocal, opt_usrlocal);
+    scalar(&mut base.preserve_passwd, preserve_passwd);
+    scalar(&mut base.repo_metadata, repo_metadata);
+    scalar(&mut base.advisories_metadata, advisories_metadata);
+    scalar(&mut base.rpmdb_normalize, rpmdb_normalize);
+    scalar(&mut base.container_cmd, container_cmd);
+    scalar(&mut base.cliwrap, cliwrap);
+    for (b, o) in [
+        (&mut base.base_refspec, base_refspec),
+        (
+            &mut base.container_image_reference,
+            container_image_reference,
+        ),
+        (&mut base.packages_local, packages_local),
+        (
+            &mut base.packages_local_fileoverride,
+            packages_local_fileoverride,
+        ),
+        (&mut base.override_remove, override_remove),
+        (&mut base.ex_override_replace, ex_override_replace),
+        (&mut base.override_replace_local, override_replace_local),
+        (&mut base.initramfs, initramfs),
+        (&mut base.custom, custom),
+        (&mut base.override_commit, override_commit),
+        (&mut base.unconfigured_state, unconfigured_state),
+    ] {
+        scalar(b, o);
+    }
+    merge_map(&mut base.metadata, metadata);
+    merge_map(&mut base.repovars, repovars);
+    merge_list(&mut base.lockfile_repos, lockfile_repos);
+    merge_list(&mut base.bootstrap_packages, bootstrap_packages);
+    merge_list(&mut base.ostree_layers, ostree_layers);
+    merge_list(&mut base.ostree_override_layers, ostree_override_layers);
+    merge_list(&mut base.ignore_removed_users, ignore_removed_users);
+    merge_list(&mut base.ignore_removed_groups, ignore_removed_groups);
+    merge_list(&mut base.cliwrap_binaries, cliwrap_binaries);
+    // A package named again in a later entry comes from that entry's repo (rpm-ostree).
+    merge_list(&mut base.repo_packages, repo_packages);
+    if let Some(rp) = base.repo_packages.as_mut() {
+        let mut seen = std::collections::BTreeSet::new();
+        for entry in rp.iter_mut().rev() {
+            entry.packages.retain(|p| seen.insert(p.clone()));
+        }
+        rp.retain(|e| !e.packages.is_empty());
+    }
     merge_map(&mut base.variables, variables);
     merge_map(&mut base.add_commit_metadata, add_commit_metadata);
     merge_list(&mut base.repos, repos);
     merge_list(&mut base.packages, packages);
-    // Folded into `packages` by the loader before merging; kept per arch otherwise.
-    merge_list(&mut base.packages_x86_64, packages_x86_64);
-    merge_list(&mut base.packages_aarch64, packages_aarch64);
-    merge_list(&mut base.packages_ppc64le, packages_ppc64le);
-    merge_list(&mut base.packages_s390x, packages_s390x);
     merge_list(&mut base.exclude_packages, exclude_packages);
     merge_list(&mut base.install_langs, install_langs);
     merge_list(&mut base.remove_files, remove_files);
@@ -541,7 +974,10 @@ impl Loader<'_> {
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading treefile {}", path.display()))?;
-        let mut doc = parse_doc(path, &text)?;
+        let Parsed {
+            mut doc,
+            arch_packages,
+        } = parse_doc(path, &text)?;
         self.sources.push(canon.clone());
         stack.push(canon);
 
@@ -554,6 +990,17 @@ impl Loader<'_> {
         if let Some(arch_inc) = doc.arch_include.take() {
             if let Some(v) = arch_inc.get(self.basearch) {
                 includes.extend(v.clone().into_vec());
+            }
+        }
+        if let Some(arch) = &doc.basearch {
+            if arch != self.basearch {
+                bail!(
+                    "{}:{}: basearch {arch:?} but composing for {}: cross-composes are not \
+                     supported",
+                    path.display(),
+                    line_of_key(&text, "basearch").unwrap_or(1),
+                    self.basearch
+                );
             }
         }
         for (k, v) in doc.variables.iter().flatten() {
@@ -577,19 +1024,17 @@ impl Loader<'_> {
                 includes.extend(ci.include.into_vec());
             }
         }
-        // Fold packages-$basearch into packages; other arches' lists are dropped.
-        let arch_pkgs = match self.basearch {
-            "x86_64" => doc.packages_x86_64.take(),
-            "aarch64" => doc.packages_aarch64.take(),
-            "ppc64le" => doc.packages_ppc64le.take(),
-            "s390x" => doc.packages_s390x.take(),
-            _ => None,
-        };
-        merge_list(&mut doc.packages, arch_pkgs);
-        doc.packages_x86_64 = None;
-        doc.packages_aarch64 = None;
-        doc.packages_ppc64le = None;
-        doc.packages_s390x = None;
+        for rp in doc.repo_packages.iter_mut().flatten() {
+            rp.packages = split_package_specs(&rp.packages).with_context(|| {
+                let line = line_of_key(&text, "repo-packages").unwrap_or(1);
+                format!("{}:{line}: repo-packages", path.display())
+            })?;
+        }
+        // packages-$basearch and bootstrap-packages join packages; other arches' lists are
+        // dropped.
+        let mut arch_packages = arch_packages;
+        merge_list(&mut doc.packages, arch_packages.remove(self.basearch));
+        merge_list(&mut doc.packages, doc.bootstrap_packages.take());
 
         validate(path, &text, &doc)?;
         let mut ext = Externals::read(path, &text, &doc)?;
@@ -627,6 +1072,108 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
              labels; set `selinux: false` or remove the key",
             at("selinux")
         );
+    }
+    let derive: Vec<&str> = [
+        (&doc.base_refspec, DERIVE_KEYS[0]),
+        (&doc.container_image_reference, DERIVE_KEYS[1]),
+        (&doc.packages_local, DERIVE_KEYS[2]),
+        (&doc.packages_local_fileoverride, DERIVE_KEYS[3]),
+        (&doc.override_remove, DERIVE_KEYS[4]),
+        (&doc.ex_override_replace, DERIVE_KEYS[5]),
+        (&doc.override_replace_local, DERIVE_KEYS[6]),
+        (&doc.initramfs, DERIVE_KEYS[7]),
+        (&doc.custom, DERIVE_KEYS[8]),
+        (&doc.override_commit, DERIVE_KEYS[9]),
+        (&doc.unconfigured_state, DERIVE_KEYS[10]),
+    ]
+    .into_iter()
+    .filter(|(v, _)| v.is_some())
+    .map(|(_, k)| k)
+    .collect();
+    let mut derive = derive;
+    derive.sort_by_key(|k| line_of_key(text, k));
+    if let Some(first) = derive.first() {
+        bail!(
+            "{}: {} derive(s) from an existing commit on a client (rpm-ostree's derivation \
+             keys); a compose builds a tree from packages, so remove {}",
+            at(first),
+            derive.join(", "),
+            if derive.len() == 1 { "it" } else { "them" }
+        );
+    }
+    for (key, map) in [
+        (
+            "variables",
+            doc.variables.as_ref().map(|m| m.keys().collect::<Vec<_>>()),
+        ),
+        (
+            "repovars",
+            doc.repovars.as_ref().map(|m| m.keys().collect()),
+        ),
+    ] {
+        for name in map.into_iter().flatten() {
+            if name == "releasever" || name == "basearch" {
+                bail!(
+                    "{}: {key} cannot define {name:?}: it is set for you (use the \
+                     `releasever` key for the release)",
+                    at(key)
+                );
+            }
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
+                bail!(
+                    "{}: {key} name {name:?} must be letters, digits and '_'",
+                    at(key)
+                );
+            }
+        }
+    }
+    for (name, value) in doc.repovars.iter().flatten() {
+        // Substituted into .repo files, which are line based.
+        crate::validate::one_line_text("repovars", value)
+            .with_context(|| format!("{}: repovars {name}", at("repovars")))?;
+    }
+    if let Some(v) = doc.selinux_label_version {
+        if v > 1 {
+            bail!(
+                "{}: selinux-label-version must be 0 or 1, not {v}",
+                at("selinux-label-version")
+            );
+        }
+    }
+    if doc.opt_usrlocal == Some(OptUsrLocal::StateOverlay) {
+        bail!(
+            "{}: opt-usrlocal: stateoverlay needs ostree's state overlays (ostree 2023.9), which \
+             Debian 12's ostree 2022.7 lacks; use `var` (the default) or `root`",
+            at("opt-usrlocal")
+        );
+    }
+    if doc.ima == Some(true) {
+        bail!(
+            "{}: ima: true (IMA signatures from the RPMs as security.ima xattrs) is not \
+             supported; remove the key or set it to false",
+            at("ima")
+        );
+    }
+    if doc.gpg_key.is_some() {
+        let key = if line_of_key(text, "gpg_key").is_some() {
+            "gpg_key"
+        } else {
+            "gpg-key"
+        };
+        bail!(
+            "{}: {key}: signing commits from the treefile is not supported yet; remove it \
+             (signing with `compose tree --gpg-sign KEYID` is planned)",
+            at(key)
+        );
+    }
+    for rp in doc.repo_packages.iter().flatten() {
+        if rp.packages.is_empty() {
+            bail!(
+                "{}: repo-packages entry for repo {:?} lists no packages",
+                at("repo-packages"),
+                rp.repo
+            );
+        }
     }
     if let Some(rfp) = &doc.remove_from_packages {
         for entry in rfp {
@@ -709,14 +1256,15 @@ impl Treefile {
             })
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        // Packages may be listed several to an entry, separated by spaces, as in rpm-ostree.
+        // Packages may be listed several to an entry, separated by spaces, a quoted one
+        // ('foo >= 5.0') kept whole; as in rpm-ostree they form a sorted set.
         if let Some(pkgs) = doc.packages.take() {
             doc.packages = Some(
-                pkgs.iter()
-                    .flat_map(|p| p.split_whitespace().map(str::to_string))
-                    .collect(),
+                split_package_specs(&pkgs)
+                    .with_context(|| format!("{}: packages", path.display()))?,
             );
         }
+
         let tf = Treefile {
             path: path.to_path_buf(),
             dir,
@@ -725,15 +1273,14 @@ impl Treefile {
             sources: loader.sources,
             externals,
         };
+        let mut tf = tf;
+        tf.substitute_vars()?;
         tf.check_complete()?;
         Ok(tf)
     }
 
     fn check_complete(&self) -> Result<()> {
         let p = self.path.display();
-        if self.doc.treeref.as_deref().unwrap_or("").is_empty() {
-            bail!("{p}: treefile has no `ref`: add e.g. `ref: myos/x86_64/node`");
-        }
         if self.packages().is_empty() {
             bail!("{p}: treefile lists no `packages`");
         }
@@ -769,9 +1316,75 @@ impl Treefile {
         out
     }
 
-    /// The ref with variables substituted.
-    pub fn treeref(&self) -> String {
-        self.substitute(self.doc.treeref.as_deref().unwrap_or_default())
+    /// The ref (variables substituted at load); a treefile without `ref` commits without
+    /// moving one (rpm-ostree's rule).
+    pub fn treeref(&self) -> Option<String> {
+        self.doc.treeref.clone()
+    }
+
+    /// Substitutes the variables once, at load, where rpm-ostree does: `ref`, string values
+    /// of `metadata` and `add-commit-metadata`, `automatic-version-prefix`,
+    /// `mutate-os-release` and `platform-module`. Values may not hold `$`, `{` or `}` (as in
+    /// rpm-ostree), so nothing is substituted twice; results bound for os-release are
+    /// checked again.
+    fn substitute_vars(&mut self) -> Result<()> {
+        let p = self.path.display().to_string();
+        for (k, v) in self.doc.variables.iter().flatten() {
+            if let Value::String(s) = v {
+                if s.contains(['$', '{', '}']) {
+                    bail!("{p}: variables: {k}: the value {s:?} may not contain '$', '{{' or '}}'");
+                }
+            }
+        }
+        let this = self.clone();
+        let sub = |s: &mut String, this: &Treefile| *s = this.substitute(s);
+        let this = &this;
+        let mut doc = std::mem::take(&mut self.doc);
+        for s in [
+            &mut doc.treeref,
+            &mut doc.automatic_version_prefix,
+            &mut doc.mutate_os_release,
+            &mut doc.platform_module,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            sub(s, this);
+        }
+        for map in [&mut doc.metadata, &mut doc.add_commit_metadata]
+            .into_iter()
+            .flatten()
+        {
+            for v in map.values_mut() {
+                if let Value::String(s) = v {
+                    sub(s, this);
+                }
+            }
+        }
+        self.doc = doc;
+        for (key, v) in [
+            (
+                "automatic-version-prefix",
+                &self.doc.automatic_version_prefix,
+            ),
+            ("mutate-os-release", &self.doc.mutate_os_release),
+        ] {
+            if let Some(v) = v {
+                crate::validate::one_line_text(&format!("{key} (substituted)"), v)
+                    .with_context(|| p.clone())?;
+            }
+        }
+        if let Some(r) = &self.doc.treeref {
+            crate::validate::ostree_ref("ref (substituted)", r).with_context(|| p.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `tmp-is-dir`, whose default is true from edition 2024 on and for containers.
+    pub fn tmp_is_dir(&self) -> bool {
+        self.doc
+            .tmp_is_dir
+            .unwrap_or(self.container() || self.doc.edition >= Some(Edition::E2024))
     }
 
     pub fn recommends(&self) -> bool {
@@ -977,7 +1590,7 @@ mod tests {
     }
 
     /// rpm-ostree's examples use `${releasever}` in these values: references pass the check
-    /// (their values are checked once substituted, by the compose), the legacy underscore
+    /// and are substituted at load (their results checked then), the legacy underscore
     /// spellings load as the dashed keys.
     #[test]
     fn variable_references_and_underscore_spellings_load() {
@@ -993,7 +1606,7 @@ mod tests {
         let tf = Treefile::load(&p).unwrap();
         assert_eq!(
             tf.doc.automatic_version_prefix.as_deref(),
-            Some("${releasever}.<date:%Y%m%d>")
+            Some("40.<date:%Y%m%d>")
         );
         assert_eq!(tf.doc.default_target.as_deref(), Some("multi-user.target"));
         assert!(tf.doc.boot_location.is_some());
@@ -1060,15 +1673,22 @@ mod tests {
     }
 
     #[test]
-    fn json_unknown_key_has_line() {
+    fn json_unknown_keys_are_ignored_like_rpm_ostree_and_errors_keep_their_line() {
         let d = tempfile::tempdir().unwrap();
         let p = write(
             d.path(),
             "t.json",
-            "{\n \"ref\": \"a/b\",\n \"repos\": [\"r\"],\n \"packages\": [\"x\"],\n \"nope\": 1\n}\n",
+            "{\n \"ref\": \"a/b\",\n \"repos\": [\"r\"],\n \"packages\": [\"x\"],\n \"comment-packages\": \"why\",\n \"nope\": 1\n}\n",
+        );
+        let tf = Treefile::load(&p).unwrap();
+        assert_eq!(tf.packages(), ["x"]);
+        let p = write(
+            d.path(),
+            "t.json",
+            "{\n \"ref\": \"a/b\",\n \"nope\": 1,\n \"packages\": 5\n}\n",
         );
         let err = format!("{:#}", Treefile::load(&p).unwrap_err());
-        assert!(err.contains("nope") && err.contains("t.json:5:"), "{err}");
+        assert!(err.contains("t.json:4:"), "{err}");
     }
 
     #[test]
@@ -1086,7 +1706,7 @@ mod tests {
              packages-x86_64: [xa]\npackages-aarch64: [aa]\nrecommends: false\n",
         );
         let tf = Treefile::load_for_arch(&p, "x86_64").unwrap();
-        assert_eq!(tf.treeref(), "top/x86_64");
+        assert_eq!(tf.treeref().as_deref(), Some("top/x86_64"));
         assert_eq!(tf.packages(), ["a", "b", "c", "xa"]);
         assert_eq!(tf.doc.repos.as_deref().unwrap(), ["r1", "r2"]);
         assert!(!tf.recommends());
@@ -1153,10 +1773,240 @@ mod tests {
     }
 
     #[test]
-    fn missing_ref_is_an_error() {
+    fn ref_is_optional_but_not_empty() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "t.yaml", "repos: [r]\npackages: [p]\n");
+        assert_eq!(Treefile::load(&p).unwrap().treeref(), None);
+        let p = write(d.path(), "t.yaml", "ref: ''\npackages: [p]\n");
         let err = format!("{:#}", Treefile::load(&p).unwrap_err());
-        assert!(err.contains("no `ref`"), "{err}");
+        assert!(
+            err.contains("ref (substituted): \"\" is not an ostree ref"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn packages_for_any_arch_bootstrap_and_quoted_specs() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "packages: [b a, \"'foo >= 5.0' c\", a]\nbootstrap-packages: [boot]\n\
+             packages-x86_64: [grub2]\npackages-hal9000: [pod-bay-doors]\n\
+             packages-local: {x: y}\n",
+        );
+        // packages-local is a derivation key, not an arch: refused by name.
+        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(
+            err.contains("t.yaml:5") && err.contains("packages-local"),
+            "{err}"
+        );
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("packages-local: {x: y}\n", "");
+        std::fs::write(&p, text).unwrap();
+        let tf = Treefile::load_for_arch(&p, "x86_64").unwrap();
+        assert_eq!(
+            tf.packages(),
+            ["a", "b", "boot", "c", "foo >= 5.0", "grub2"]
+        );
+        let tf = Treefile::load_for_arch(&p, "hal9000").unwrap();
+        assert_eq!(
+            tf.packages(),
+            ["a", "b", "boot", "c", "foo >= 5.0", "pod-bay-doors"]
+        );
+        let p = write(d.path(), "t.yaml", "packages: [\"'foo >= 5\"]\n");
+        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(err.contains("missing closing quote"), "{err}");
+        let p = write(d.path(), "t.yaml", "packages-x86_64: [a, 5, {b: c}]\n");
+        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
+        assert!(err.contains("t.yaml:1"), "{err}");
+    }
+
+    #[test]
+    fn every_rpm_ostree_key_loads() {
+        // One treefile with every key rpm-ostree's compose accepts (derivation keys aside).
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "f.txt", "x\n");
+        write(d.path(), "pp.sh", "#!/bin/sh\n");
+        let p = write(
+            d.path(),
+            "t.yaml",
+            r#"ref: os/${basearch}/${stream}
+edition: "2024"
+metadata: {summary: test, nested: {a: [1, 2]}}
+basearch: x86_64
+variables: {stream: stable}
+repovars: {contentdir: pub}
+rojig: {name: x, summary: y, license: MIT}
+repos: [r]
+lockfile-repos: [locked]
+selinux: false
+ignore-devices: true
+selinux-label-version: 1
+sysusers: compose-auto
+ima: false
+include: []
+arch-include: {}
+conditional-include: []
+bootstrap-packages: [b]
+packages: [p]
+packages-x86_64: [q]
+repo-packages: [{repo: r, packages: [p]}]
+ostree-layers: [overlay/a]
+ostree-override-layers: [overlay/b]
+exclude-packages: [x]
+platform-module: platform:f40
+container: false
+recommends: false
+documentation: false
+install-langs: [en_US]
+initramfs-args: [--no-compress]
+no-initramfs: false
+readonly-executables: true
+boot-location: modules
+tmp-is-dir: false
+opt-usrlocal: root
+units: [a.service]
+default-target: multi-user.target
+machineid-compat: false
+releasever: 40
+automatic-version-prefix: "40.<date:%Y%m%d>"
+automatic-version-suffix: "-"
+mutate-os-release: "40"
+etc-group-members: [wheel]
+preserve-passwd: true
+check-passwd: {type: none}
+check-groups: {type: previous}
+ignore-removed-users: [games]
+ignore-removed-groups: [games]
+postprocess-script: pp.sh
+postprocess: ["true"]
+add-files: [[f.txt, /etc/f.txt]]
+remove-files: [etc/x]
+remove-from-packages: [[p, /usr/x]]
+add-commit-metadata: {k: v}
+repo-metadata: detached
+advisories-metadata: disabled
+rpmdb: sqlite
+rpmdb-normalize: true
+container-cmd: [/usr/bin/bash]
+cliwrap: false
+cliwrap-binaries: [rpm]
+"#,
+        );
+        let tf = Treefile::load_for_arch(&p, "x86_64").unwrap();
+        assert_eq!(tf.treeref().as_deref(), Some("os/x86_64/stable"));
+        assert_eq!(tf.packages(), ["b", "p", "q"]);
+        assert_eq!(tf.doc.edition, Some(Edition::E2024));
+        assert_eq!(tf.doc.opt_usrlocal, Some(OptUsrLocal::Root));
+        // The explicit `tmp-is-dir: false` wins over edition 2024's default.
+        assert!(!tf.tmp_is_dir());
+        let json: Value = serde_json::from_str(&tf.flattened_json()).unwrap();
+        assert_eq!(json["metadata"]["nested"]["a"][1], 2);
+        assert_eq!(json["container-cmd"][0], "/usr/bin/bash");
+        // Every key of the file is known (the legacy spellings are tested elsewhere).
+        let text = std::fs::read_to_string(&p).unwrap();
+        let without_tmp = text.replace("tmp-is-dir: false\n", "");
+        std::fs::write(&p, without_tmp).unwrap();
+        assert!(Treefile::load_for_arch(&p, "x86_64").unwrap().tmp_is_dir());
+    }
+
+    /// The public Fedora CoreOS manifest (vendored unchanged in tests/upstream) loads, with
+    /// rpm-ostree's results for its includes, conditionals, variables and arch packages.
+    #[test]
+    fn fedora_coreos_manifest_loads_unchanged() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/upstream/fedora-coreos-config/manifest.yaml");
+        for arch in ["x86_64", "aarch64", "s390x"] {
+            let tf = Treefile::load_for_arch(&p, arch).unwrap();
+            let json: Value = serde_json::from_str(&tf.flattened_json()).unwrap();
+            assert_eq!(
+                tf.treeref().unwrap(),
+                format!("fedora/{arch}/coreos/testing-devel")
+            );
+            assert_eq!(json["mutate-os-release"], "40");
+            assert_eq!(json["automatic-version-prefix"], "40.<date:%Y%m%d>.dev");
+            assert_eq!(json["lockfile-repos"][0], "fedora-coreos-pool");
+            assert!(tf.packages().iter().any(|p| p == "ignition"));
+            // packages-x86_64 brings the UEFI GRUB; s390x has its own bootloader and skips
+            // grub2-removals.yaml (`basearch != "s390x"`); prod == false adds
+            // disable-zincati.yaml.
+            let grub_pc = tf.packages().iter().any(|p| p == "grub2-efi-x64");
+            assert_eq!(grub_pc, arch == "x86_64", "{arch}");
+            let names: Vec<String> = tf
+                .sources
+                .iter()
+                .map(|s| s.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(
+                names.contains(&"grub2-removals.yaml".into()),
+                arch != "s390x"
+            );
+            assert!(names.contains(&"disable-zincati.yaml".into()));
+            assert_eq!(tf.externals.check_passwd.as_ref().unwrap().name, "passwd");
+        }
+    }
+
+    #[test]
+    fn keys_refused_with_their_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &str)] = &[
+            ("basearch: aarch64\n", "cross-composes"),
+            ("variables: {basearch: x}\n", "cannot define \"basearch\""),
+            (
+                "repovars: {releasever: 9}\n",
+                "cannot define \"releasever\"",
+            ),
+            ("repovars: {a: \"x\\ny\"}\n", "repovars a"),
+            ("selinux-label-version: 2\n", "0 or 1"),
+            ("opt-usrlocal: stateoverlay\n", "Debian 12"),
+            ("ima: true\n", "security.ima"),
+            ("gpg_key: ABCD\n", "gpg_key"),
+            (
+                "override-remove: [a]\nbase-refspec: x\n",
+                "override-remove, base-refspec",
+            ),
+            ("edition: 2023\n", "2014"),
+            ("sysusers: sometimes\n", "sysusers"),
+        ];
+        for (extra, want) in cases {
+            let p = write(
+                d.path(),
+                "t.yaml",
+                &format!("ref: r\npackages: [p]\n{extra}"),
+            );
+            let err = format!("{:#}", Treefile::load_for_arch(&p, "x86_64").unwrap_err());
+            assert!(
+                err.contains("t.yaml:3") && err.contains(want),
+                "{extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn repo_packages_later_entry_wins_a_package() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "base.yaml",
+            "repo-packages: [{repo: a, packages: [x, y]}]\n",
+        );
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "include: base.yaml\npackages: [p]\nrepo-packages: [{repo: b, packages: ['y z']}]\n",
+        );
+        let tf = Treefile::load(&p).unwrap();
+        let rp = tf.doc.repo_packages.unwrap();
+        assert_eq!(rp.len(), 2);
+        assert_eq!(
+            (rp[0].repo.as_str(), rp[0].packages.clone()),
+            ("a", vec!["x".to_string()])
+        );
+        assert_eq!(
+            (rp[1].repo.as_str(), rp[1].packages.clone()),
+            ("b", vec!["y".to_string(), "z".to_string()])
+        );
     }
 }

@@ -651,7 +651,13 @@ fn substituted_variables_cannot_smuggle_into_os_release() {
                 ),
             );
             let out = env.compose(&tf, &["--force-nocache"]);
-            assert_fails_with(&out, &[key, "substituted"]);
+            // A '$' in a variable is refused where it is defined (rpm-ostree's rule); a
+            // newline gets through substitution and is refused in the substituted value.
+            if bad.contains('$') {
+                assert_fails_with(&out, &["variables: v", "may not contain '$'"]);
+            } else {
+                assert_fails_with(&out, &[key, "substituted"]);
+            }
             assert_eq!(env.rev("test/node").unwrap(), before, "ref moved");
         }
     }

@@ -54,7 +54,8 @@ struct Env {
     opts: Options,
     progress: Progress,
     tf: Treefile,
-    treeref: String,
+    /// The ref to move (none: the treefile has no `ref`).
+    treeref: Option<String>,
     target: Option<ostree::Repo>,
     cache: ostree::Repo,
     cache_path: PathBuf,
@@ -65,6 +66,11 @@ struct Env {
 }
 
 impl Env {
+    /// The ref for messages.
+    fn ref_name(&self) -> &str {
+        self.treeref.as_deref().unwrap_or("(no ref)")
+    }
+
     /// The tree being composed.
     fn root(&self) -> PathBuf {
         self.work.join("root")
@@ -373,12 +379,15 @@ fn inputhash(
         ));
     }
     let inputhash = hex::encode(h.finalize());
-    let parent = ostreeutil::resolve(target, &env.treeref)?;
+    let parent = match &env.treeref {
+        Some(r) => ostreeutil::resolve(target, r)?,
+        None => None,
+    };
     if let (Some(parent), false) = (&parent, env.opts.force_nocache) {
         let meta = ostreeutil::commit_meta(target, parent)?;
         if ostreeutil::meta_str(&meta, "hostforge.inputhash").as_deref() == Some(&inputhash) {
             env.progress
-                .info(&format!("no changes: {} is {parent}", env.treeref));
+                .info(&format!("no changes: {} is {parent}", env.ref_name()));
             let unchanged = Checked::Unchanged {
                 inputhash,
                 commit: parent.clone(),
@@ -801,13 +810,8 @@ fn postprocess_tree(
                 .and_then(|s| s.chars().next())
                 .unwrap_or('.');
             let epoch = ostreeutil::source_date_epoch()?;
-            let v = next_version(
-                &tf.substitute(pfx),
-                suffix,
-                parent_version.as_deref(),
-                epoch,
-            )
-            .with_context(|| format!("{}", tf.path.display()))?;
+            let v = next_version(pfx, suffix, parent_version.as_deref(), epoch)
+                .with_context(|| format!("{}", tf.path.display()))?;
             // Substituted variables may not bring what the prefix itself may not contain.
             crate::validate::one_line_text("automatic-version-prefix (substituted)", &v)
                 .with_context(|| format!("{}", tf.path.display()))?;
@@ -1007,7 +1011,7 @@ fn commit(
     process::fault_point("commit");
     move_ref(env, target, built)?;
     clean_work_root(env)?;
-    let detail = format!("{} => {built}", env.treeref);
+    let detail = format!("{} => {built}", env.ref_name());
     Ok((committed, detail))
 }
 
@@ -1073,7 +1077,12 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
         time,
         cancellable,
     )?;
-    cache.transaction_set_ref(None, &format!("hostforge/build/{}", env.treeref), Some(&c));
+    // Keeps the build commit (and what the next compose reuses) alive in the cache.
+    let build_ref = match &env.treeref {
+        Some(r) => format!("hostforge/build/{r}"),
+        None => "hostforge/build-without-ref".to_string(),
+    };
+    cache.transaction_set_ref(None, &build_ref, Some(&c));
     let stats = ostreeutil::commit_transaction(cache, tx, &c)?;
     Ok(Committed {
         commit: c.to_string(),
@@ -1098,8 +1107,16 @@ fn copy_into_target(env: &Env, target: &ostree::Repo, built: &str) -> Result<()>
 /// Points the ref at the commit, and keeps a served repo's summary in step with its refs.
 fn move_ref(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
     let cancellable = gio::Cancellable::NONE;
+    // As rpm-ostree: no `ref`, or --write-commitid-to, leaves every ref where it is.
+    let Some(treeref) = env
+        .treeref
+        .as_ref()
+        .filter(|_| env.opts.write_commitid_to.is_none())
+    else {
+        return Ok(());
+    };
     let tx = target.auto_transaction(cancellable)?;
-    target.transaction_set_ref(None, &env.treeref, Some(built));
+    target.transaction_set_ref(None, treeref, Some(built));
     tx.commit(cancellable)?;
     if env
         .opts
@@ -1156,12 +1173,8 @@ fn json_to_variant(v: &serde_json::Value) -> glib::Variant {
 fn commit_metadata(env: &Env, tree: &Tree) -> Result<glib::Variant> {
     let mut m = MetaBuilder::new();
     for (k, v) in env.tf.doc.add_commit_metadata.iter().flatten() {
-        // String values get variables substituted (rpm-ostree's rule); others stay as they are.
-        let v = match v {
-            serde_json::Value::String(s) => serde_json::Value::String(env.tf.substitute(s)),
-            other => other.clone(),
-        };
-        m.value(k, &json_to_variant(&v));
+        // (String values had the variables substituted at load, rpm-ostree's rule.)
+        m.value(k, &json_to_variant(v));
     }
     for (k, v) in &env.opts.add_metadata {
         m.str(k, v);
@@ -1196,8 +1209,9 @@ fn commit_metadata(env: &Env, tree: &Tree) -> Result<glib::Variant> {
 /// What `compose tree` did: the compose.json document (`--write-composejson-to`, `--json`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
+    /// The treefile's ref (none: the commit moved no ref).
     #[serde(rename = "ref")]
-    pub treeref: String,
+    pub treeref: Option<String>,
     /// The treefile and everything it included, in load order.
     pub treefiles: Vec<PathBuf>,
     /// The ref's commit after the compose (unset for `--dry-run`).
