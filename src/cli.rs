@@ -268,6 +268,16 @@ pub struct TreeArgs {
     /// network is touched
     #[arg(long)]
     pub print_only: bool,
+    /// Pin packages to an rpm-ostree lockfile (JSON or YAML; repeatable, a later file's
+    /// entry for a package wins)
+    #[arg(long = "ex-lockfile", value_name = "FILE")]
+    pub lockfiles: Vec<PathBuf>,
+    /// Install nothing but packages the lockfiles pin
+    #[arg(long = "ex-lockfile-strict", requires = "lockfiles")]
+    pub lockfile_strict: bool,
+    /// Write the resolved package set as an rpm-ostree lockfile to FILE
+    #[arg(long = "ex-write-lockfile-to", value_name = "FILE")]
+    pub write_lockfile_to: Option<PathBuf>,
     /// Print nothing but errors
     #[arg(long, short)]
     pub quiet: bool,
@@ -337,6 +347,9 @@ fn compose_tree(a: TreeArgs) -> Result<()> {
         dry_run: a.dry_run,
         quiet: a.quiet,
         json: a.json,
+        lockfiles: a.lockfiles,
+        lockfile_strict: a.lockfile_strict,
+        write_lockfile_to: a.write_lockfile_to,
     };
     let json = opts.json;
     let doc = compose::compose_tree(opts)?;

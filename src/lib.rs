@@ -10,6 +10,7 @@ pub mod fsutil;
 #[cfg(test)]
 mod fuzz;
 pub mod image;
+pub mod lockfile;
 pub mod ostreeutil;
 pub mod pkgcache;
 pub mod pool;

@@ -241,7 +241,10 @@ fn configure(
                 .unwrap_or_default()
                 .to_string_lossy()
         ),
-        format!("org.opencontainers.image.created={}", rfc3339(epoch)),
+        format!(
+            "org.opencontainers.image.created={}",
+            crate::utctime::rfc3339(epoch)
+        ),
     ];
     if let Some(v) = version {
         labels.push(format!("org.opencontainers.image.version={v}"));
@@ -327,20 +330,6 @@ fn push(buildah: &Buildah, req: &BuildRequest) -> Result<String> {
     Ok(digest)
 }
 
-/// Seconds since the epoch as an RFC 3339 UTC time.
-fn rfc3339(epoch: u64) -> String {
-    let u = crate::utctime::Utc::at(epoch);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        u.year,
-        u.month,
-        u.day,
-        u.secs / 3600,
-        u.secs / 60 % 60,
-        u.secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,8 +354,11 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(crate::utctime::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            crate::utctime::rfc3339(1_700_000_000),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(crate::utctime::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

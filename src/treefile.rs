@@ -1387,6 +1387,16 @@ impl Treefile {
             .unwrap_or(self.container() || self.doc.edition >= Some(Edition::E2024))
     }
 
+    /// `repo-packages` as (repo id, package names).
+    pub fn repo_packages(&self) -> Vec<(String, Vec<String>)> {
+        self.doc
+            .repo_packages
+            .iter()
+            .flatten()
+            .map(|rp| (rp.repo.clone(), rp.packages.clone()))
+            .collect()
+    }
+
     pub fn recommends(&self) -> bool {
         self.doc.recommends.unwrap_or(true)
     }

@@ -39,3 +39,17 @@ impl Utc {
         }
     }
 }
+
+/// Seconds since the epoch as an RFC 3339 UTC time (`2023-11-14T22:13:20Z`).
+pub fn rfc3339(epoch: u64) -> String {
+    let u = Utc::at(epoch);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        u.year,
+        u.month,
+        u.day,
+        u.secs / 3600,
+        u.secs / 60 % 60,
+        u.secs % 60
+    )
+}

@@ -440,3 +440,172 @@ fn variables_dates_and_legacy_spellings_work_as_in_rpm_ostree() {
     assert_ok(&env.compose(&tf, &["--force-nocache"]));
     assert_eq!(env.json()["version"], "testing.20231114-1");
 }
+
+/// A repo dir beside the env holding the base fixture packages that `keep` accepts.
+fn sub_repo(env: &Env, name: &str, keep: impl Fn(&str) -> bool) -> std::path::PathBuf {
+    let dir = env.path().join(name);
+    std::fs::create_dir_all(dir.join("Packages")).unwrap();
+    for e in std::fs::read_dir(fixtures().join("base/Packages")).unwrap() {
+        let e = e.unwrap();
+        let file = e.file_name().to_string_lossy().into_owned();
+        if keep(&file) {
+            std::fs::copy(e.path(), dir.join("Packages").join(&file)).unwrap();
+        }
+    }
+    run(std::process::Command::new("createrepo_c")
+        .arg("-q")
+        .arg(&dir));
+    dir
+}
+
+/// What `--dry-run` resolved, one NEVRA per line.
+fn dry_run(env: &Env, tf: &std::path::Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["--dry-run"];
+    args.extend(extra);
+    let out = env.compose(tf, &args);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    (out.status.success(), text)
+}
+
+/// Package selection as in rpm-ostree: quoted specs with version constraints,
+/// `repo-packages`, and lockfiles (`--ex-lockfile`, strict mode, digests, `lockfile-repos`,
+/// `--ex-write-lockfile-to`).
+#[test]
+fn version_constraints_repo_packages_and_lockfiles_pick_packages() {
+    let env = Env::new();
+    // pool: only config-tool (1.0 and 2.0); nocfg: base without config-tool.
+    let pool = sub_repo(&env, "pool", |f| f.starts_with("config-tool-"));
+    let nocfg = sub_repo(&env, "nocfg", |f| !f.starts_with("config-tool-"));
+    let old = sub_repo(&env, "old", |f| f.starts_with("config-tool-1.0"));
+    let repos = std::fs::read_to_string(env.path().join("tf/fixtures.repo")).unwrap();
+    std::fs::write(
+        env.path().join("tf/fixtures.repo"),
+        format!(
+            "{repos}\n[pool]\nbaseurl=file://{}\nenabled=0\n\n[nocfg]\nbaseurl=file://{}\n\
+             enabled=0\n\n[old]\nbaseurl=file://{}\nenabled=0\n",
+            pool.display(),
+            nocfg.display(),
+            old.display()
+        ),
+    )
+    .unwrap();
+    let base_pkgs = "packages: [filesystem, busybox, setup, app]\n";
+
+    // 'config-tool < 2.0' is one spec, and picks the older version.
+    let tf = env.treefile(
+        "q.yaml",
+        &format!("ref: test/q\nrepos: [base]\n{base_pkgs}bootstrap-packages: [\"'config-tool < 2.0'\"]\n"),
+    );
+    let (ok, out) = dry_run(&env, &tf, &[]);
+    assert!(ok && out.contains("config-tool-1.0-1.noarch"), "{out}");
+    assert!(!out.contains("config-tool-2.0"), "{out}");
+
+    // repo-packages: config-tool from old only, although base has a newer one and app's
+    // dependency would take that.
+    let tf = env.treefile(
+        "rp.yaml",
+        &format!(
+            "ref: test/rp\nrepos: [base, old]\n{base_pkgs}\
+             repo-packages: [{{repo: old, packages: [config-tool]}}]\n"
+        ),
+    );
+    let (ok, out) = dry_run(&env, &tf, &[]);
+    assert!(ok && out.contains("config-tool-1.0-1.noarch"), "{out}");
+    assert!(!out.contains("config-tool-2.0"), "{out}");
+    let tf_bad = env.treefile(
+        "rp-bad.yaml",
+        &format!("ref: test/rp\nrepos: [base]\n{base_pkgs}repo-packages: [{{repo: pool, packages: [config-tool]}}]\n"),
+    );
+    let (ok, out) = dry_run(&env, &tf_bad, &[]);
+    assert!(
+        !ok && out.contains("repo-packages names repo [pool]"),
+        "{out}"
+    );
+
+    // A lockfile pins config-tool to 1.0 although 2.0 is newer; --ex-write-lockfile-to
+    // writes the solution, which read back strictly resolves the same set.
+    let tf = env.treefile(
+        "l.yaml",
+        &format!("ref: test/l\nrepos: [base]\n{base_pkgs}"),
+    );
+    let lock = env.path().join("pin.yaml");
+    std::fs::write(&lock, "packages:\n  config-tool:\n    evr: 1.0-1\n").unwrap();
+    let written = env.path().join("written.json");
+    let (ok, out) = dry_run(
+        &env,
+        &tf,
+        &[
+            "--ex-lockfile",
+            lock.to_str().unwrap(),
+            "--ex-write-lockfile-to",
+            written.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("config-tool-1.0-1.noarch"), "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+    assert_eq!(doc["packages"]["config-tool"]["evra"], "1.0-1.noarch");
+    assert!(doc["packages"]["app"]["digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert!(doc["metadata"]["rpmmd_repos"]["base"]["generated"].is_string());
+    let (ok, strict_out) = dry_run(
+        &env,
+        &tf,
+        &[
+            "--ex-lockfile",
+            written.to_str().unwrap(),
+            "--ex-lockfile-strict",
+        ],
+    );
+    assert!(ok, "{strict_out}");
+    let set = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains(".noarch") || l.contains(".x86_64"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(set(&strict_out), set(&out));
+    // Strict with a lockfile that lacks app's dependency: nothing else may come in.
+    std::fs::write(&lock, "packages:\n  app:\n    evr: 1.0-1\n").unwrap();
+    let (ok, out) = dry_run(
+        &env,
+        &tf,
+        &[
+            "--ex-lockfile",
+            lock.to_str().unwrap(),
+            "--ex-lockfile-strict",
+        ],
+    );
+    assert!(!ok, "{out}");
+    // A digest that does not match the repodata: that package is not admitted (warned).
+    std::fs::write(
+        &lock,
+        format!(
+            "packages:\n  config-tool:\n    evra: 1.0-1.noarch\n    digest: sha256:{}\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let (ok, out) = dry_run(&env, &tf, &["--ex-lockfile", lock.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("no repo has the locked package config-tool-1.0-1.noarch"),
+        "{out}"
+    );
+
+    // lockfile-repos: pool lends only locked packages, and only when a lockfile is given.
+    let tf = env.treefile(
+        "lr.yaml",
+        &format!("ref: test/lr\nrepos: [nocfg]\nlockfile-repos: [pool]\n{base_pkgs}"),
+    );
+    let (ok, out) = dry_run(&env, &tf, &[]);
+    assert!(
+        !ok && out.contains("config-tool"),
+        "without a lockfile pool is not used: {out}"
+    );
+    std::fs::write(&lock, "packages:\n  config-tool:\n    evra: 1.0-1.noarch\n").unwrap();
+    let (ok, out) = dry_run(&env, &tf, &["--ex-lockfile", lock.to_str().unwrap()]);
+    assert!(ok && out.contains("config-tool-1.0-1.noarch"), "{out}");
+}

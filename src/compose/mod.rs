@@ -8,6 +8,7 @@ mod postprocess;
 mod scripts;
 
 use crate::fsutil;
+use crate::lockfile::Lock;
 use crate::ostreeutil::{self, MetaBuilder};
 use crate::pkgcache::{self, PkgInfo};
 use crate::process;
@@ -40,6 +41,10 @@ pub struct Options {
     pub dry_run: bool,
     pub quiet: bool,
     pub json: bool,
+    /// `--ex-lockfile` files, in order.
+    pub lockfiles: Vec<PathBuf>,
+    pub lockfile_strict: bool,
+    pub write_lockfile_to: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -61,6 +66,8 @@ struct Env {
     cache_path: PathBuf,
     work: PathBuf,
     repos: Vec<RepoDef>,
+    /// The `--ex-lockfile` pins.
+    pins: Option<Lock>,
     /// (device, inode) -> checksum of every file the assemble step hardlinked from the cache.
     devino: ostree::RepoDevInoCache,
 }
@@ -301,7 +308,33 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
     let cache = ostreeutil::open_or_create(&cache_path, ostree::RepoMode::BareUser)?;
     let work = opts.cachedir.join("work");
     let all_repos = rpmmd::load_repo_files(&tf.dir)?;
-    let repos = rpmmd::select_repos(&all_repos, tf.doc.repos.as_deref(), &tf.path)?;
+    let mut repos = rpmmd::select_repos(&all_repos, tf.doc.repos.as_deref(), &tf.path)?;
+    let pins = match opts.lockfiles.is_empty() {
+        true => None,
+        false => Some(Lock::read(&opts.lockfiles, opts.lockfile_strict)?),
+    };
+    // `lockfile-repos` are used only with a lockfile, and then only for locked packages.
+    if let (Some(_), Some(extra)) = (&pins, &tf.doc.lockfile_repos) {
+        for r in rpmmd::select_repos(&all_repos, Some(extra), &tf.path)? {
+            if !repos.iter().any(|have| have.id == r.id) {
+                repos.push(r);
+            }
+        }
+    }
+    for (repo, _) in tf.repo_packages() {
+        if !repos.iter().any(|have| have.id == repo) {
+            bail!(
+                "{}: repo-packages names repo [{repo}], which is not among the compose's repos \
+                 ({})",
+                tf.path.display(),
+                repos
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     let env = Env {
         opts,
         progress,
@@ -312,6 +345,7 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
         cache_path,
         work,
         repos,
+        pins,
         devino: ostree::RepoDevInoCache::new(),
     };
     Ok((env, lock))
@@ -333,8 +367,11 @@ fn resolve(env: &Env) -> Result<(Vec<Solved>, String)> {
         packages: env.tf.packages(),
         excludes: &excludes,
         recommends: env.tf.recommends(),
+        repo_packages: &env.tf.repo_packages(),
+        lock: env.pins.as_ref(),
+        lockfile_repos: env.tf.doc.lockfile_repos.as_deref().unwrap_or_default(),
     };
-    let solved = rpmmd::libdnf::depsolve(&req).with_context(|| {
+    let solution = rpmmd::libdnf::depsolve(&req).with_context(|| {
         format!(
             "{}: resolving packages from repos {}",
             env.tf.path.display(),
@@ -345,6 +382,15 @@ fn resolve(env: &Env) -> Result<(Vec<Solved>, String)> {
                 .join(", ")
         )
     })?;
+    for m in &solution.missing_locks {
+        env.progress
+            .info(&format!("warning: no repo has the locked package {m}"));
+    }
+    let solved = solution.packages;
+    if let Some(p) = &env.opts.write_lockfile_to {
+        let now = ostreeutil::source_date_epoch()?;
+        crate::lockfile::write(p, &solved, &solution.repo_generated, now)?;
+    }
     let detail = format!("{} packages", solved.len());
     Ok((solved, detail))
 }

@@ -28,6 +28,20 @@ pub struct Request<'a> {
     pub packages: &'a [String],
     pub excludes: &'a [String],
     pub recommends: bool,
+    /// `repo-packages`: (repo id, package names) that come from that repo only.
+    pub repo_packages: &'a [(String, Vec<String>)],
+    /// The lockfiles' pins, and the repos (`lockfile-repos`) that only lend locked packages.
+    pub lock: Option<&'a crate::lockfile::Lock>,
+    pub lockfile_repos: &'a [String],
+}
+
+/// The solution, and what a lockfile written from it records.
+pub struct Solution {
+    pub packages: Vec<Solved>,
+    /// Repo id -> when its metadata was generated (seconds since the epoch).
+    pub repo_generated: std::collections::BTreeMap<String, u64>,
+    /// Locked packages no repo offers (rpm-ostree warns about them, then solves).
+    pub missing_locks: Vec<String>,
 }
 
 /// One package of the solution, as the repo metadata describes it.
@@ -93,7 +107,7 @@ impl Drop for Context {
 }
 
 /// Loads the repos and solves the install of `req.packages`.
-pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
+pub fn depsolve(req: &Request) -> Result<Solution> {
     let reposdir = path_cstr(req.reposdir);
     let cache = path_cstr(&req.cachedir.join("repomd"));
     let solv = path_cstr(&req.cachedir.join("solv"));
@@ -147,6 +161,8 @@ pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
         let sack = sys::dnf_context_get_sack(c);
 
         add_excludes(sack, req.excludes);
+        let missing_locks = apply_lock(sack, req)?;
+        pin_to_repos(c, req.repo_packages)?;
 
         for pkg in req.packages {
             let p = cstr(pkg);
@@ -167,7 +183,15 @@ pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
             flags |= sys::DnfGoalActions_DNF_IGNORE_WEAK_DEPS;
         }
         if sys::dnf_goal_depsolve(goal, flags, &mut err) == 0 {
-            bail!("depsolve failed: {}", take_error(err));
+            let mut msg = take_error(err);
+            if !missing_locks.is_empty() {
+                msg.push_str(&format!(
+                    "\n(no repo has the locked package {}: the lockfile admits no other \
+                     version of it)",
+                    missing_locks.join(", no repo has the locked package ")
+                ));
+            }
+            bail!("depsolve failed: {msg}");
         }
         let installs = sys::hy_goal_list_installs(goal, &mut err);
         if installs.is_null() {
@@ -180,8 +204,143 @@ pub fn depsolve(req: &Request) -> Result<Vec<Solved>> {
         }
         sys::g_ptr_array_unref(installs);
         out.sort();
-        Ok(out)
+        let mut repo_generated = std::collections::BTreeMap::new();
+        let repos = sys::dnf_context_get_repos(c);
+        for i in 0..(*repos).len as usize {
+            let r = *(*repos).pdata.add(i) as *mut sys::DnfRepo;
+            if sys::dnf_repo_get_enabled(r) != sys::DnfRepoEnabled_DNF_REPO_ENABLED_NONE {
+                repo_generated.insert(
+                    owned(sys::dnf_repo_get_id(r)),
+                    sys::dnf_repo_get_timestamp_generated(r),
+                );
+            }
+        }
+        Ok(Solution {
+            packages: out,
+            repo_generated,
+            missing_locks,
+        })
     }
+}
+
+/// Every package the repos offer, owned (the array holds the only references to the
+/// package objects: they live as long as it does).
+struct PkgList(*mut sys::GPtrArray);
+
+impl PkgList {
+    /// # Safety
+    /// `sack` is the live sack of a set-up libdnf context.
+    unsafe fn all(sack: *mut sys::DnfSack) -> PkgList {
+        let q = sys::hy_query_create(sack);
+        let arr = sys::hy_query_run(q);
+        sys::hy_query_free(q);
+        PkgList(arr)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = *mut sys::DnfPackage> + '_ {
+        // SAFETY: self.0 is a live GPtrArray of DnfPackage pointers until drop.
+        let arr = unsafe { &*self.0 };
+        (0..arr.len as usize).map(move |i| unsafe { *arr.pdata.add(i) as *mut sys::DnfPackage })
+    }
+}
+
+impl Drop for PkgList {
+    fn drop(&mut self) {
+        // SAFETY: hy_query_run gave us this array; it is unreffed once.
+        unsafe { sys::g_ptr_array_unref(self.0) }
+    }
+}
+
+/// Hides what the lockfiles rule out, as rpm-ostree does: in strict mode every package that
+/// is not a locked one; otherwise the other versions of locked names, and every package of a
+/// `lockfile-repos` repo that is not locked. Returns the locked packages no repo offers.
+///
+/// # Safety
+/// `sack` is the live sack of a set-up libdnf context.
+unsafe fn apply_lock(sack: *mut sys::DnfSack, req: &Request) -> Result<Vec<String>> {
+    let Some(lock) = req.lock else {
+        return Ok(Vec::new());
+    };
+    let pkgs = PkgList::all(sack);
+    let mut found = std::collections::BTreeSet::new();
+    let hide = sys::dnf_packageset_new(sack);
+    for p in pkgs.iter() {
+        let name = owned(sys::dnf_package_get_name(p));
+        let evr = owned(sys::dnf_package_get_evr(p));
+        let arch = owned(sys::dnf_package_get_arch(p));
+        let repo = owned(sys::dnf_package_get_reponame(p));
+        let locked = lock.packages.get(&name);
+        let admitted = locked.is_some_and(|l| {
+            // The repodata checksum is read only when the lockfile gives a digest.
+            let digest = match &l.digest {
+                Some(_) => crate::lockfile::digest(&solved_from(p)),
+                None => String::new(),
+            };
+            l.admits(&evr, &arch, &digest)
+        });
+        if admitted {
+            found.insert(name.clone());
+        }
+        let hidden = if lock.strict {
+            !admitted
+        } else {
+            !admitted && (locked.is_some() || req.lockfile_repos.contains(&repo))
+        };
+        if hidden {
+            sys::dnf_packageset_add(hide, p);
+        }
+    }
+    sys::dnf_sack_add_excludes(sack, hide);
+    sys::dnf_packageset_free(hide);
+    Ok(lock
+        .packages
+        .iter()
+        .filter(|(n, _)| !found.contains(*n))
+        .map(|(n, l)| format!("{} (from {})", l.spec(n), l.from.display()))
+        .collect())
+}
+
+/// `repo-packages`: the same names in every other repo are hidden, so that each comes from
+/// its repo, for the install and for any dependency; then the names are installed.
+///
+/// # Safety
+/// `c` is a set-up libdnf context.
+unsafe fn pin_to_repos(c: *mut sys::DnfContext, pins: &[(String, Vec<String>)]) -> Result<()> {
+    if pins.is_empty() {
+        return Ok(());
+    }
+    let sack = sys::dnf_context_get_sack(c);
+    let pkgs = PkgList::all(sack);
+    let hide = sys::dnf_packageset_new(sack);
+    for (repo, names) in pins {
+        for name in names {
+            let mut any = false;
+            for p in pkgs.iter() {
+                if owned(sys::dnf_package_get_name(p)) != *name {
+                    continue;
+                }
+                if owned(sys::dnf_package_get_reponame(p)) == *repo {
+                    any = true;
+                } else {
+                    sys::dnf_packageset_add(hide, p);
+                }
+            }
+            if !any {
+                sys::dnf_packageset_free(hide);
+                bail!("repo-packages: package {name:?} is not in repo [{repo}]");
+            }
+        }
+    }
+    sys::dnf_sack_add_excludes(sack, hide);
+    sys::dnf_packageset_free(hide);
+    for name in pins.iter().flat_map(|(_, n)| n) {
+        let n = cstr(name);
+        let mut err: *mut sys::GError = std::ptr::null_mut();
+        if sys::dnf_context_install(c, n.as_ptr(), &mut err) == 0 {
+            bail!("repo-packages: installing {name:?}: {}", take_error(err));
+        }
+    }
+    Ok(())
 }
 
 /// Hides every package with one of these names from the solver (`exclude-packages`).
