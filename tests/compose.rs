@@ -211,8 +211,9 @@ fn treefile_options_shape_the_tree() {
          recommends: false\ndocumentation: false\ninstall-langs: [de]\n\
          remove-files: [usr/bin/app-link]\nremove-from-packages: [[app, \"/usr/share/app/hard-.*\"]]\n\
          add-files: [[motd, /etc/motd]]\npostprocess-script: post.sh\n\
-         postprocess: [\"echo inline > /usr/share/inline\"]\ntmp-is-dir: true\n\
-         mutate-os-release: \"1 (Anvil)\"\nautomatic-version-prefix: \"7\"\n",
+         postprocess: [\"echo inline > /usr/share/inline\", \"grep -h OSTREE_VERSION /usr/lib/os-release > /usr/share/saw-version; cat /etc/motd > /usr/share/saw-motd; test ! -e /usr/bin/app-link && echo gone > /usr/share/saw-removed\"]\ntmp-is-dir: true\n\
+         mutate-os-release: \"1 (Anvil)\"\nautomatic-version-prefix: \"7\"\n\
+         opt-usrlocal: root\ncontainer-cmd: [/usr/bin/sh, -l]\n",
     );
     assert_ok(&env.compose(&tf, &[]));
     let co = env.checkout("test/opts");
@@ -243,6 +244,23 @@ fn treefile_options_shape_the_tree() {
         osr.contains("VERSION=\"7\"") && osr.contains("OSTREE_VERSION='7'"),
         "{osr}"
     );
+    // Postprocess runs last, as in rpm-ostree: after mutate-os-release, remove-files and
+    // add-files, with the tree's /etc at /etc.
+    let saw = |f: &str| std::fs::read_to_string(co.join("usr/share").join(f)).unwrap();
+    assert_eq!(saw("saw-version"), "OSTREE_VERSION='7'\n");
+    assert_eq!(saw("saw-motd"), "hello node\n");
+    assert_eq!(saw("saw-removed"), "gone\n");
+    // opt-usrlocal: root keeps both as directories of the commit.
+    for d in ["opt", "usr/local"] {
+        let m = std::fs::symlink_metadata(co.join(d)).unwrap();
+        assert!(m.is_dir(), "{d} is not a directory");
+    }
+    let cmd = env.ostree(&[
+        "show",
+        "--print-metadata-key=ostree.container-cmd",
+        "test/opts",
+    ]);
+    assert_eq!(cmd.trim(), "['/usr/bin/sh', '-l']");
 }
 
 #[test]
@@ -608,4 +626,87 @@ fn version_constraints_repo_packages_and_lockfiles_pick_packages() {
     std::fs::write(&lock, "packages:\n  config-tool:\n    evra: 1.0-1.noarch\n").unwrap();
     let (ok, out) = dry_run(&env, &tf, &["--ex-lockfile", lock.to_str().unwrap()]);
     assert!(ok && out.contains("config-tool-1.0-1.noarch"), "{out}");
+}
+
+/// Commits `files` (path, content) as `branch` in the env's target repo.
+fn commit_layer(env: &Env, branch: &str, files: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+    }
+    let tree = format!("--tree=dir={}", dir.path().display());
+    env.ostree(&["commit", "-b", branch, &tree])
+        .trim()
+        .to_string()
+}
+
+/// `ostree-layers` and `ostree-override-layers`: refs of the target repo laid over the
+/// packages in order, a layer's commit an input of the compose, conflicts refused unless the
+/// layer may override.
+#[test]
+fn ostree_layers_are_laid_over_the_packages() {
+    let env = Env::new();
+    commit_layer(&env, "overlay/a", &[("usr/share/layer/a", "from a\n")]);
+    commit_layer(
+        &env,
+        "overlay/over",
+        &[
+            ("usr/bin/config-tool", "overridden\n"),
+            ("usr/share/layer/a", "over wins\n"),
+        ],
+    );
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}ostree-layers: [overlay/a]\nostree-override-layers: [overlay/over]\n"),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    let first = env.rev("test/node").unwrap();
+    let co = env.checkout("test/node");
+    let read = |p: &str| std::fs::read_to_string(co.join(p)).unwrap();
+    assert_eq!(read("usr/bin/config-tool"), "overridden\n");
+    assert_eq!(read("usr/share/layer/a"), "over wins\n");
+    assert!(
+        co.join("usr/bin/busybox").exists(),
+        "packages are still there"
+    );
+
+    // A new commit of a layer is a new input.
+    commit_layer(
+        &env,
+        "overlay/a",
+        &[
+            ("usr/share/layer/a", "from a\n"),
+            ("usr/share/layer/b", "b\n"),
+        ],
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    assert_ne!(env.rev("test/node").unwrap(), first);
+    assert!(env.checkout("test/node").join("usr/share/layer/b").exists());
+    let second = env.rev("test/node").unwrap();
+
+    // A plain layer may not replace a package's file; a missing layer is named.
+    commit_layer(&env, "overlay/bad", &[("usr/bin/config-tool", "sneaky\n")]);
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}ostree-layers: [overlay/bad]\n"),
+    );
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &["overlay/bad", "ostree-override-layers"],
+    );
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}ostree-layers: [overlay/none]\n"),
+    );
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &["ostree-layers", "overlay/none", "not in the target repo"],
+    );
+    assert_eq!(
+        env.rev("test/node").unwrap(),
+        second,
+        "a failed compose moved the ref"
+    );
 }

@@ -88,6 +88,15 @@ impl Env {
 struct Input {
     inputhash: String,
     parent: Option<String>,
+    /// `ostree-layers` then `ostree-override-layers`: (ref, its commit, may override).
+    layers: Vec<Layer>,
+}
+
+/// One ostree layer: a ref of the target repo laid over the packages.
+struct Layer {
+    name: String,
+    commit: String,
+    overrides: bool,
 }
 
 /// What the inputhash step found.
@@ -259,7 +268,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         Checked::Changed(input) => input,
     };
     let packages = run.step("fetch", || fetch_and_import(env, &solved))?;
-    run.step("assemble", || assemble(env, &packages))?;
+    run.step("assemble", || assemble(env, &input, &packages))?;
     run.step("scripts", || run_scriptlets(env, &packages))?;
     run.step("rpmdb", || write_rpmdb(env, &packages))?;
     let version = run.step("postprocess", || {
@@ -424,6 +433,10 @@ fn inputhash(
             p.checksum
         ));
     }
+    let layers = resolve_layers(env, target)?;
+    for l in &layers {
+        h.update(format!("\nlayer {} {} {}", l.name, l.commit, l.overrides));
+    }
     let inputhash = hex::encode(h.finalize());
     let parent = match &env.treeref {
         Some(r) => ostreeutil::resolve(target, r)?,
@@ -443,7 +456,12 @@ fn inputhash(
         }
     }
     let detail = inputhash.clone();
-    Ok((Checked::Changed(Input { inputhash, parent }), Some(detail)))
+    let input = Input {
+        inputhash,
+        parent,
+        layers,
+    };
+    Ok((Checked::Changed(input), Some(detail)))
 }
 
 fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> {
@@ -534,7 +552,7 @@ fn clean_work_root(env: &Env) -> Result<()> {
     Ok(())
 }
 
-fn assemble(env: &Env, packages: &Packages) -> Result<((), String)> {
+fn assemble(env: &Env, input: &Input, packages: &Packages) -> Result<((), String)> {
     // Two packages may ship one path only with identical content.
     let mut owners: HashMap<&str, (&str, &str)> = HashMap::new();
     for info in &packages.infos {
@@ -578,6 +596,7 @@ fn assemble(env: &Env, packages: &Packages) -> Result<((), String)> {
         bar.inc(&info.name);
     }
     drop(bar);
+    check_out_layers(env, &input.layers)?;
     // documentation: false and install-langs drop files after checkout (unlinking a hardlink
     // leaves the cache untouched).
     let langs = env.tf.doc.install_langs.clone();
@@ -599,6 +618,98 @@ fn assemble(env: &Env, packages: &Packages) -> Result<((), String)> {
         }
     }
     Ok(((), format!("{} packages", packages.commits.len())))
+}
+
+/// The refs of `ostree-layers` and `ostree-override-layers` in the target repo, resolved
+/// (they are inputs of the compose: their commits go into the input hash).
+fn resolve_layers(env: &Env, target: &ostree::Repo) -> Result<Vec<Layer>> {
+    let doc = &env.tf.doc;
+    let named = doc
+        .ostree_layers
+        .iter()
+        .flatten()
+        .map(|l| (l, false))
+        .chain(
+            doc.ostree_override_layers
+                .iter()
+                .flatten()
+                .map(|l| (l, true)),
+        );
+    let mut out = Vec::new();
+    for (name, overrides) in named {
+        let key = if overrides {
+            "ostree-override-layers"
+        } else {
+            "ostree-layers"
+        };
+        let commit = ostreeutil::resolve(target, name)?.ok_or_else(|| {
+            anyhow!(
+                "{}: {key}: ref {name:?} is not in the target repo {}; commit the layer there \
+                 first (e.g. `ostree commit --repo=REPO -b {name} --tree=dir=DIR`)",
+                env.tf.path.display(),
+                env.opts.repo.as_deref().unwrap_or(Path::new("?")).display()
+            )
+        })?;
+        out.push(Layer {
+            name: name.clone(),
+            commit,
+            overrides,
+        });
+    }
+    Ok(out)
+}
+
+/// Lays the layers over the packages in order. An `ostree-layers` file may only repeat a
+/// file that is already there byte for byte; an `ostree-override-layers` file replaces it.
+fn check_out_layers(env: &Env, layers: &[Layer]) -> Result<()> {
+    if layers.is_empty() {
+        return Ok(());
+    }
+    // The layers' objects come into the cache repo, so the checkout hardlinks like packages.
+    let opts = glib::VariantDict::new(None);
+    let commits: Vec<String> = layers.iter().map(|l| l.commit.clone()).collect();
+    opts.insert("refs", commits);
+    opts.insert("depth", 0i32);
+    let repo = env
+        .opts
+        .repo
+        .as_ref()
+        .expect("layers are resolved in the target repo");
+    let url = format!("file://{}", repo.canonicalize()?.display());
+    env.cache
+        .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+        .context("copying the ostree layers into the cache repo")?;
+    for layer in layers {
+        let opts = ostree::RepoCheckoutAtOptions {
+            mode: ostree::RepoCheckoutMode::User,
+            overwrite_mode: if layer.overrides {
+                ostree::RepoCheckoutOverwriteMode::UnionFiles
+            } else {
+                ostree::RepoCheckoutOverwriteMode::UnionIdentical
+            },
+            no_copy_fallback: true,
+            devino_to_csum_cache: Some(env.devino.clone()),
+            ..Default::default()
+        };
+        env.cache
+            .checkout_at(
+                Some(&opts),
+                libc::AT_FDCWD,
+                env.root(),
+                &layer.commit,
+                gio::Cancellable::NONE,
+            )
+            .with_context(|| {
+                let hint = if layer.overrides {
+                    ""
+                } else {
+                    " (a file of it differs from one the packages ship: list the layer under \
+                     ostree-override-layers to replace such files)"
+                };
+                format!("checking out ostree layer {}{hint}", layer.name)
+            })?;
+    }
+    Ok(())
 }
 
 fn script_interp(label: &str, s: &rpm::Scriptlet) -> Result<Vec<String>> {
@@ -866,14 +977,15 @@ fn postprocess_tree(
         (None, None) => None,
     };
 
+    // rpm-ostree's order: units and the default target, then mutate-os-release,
+    // remove-files and add-files, and the scripts last, so they see all of it.
     remove_from_packages(&r, tf, &packages.infos)?;
-    postprocess::remove_files(&r, tf)?;
-    postprocess::add_files(&r, tf)?;
     postprocess::enable_units(&r, tf)?;
     postprocess::default_target(&r, tf)?;
-
-    let scripts_run = run_postprocess_scripts(env)?;
     postprocess::mutate_os_release(&r, tf, version.as_deref())?;
+    postprocess::remove_files(&r, tf)?;
+    postprocess::add_files(&r, tf)?;
+    let scripts_run = run_postprocess_scripts(env)?;
     let prev_passwd = read_parent_file(target, input, "usr/etc/passwd");
     let prev_group = read_parent_file(target, input, "usr/etc/group");
     let prev_dir = match (prev_passwd, prev_group) {
@@ -1231,6 +1343,10 @@ fn commit_metadata(env: &Env, tree: &Tree) -> Result<glib::Variant> {
     if let Some(k) = &tree.kver {
         m.value("ostree.bootable", &true.to_variant())
             .str("ostree.linux", k);
+    }
+    if let Some(cmd) = env.tf.doc.container_cmd.as_ref().filter(|c| !c.is_empty()) {
+        // What an OCI image made from the commit runs by default (rpm-ostree's key).
+        m.strv("ostree.container-cmd", cmd);
     }
     let nevras: Vec<String> = tree
         .packages

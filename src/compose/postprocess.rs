@@ -2,7 +2,7 @@
 //! emptied into tmpfiles.d entries, the toplevel directories become what ostree expects, and
 //! the treefile's edits (units, default target, os-release, remove/add files) are applied.
 
-use crate::treefile::{CheckPasswdType, Treefile};
+use crate::treefile::{CheckPasswdType, OptUsrLocal, Treefile};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
@@ -319,6 +319,9 @@ pub fn ostree_layout(root: &Path, tf: &Treefile) -> Result<()> {
     // The rpmdb lives in /usr/share/rpm; /var/lib/rpm points at it.
     let mut lines = var_to_tmpfiles(root)?;
     lines.retain(|l| !l.starts_with("d /var/lib/rpm ") && !l.starts_with("L /var/lib/rpm "));
+    // `opt-usrlocal: root` keeps /opt and /usr/local as directories of the commit
+    // (read-only, content kept); by default they point into /var like rpm-ostree's.
+    let opt_in_var = tf.doc.opt_usrlocal.unwrap_or_default() == OptUsrLocal::Var;
     let links: &[(&str, &str)] = &[
         ("home", "var/home"),
         ("root", "var/roothome"),
@@ -329,6 +332,10 @@ pub fn ostree_layout(root: &Path, tf: &Treefile) -> Result<()> {
         ("ostree", "sysroot/ostree"),
     ];
     for (name, target) in links {
+        if *name == "opt" && !opt_in_var {
+            std::fs::create_dir_all(root.join("opt"))?;
+            continue;
+        }
         let p = root.join(name);
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
             // Content shipped in these dirs cannot survive; ostree keeps them in /var.
@@ -338,9 +345,14 @@ pub fn ostree_layout(root: &Path, tf: &Treefile) -> Result<()> {
         symlink(target, &p)?;
     }
     let local = root.join("usr/local");
-    remove_any(&local)?;
-    std::fs::create_dir_all(root.join("usr"))?;
-    symlink("../var/usrlocal", &local)?;
+    if opt_in_var {
+        remove_any(&local)?;
+        std::fs::create_dir_all(root.join("usr"))?;
+        symlink("../var/usrlocal", &local)?;
+    } else if !local.is_dir() || local.is_symlink() {
+        remove_any(&local)?;
+        std::fs::create_dir_all(&local)?;
+    }
     for d in [
         "var/home",
         "var/roothome",
@@ -349,6 +361,9 @@ pub fn ostree_layout(root: &Path, tf: &Treefile) -> Result<()> {
         "var/mnt",
         "var/usrlocal",
     ] {
+        if !opt_in_var && (d == "var/opt" || d == "var/usrlocal") {
+            continue;
+        }
         let mode = if d == "var/roothome" { "0700" } else { "0755" };
         lines.push(format!("d /{d} {mode} root root - -"));
     }
