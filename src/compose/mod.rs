@@ -150,7 +150,7 @@ enum Outcome {
         packages: usize,
     },
     Committed {
-        tree: Tree,
+        tree: Box<Tree>,
         committed: Committed,
         diff: PackageDiff,
     },
@@ -285,7 +285,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
     let committed = run.step("commit", || commit(env, target, &tree, owners))?;
     let diff = package_diff(target, &tree)?;
     Ok(Outcome::Committed {
-        tree,
+        tree: Box::new(tree),
         committed,
         diff,
     })
