@@ -1127,6 +1127,10 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
             }
         }
     }
+    if let Some(Value::String(rv)) = &doc.releasever {
+        // Substituted into .repo file URLs.
+        crate::validate::one_line_text("releasever", rv).with_context(|| at("releasever"))?;
+    }
     for (name, value) in doc.repovars.iter().flatten() {
         // Substituted into .repo files, which are line based.
         crate::validate::one_line_text("repovars", value)
@@ -1385,6 +1389,16 @@ impl Treefile {
         self.doc
             .tmp_is_dir
             .unwrap_or(self.container() || self.doc.edition >= Some(Edition::E2024))
+    }
+
+    /// The variables of the `.repo` files: `releasever`, `basearch` and `repovars`.
+    pub fn repo_vars(&self) -> BTreeMap<String, String> {
+        let mut vars: BTreeMap<String, String> = self.doc.repovars.clone().unwrap_or_default();
+        vars.insert("basearch".into(), self.basearch.clone());
+        if let Some(rv) = self.releasever() {
+            vars.insert("releasever".into(), rv);
+        }
+        vars
     }
 
     /// `repo-packages` as (repo id, package names).

@@ -710,3 +710,78 @@ fn ostree_layers_are_laid_over_the_packages() {
         "a failed compose moved the ref"
     );
 }
+
+/// Repo files as dnf reads them: `$releasever`, `$basearch` and the treefile's `repovars`
+/// substituted; `mirrorlist=` and `metalink=` (local files) give the first working mirror,
+/// a metalink's mirror only when its repomd.xml has a listed SHA-256.
+#[test]
+fn mirrorlists_metalinks_and_repo_variables_work() {
+    use sha2::Digest;
+    let env = Env::new();
+    let fx = fixtures();
+    let base_url = format!("file://{}", fx.join("base").display());
+    let missing = format!("file://{}/nowhere", env.path().display());
+    std::fs::write(
+        env.path().join("mirrors.txt"),
+        format!("# first one is down\n{missing}\n\n{base_url}\n"),
+    )
+    .unwrap();
+    let repomd = std::fs::read(fx.join("base/repodata/repomd.xml")).unwrap();
+    let sum = hex::encode(sha2::Sha256::digest(&repomd));
+    let metalink = |sum: &str| {
+        format!(
+            "<metalink><files><file name=\"repomd.xml\"><verification>\
+             <hash type=\"sha256\">{sum}</hash></verification><resources>\
+             <url protocol=\"file\">{missing}/repodata/repomd.xml</url>\
+             <url protocol=\"file\">{base_url}/repodata/repomd.xml</url>\
+             </resources></file></files></metalink>"
+        )
+    };
+    std::fs::write(env.path().join("good.metalink"), metalink(&sum)).unwrap();
+    std::fs::write(env.path().join("bad.metalink"), metalink(&"0".repeat(64))).unwrap();
+    // $mirror/r$releasever/$basearch leads to the base fixture repo.
+    std::fs::create_dir_all(env.path().join("mirror/r7")).unwrap();
+    std::os::unix::fs::symlink(fx.join("base"), env.path().join("mirror/r7/x86_64")).unwrap();
+    std::fs::write(
+        env.path().join("tf/more.repo"),
+        format!(
+            "[ml]\nmirrorlist=file://{p}/mirrors.txt\nenabled=0\n\n\
+             [mlink]\nmetalink=file://{p}/good.metalink\nenabled=0\n\n\
+             [badlink]\nmetalink=file://{p}/bad.metalink\nenabled=0\n\n\
+             [vars]\nname=fixtures $releasever $basearch\n\
+             baseurl=file://{p}/${{mirror}}/r$releasever/$basearch/\nenabled=0\n\n\
+             [novar]\nbaseurl=file://{p}/$nope/base\nenabled=0\n",
+            p = env.path().display()
+        ),
+    )
+    .unwrap();
+    let pkgs = "packages: [filesystem, busybox, setup, app]\nreleasever: 7\n";
+    for repo in ["ml", "mlink"] {
+        let tf = env.treefile("m.yaml", &format!("ref: test/m\nrepos: [{repo}]\n{pkgs}"));
+        let out = env.compose(&tf, &["--dry-run"]);
+        assert_ok(&out);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("app-1.0-1.x86_64"));
+    }
+    let tf = env.treefile("m.yaml", &format!("ref: test/m\nrepos: [badlink]\n{pkgs}"));
+    assert_fails_with(
+        &env.compose(&tf, &["--dry-run"]),
+        &[
+            "[badlink]",
+            "no usable mirror in the metalink",
+            "does not list",
+            "nowhere",
+        ],
+    );
+    let tf = env.treefile(
+        "m.yaml",
+        &format!("ref: test/m\nrepos: [vars]\nrepovars: {{mirror: mirror}}\n{pkgs}"),
+    );
+    let out = env.compose(&tf, &["--dry-run"]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app-1.0-1.x86_64"));
+    let tf = env.treefile("m.yaml", &format!("ref: test/m\nrepos: [novar]\n{pkgs}"));
+    assert_fails_with(
+        &env.compose(&tf, &["--dry-run"]),
+        &["[novar]", "$nope is not defined"],
+    );
+}

@@ -330,6 +330,7 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
             }
         }
     }
+    rpmmd::resolve_urls(&mut repos, &tf.repo_vars())?;
     for (repo, _) in tf.repo_packages() {
         if !repos.iter().any(|have| have.id == repo) {
             bail!(

@@ -170,10 +170,12 @@ pub fn select_repos(
     for w in wanted {
         match all.iter().find(|r| &r.id == w) {
             Some(r) => {
-                if r.baseurl().is_none() {
+                if ["baseurl", "mirrorlist", "metalink"]
+                    .iter()
+                    .all(|k| r.keys.get(*k).is_none_or(|v| v.trim().is_empty()))
+                {
                     bail!(
-                        "{}:{}: repo [{}] has no baseurl (metalink and mirrorlist are not \
-                         supported)",
+                        "{}:{}: repo [{}] has no baseurl, mirrorlist or metalink",
                         r.file.display(),
                         r.line,
                         r.id
@@ -197,6 +199,125 @@ pub fn select_repos(
         }
     }
     Ok(out)
+}
+
+/// Replaces `$name` and `${name}` of `vars` in a repo file value (dnf's variables:
+/// `releasever`, `basearch` and the treefile's `repovars`); a reference to any other
+/// variable is an error rather than a URL with a `$` in it.
+pub fn substitute_repo_vars(value: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+    let re = regex::Regex::new(r"\$(\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))").expect("valid regex");
+    let mut missing = None;
+    let out = re.replace_all(value, |c: &regex::Captures| {
+        let name = c.get(2).or(c.get(3)).expect("one group matches").as_str();
+        match vars.get(name) {
+            Some(v) => v.clone(),
+            None => {
+                missing.get_or_insert_with(|| name.to_string());
+                c[0].to_string()
+            }
+        }
+    });
+    if let Some(name) = missing {
+        let known: Vec<&str> = vars.keys().map(String::as_str).collect();
+        bail!(
+            "${name} is not defined (defined: {}; add it to the treefile's repovars)",
+            known.join(", ")
+        );
+    }
+    Ok(out.into_owned())
+}
+
+/// Settles each repo's URL the way dnf would: variables substituted in every value, and a
+/// `mirrorlist=` or `metalink=` turned into the first mirror whose `repomd.xml` can be read
+/// (for a metalink: whose `repomd.xml` has a SHA-256 the metalink lists). The result is the
+/// repo's `baseurl`, used for the metadata and the packages alike.
+pub fn resolve_urls(repos: &mut [RepoDef], vars: &BTreeMap<String, String>) -> Result<()> {
+    for r in repos.iter_mut() {
+        let at = format!("{}:{}: repo [{}]", r.file.display(), r.line, r.id);
+        for (k, v) in r.keys.iter_mut() {
+            if ["baseurl", "mirrorlist", "metalink", "gpgkey", "name"].contains(&k.as_str()) {
+                *v = substitute_repo_vars(v, vars).with_context(|| format!("{at}: {k}"))?;
+            }
+        }
+        if r.baseurl().is_some() {
+            continue;
+        }
+        let (key, candidates, hashes) = if let Some(ml) = r.keys.get("mirrorlist") {
+            let text = read_url(ml.trim()).with_context(|| format!("{at}: mirrorlist"))?;
+            let urls = String::from_utf8_lossy(&text)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            ("mirrorlist", urls, Vec::new())
+        } else {
+            let ml = r.keys.get("metalink").cloned().unwrap_or_default();
+            let text = read_url(ml.trim()).with_context(|| format!("{at}: metalink"))?;
+            let (urls, hashes) = parse_metalink(&String::from_utf8_lossy(&text));
+            ("metalink", urls, hashes)
+        };
+        let mut tried = Vec::new();
+        let mut chosen = None;
+        for url in candidates.iter().take(50) {
+            let base = url.trim_end_matches('/').to_string();
+            if !(base.starts_with("file://")
+                || base.starts_with("http://")
+                || base.starts_with("https://"))
+                || base.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                tried.push(format!("{base} (not a file://, http:// or https:// URL)"));
+                continue;
+            }
+            match read_url(&format!("{base}/repodata/repomd.xml")) {
+                Ok(data) => {
+                    let sum = hex::encode(Sha256::digest(&data));
+                    if hashes.is_empty() || hashes.contains(&sum) {
+                        chosen = Some(base);
+                        break;
+                    }
+                    tried.push(format!(
+                        "{base} (its repomd.xml has sha256 {sum}, which the metalink does not list)"
+                    ));
+                }
+                Err(e) => tried.push(format!("{base} ({e:#})")),
+            }
+        }
+        let Some(base) = chosen else {
+            bail!(
+                "{at}: no usable mirror in the {key}: {}",
+                if tried.is_empty() {
+                    "it lists none".to_string()
+                } else {
+                    tried.join("; ")
+                }
+            );
+        };
+        r.keys.insert("baseurl".into(), base);
+    }
+    Ok(())
+}
+
+/// The repo base URLs (`.../repodata/repomd.xml` stripped) and the SHA-256 sums of
+/// `repomd.xml` (the current one and its alternates) that a metalink lists.
+fn parse_metalink(xml: &str) -> (Vec<String>, Vec<String>) {
+    let url_re = regex::Regex::new(r"<url[^>]*>\s*([^<\s]+)\s*</url>").expect("valid regex");
+    let hash_re = regex::Regex::new(r#"<hash\s+type="sha256"\s*>\s*([0-9a-fA-F]{64})\s*</hash>"#)
+        .expect("valid regex");
+    let urls = url_re
+        .captures_iter(xml)
+        .map(|c| {
+            let u = c[1].replace("&amp;", "&");
+            u.strip_suffix("/repodata/repomd.xml")
+                .unwrap_or(&u)
+                .to_string()
+        })
+        .collect();
+    let hashes = hash_re
+        .captures_iter(xml)
+        .map(|c| c[1].to_ascii_lowercase())
+        .collect();
+    (urls, hashes)
 }
 
 /// Writes the selected repos as one `.repo` file for libdnf, enabled, with signature checks
@@ -378,6 +499,47 @@ mod tests {
                 "{text:?}: {e:#}"
             );
         }
+    }
+
+    #[test]
+    fn repo_variables_are_substituted_and_unknown_ones_refused() {
+        let vars = BTreeMap::from([
+            ("releasever".to_string(), "40".to_string()),
+            ("basearch".to_string(), "x86_64".to_string()),
+            ("contentdir".to_string(), "pub".to_string()),
+        ]);
+        assert_eq!(
+            substitute_repo_vars("https://h/$contentdir/${releasever}/$basearch/os/", &vars)
+                .unwrap(),
+            "https://h/pub/40/x86_64/os/"
+        );
+        let e = format!(
+            "{:#}",
+            substitute_repo_vars("https://h/$mirror/", &vars).unwrap_err()
+        );
+        assert!(
+            e.contains("$mirror is not defined") && e.contains("repovars"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metalinks_give_mirrors_and_repomd_sums() {
+        let xml = r#"<?xml version="1.0"?><metalink version="3.0" xmlns="http://www.metalinker.org/">
+ <files><file name="repomd.xml"><verification>
+   <hash type="md5">00</hash>
+   <hash type="sha256">AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA</hash>
+  </verification>
+  <mm0:alternates><mm0:alternate><verification>
+   <hash type="sha256">bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb</hash>
+  </verification></mm0:alternate></mm0:alternates>
+  <resources>
+   <url protocol="https" type="https" preference="100">https://m1/f/40/x86_64/os/repodata/repomd.xml</url>
+   <url protocol="http" type="http" preference="99">http://m2/f/?a=1&amp;b=2/repodata/repomd.xml</url>
+  </resources></file></files></metalink>"#;
+        let (urls, hashes) = parse_metalink(xml);
+        assert_eq!(urls, ["https://m1/f/40/x86_64/os", "http://m2/f/?a=1&b=2"]);
+        assert_eq!(hashes, ["a".repeat(64), "b".repeat(64)]);
     }
 
     #[test]
