@@ -225,6 +225,56 @@ fn check_passwd_catches_a_changed_uid() {
     assert_eq!(env.rev("test/node"), None);
 }
 
+/// rpm-ostree's default `check-passwd`/`check-groups: previous`: a user or group of the
+/// previous commit that the new tree lacks is refused unless ignored by name or `*`; `data`
+/// entries check ids too.
+#[test]
+fn removed_users_and_groups_are_refused_unless_ignored() {
+    let env = Env::new();
+    let first = good_first(&env);
+    let without_app = GOOD.replace(", app,", ",");
+    let tf = env.treefile("node.yaml", &without_app);
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &[
+            "check-passwd",
+            "appuser",
+            "missing from the new tree",
+            "ignore-removed-users",
+        ],
+    );
+    assert_eq!(env.rev("test/node").unwrap(), first);
+    let tf = env.treefile(
+        "node.yaml",
+        &format!(
+            "{without_app}ignore-removed-users: [appuser]
+"
+        ),
+    );
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &["check-group", "appgroup", "ignore-removed-groups"],
+    );
+    let tf = env.treefile(
+        "node.yaml",
+        &format!(
+            "{without_app}ignore-removed-users: [appuser]
+ignore-removed-groups: ['*']
+"
+        ),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    // `data`: NAME: UID (or [UID, GID]) for users, NAME: GID for groups.
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}check-passwd:\n  type: data\n  entries:\n    appuser: [990, 991]\n"),
+    );
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &["check-passwd", "appuser", "990:990", "990:991"],
+    );
+}
+
 /// Aborts the compose at `point`, then checks the ref and that the next compose succeeds.
 fn interrupted_at(point: &str) {
     let env = Env::new();

@@ -172,23 +172,49 @@ pub fn mutate_os_release(root: &Path, tf: &Treefile, version: Option<&str>) -> R
     Ok(())
 }
 
-fn parse_ids(text: &str) -> BTreeMap<String, String> {
+/// name -> the ids that must not change: (uid, gid) from passwd lines, (gid) from group lines.
+fn parse_ids(text: &str, file: &str) -> BTreeMap<String, Vec<String>> {
+    let n = if file == "passwd" { 2 } else { 1 };
     text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 3).then(|| (f[0].to_string(), f[2].to_string()))
+            (f.len() >= 2 + n).then(|| {
+                (
+                    f[0].to_string(),
+                    f[2..2 + n].iter().map(|s| s.to_string()).collect(),
+                )
+            })
         })
         .collect()
 }
 
-/// `check-passwd` / `check-groups`: an existing name must keep its id.
+/// `check-passwd` / `check-groups` (default `previous`, as in rpm-ostree; `none` for
+/// containers): every name of the reference keeps its ids (a user its uid and gid, a group
+/// its gid), and a name of the reference missing from the new tree is refused unless
+/// `ignore-removed-users` / `ignore-removed-groups` lists it (or `*`).
 pub fn check_ids(root: &Path, tf: &Treefile, previous: Option<&Path>) -> Result<()> {
-    for (file, check) in [
-        ("passwd", &tf.doc.check_passwd),
-        ("group", &tf.doc.check_groups),
+    let default_kind = if tf.container() {
+        CheckPasswdType::None
+    } else {
+        CheckPasswdType::Previous
+    };
+    for (file, check, ignored, ignore_key) in [
+        (
+            "passwd",
+            &tf.doc.check_passwd,
+            &tf.doc.ignore_removed_users,
+            "ignore-removed-users",
+        ),
+        (
+            "group",
+            &tf.doc.check_groups,
+            &tf.doc.ignore_removed_groups,
+            "ignore-removed-groups",
+        ),
     ] {
-        let Some(check) = check else { continue };
-        let reference: Option<String> = match check.kind {
+        let kind = check.as_ref().map(|c| c.kind).unwrap_or(default_kind);
+        let reference: Option<String> = match kind {
             CheckPasswdType::None => None,
             CheckPasswdType::Previous => match previous {
                 Some(prev) => std::fs::read_to_string(prev.join("usr/etc").join(file)).ok(),
@@ -202,33 +228,58 @@ pub fn check_ids(root: &Path, tf: &Treefile, previous: Option<&Path>) -> Result<
                 ext.as_ref()
                     .map(|e| String::from_utf8_lossy(&e.data).into_owned())
             }
-            CheckPasswdType::Data => check.entries.as_ref().map(|m| {
+            CheckPasswdType::Data => check.as_ref().and_then(|c| c.entries.as_ref()).map(|m| {
+                // passwd: NAME: UID or [UID, GID]; group: NAME: GID.
                 m.iter()
-                    .map(|(k, v)| {
-                        let id = match v {
-                            serde_json::Value::Array(a) => {
-                                a.first().map(|x| x.to_string()).unwrap_or_default()
-                            }
-                            other => other.to_string(),
-                        };
-                        format!("{k}:x:{id}\n")
+                    .map(|(k, v)| match v {
+                        serde_json::Value::Array(a) => {
+                            let id = |i: usize| a.get(i).map(|x| x.to_string()).unwrap_or_default();
+                            format!("{k}:x:{}:{}\n", id(0), id(1))
+                        }
+                        other if file == "passwd" => format!("{k}:x:{other}:{other}\n"),
+                        other => format!("{k}:x:{other}\n"),
                     })
                     .collect()
             }),
         };
         let Some(reference) = reference else { continue };
         let now = std::fs::read_to_string(root.join("etc").join(file)).unwrap_or_default();
-        let (want, have) = (parse_ids(&reference), parse_ids(&now));
-        for (name, id) in &have {
+        let (want, have) = (parse_ids(&reference, file), parse_ids(&now, file));
+        let what = if file == "passwd" { "uid:gid" } else { "gid" };
+        for (name, ids) in &have {
             if let Some(expected) = want.get(name) {
-                if expected != id {
+                // `data` may give a user's uid only: compare what the reference has.
+                let differs = expected
+                    .iter()
+                    .zip(ids)
+                    .any(|(e, h)| !e.is_empty() && e != h);
+                if differs {
                     bail!(
-                        "{}: check-{file}: {name} has id {id} in the new tree but {expected} \
-                         in the reference; files owned by it would change owner",
-                        tf.path.display()
+                        "{}: check-{file}: {name} has {what} {} in the new tree but {} in the \
+                         reference; files owned by it would change owner",
+                        tf.path.display(),
+                        ids.join(":"),
+                        expected.join(":")
                     );
                 }
             }
+        }
+        let ignored = ignored.as_deref().unwrap_or_default();
+        let removed: Vec<&String> = want
+            .keys()
+            .filter(|n| !have.contains_key(*n))
+            .filter(|n| !ignored.iter().any(|i| i == "*" || i == *n))
+            .collect();
+        if !removed.is_empty() {
+            let names: Vec<&str> = removed.iter().map(|s| s.as_str()).collect();
+            bail!(
+                "{}: check-{file}: {} of the reference {} missing from the new tree; list \
+                 {} under {ignore_key} if that is meant",
+                tf.path.display(),
+                names.join(", "),
+                if names.len() == 1 { "is" } else { "are" },
+                if names.len() == 1 { "it" } else { "them" }
+            );
         }
     }
     Ok(())
