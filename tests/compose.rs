@@ -785,3 +785,36 @@ fn mirrorlists_metalinks_and_repo_variables_work() {
         &["[novar]", "$nope is not defined"],
     );
 }
+
+/// Scriptlets as rpm-ostree runs them: Lua marked `-- rpm-ostree-skip` is skipped, Lua it
+/// has a shell replacement for runs that (with `%{_install_langs}`), other Lua is refused by
+/// package and kind, and %pretrans, the uninstall kinds and %verifyscript never run.
+#[test]
+fn scriptlets_follow_rpm_ostree_rules() {
+    let env = Env::new();
+    let tf = env.treefile(
+        "s.yaml",
+        &format!(
+            "{GOOD}install-langs: [de, fr]\npackages-x86_64: [lua-skip, rpmostree-lua-override-test, ignored-kinds]\n"
+        ),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    let co = env.checkout("test/node");
+    assert_eq!(
+        std::fs::read_to_string(co.join("usr/share/rpmostree-lua-override-test")).unwrap(),
+        "de:fr\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(co.join("usr/share/ignored-kinds-post")).unwrap(),
+        "post\n"
+    );
+    let tf = env.treefile("s.yaml", &format!("{GOOD}packages-x86_64: [lua-unknown]\n"));
+    assert_fails_with(
+        &env.compose(&tf, &[]),
+        &[
+            "lua-unknown-1.0-1.noarch %post scriptlet",
+            "Lua",
+            "rpm-ostree-skip",
+        ],
+    );
+}

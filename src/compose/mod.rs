@@ -713,12 +713,12 @@ fn check_out_layers(env: &Env, layers: &[Layer]) -> Result<()> {
     Ok(())
 }
 
-fn script_interp(label: &str, s: &rpm::Scriptlet) -> Result<Vec<String>> {
-    let prog = s.program.clone().unwrap_or_default();
-    if prog.first().is_some_and(|p| p == "<lua>") {
-        bail!("{label}: Lua scriptlets are not supported");
+/// `%{_install_langs}` for rpm-ostree's scriptlet replacements.
+fn install_langs_macro(tf: &Treefile) -> String {
+    match &tf.doc.install_langs {
+        Some(l) if !l.is_empty() => l.join(":"),
+        _ => "all".into(),
     }
-    Ok(prog)
 }
 
 fn run_scriptlets(env: &Env, packages: &Packages) -> Result<((), String)> {
@@ -732,19 +732,40 @@ fn run_scriptlets(env: &Env, packages: &Packages) -> Result<((), String)> {
     let scratch = env.work.join("scratch");
     let mut count = 0;
     type Getter = fn(&rpm::PackageMetadata) -> Result<rpm::Scriptlet, rpm::Error>;
-    let phases: [(&str, Getter, &str); 3] = [
-        ("%pre", rpm::PackageMetadata::get_pre_install_script, "1"),
-        ("%post", rpm::PackageMetadata::get_post_install_script, "1"),
+    // What runs: %pre, %post and %posttrans (with the file triggers), as in rpm-ostree;
+    // %pretrans, the uninstall kinds and %verifyscript are never run, since a compose
+    // installs into an empty root and removes nothing. The kind is rpm-ostree's name.
+    let phases: [(&str, Getter, &str, &str); 3] = [
+        (
+            "%pre",
+            rpm::PackageMetadata::get_pre_install_script,
+            "1",
+            "prein",
+        ),
+        (
+            "%post",
+            rpm::PackageMetadata::get_post_install_script,
+            "1",
+            "post",
+        ),
         (
             "%posttrans",
             rpm::PackageMetadata::get_post_trans_script,
             "0",
+            "posttrans",
         ),
     ];
+    let langs = install_langs_macro(&env.tf);
     let bar = env.progress.bar("scripts", metas.len() as u64 * 3);
-    for (phase, get, arg) in phases {
+    for (phase, get, arg, kind) in phases {
         if phase == "%posttrans" {
-            count += run_trans_file_triggers(&packages.infos, &metas, protected.path(), &scratch)?;
+            count += run_trans_file_triggers(
+                &packages.infos,
+                &metas,
+                protected.path(),
+                &scratch,
+                &langs,
+            )?;
         }
         for (meta, info) in metas.iter().zip(&packages.infos) {
             bar.inc(&info.name);
@@ -753,10 +774,17 @@ fn run_scriptlets(env: &Env, packages: &Packages) -> Result<((), String)> {
                 continue;
             }
             let label = format!("{} {phase} scriptlet", info.nevra);
+            let prog = s.program.clone().unwrap_or_default();
+            let Some((interpreter, body)) =
+                scripts::program_for(&info.name, kind, &prog, &s.script, &langs)
+                    .with_context(|| label.clone())?
+            else {
+                continue;
+            };
             let script = scripts::Script {
                 label: &label,
-                interpreter: script_interp(&label, &s)?,
-                body: &s.script,
+                interpreter,
+                body: &body,
                 args: vec![arg.to_string()],
                 stdin: None,
             };
@@ -776,6 +804,7 @@ fn run_trans_file_triggers(
     metas: &[rpm::PackageMetadata],
     root: &Path,
     scratch: &Path,
+    langs: &str,
 ) -> Result<usize> {
     let mut all_files: Vec<&str> = infos
         .iter()
@@ -806,10 +835,21 @@ fn run_trans_file_triggers(
                 continue;
             }
             let label = format!("{} %transfiletriggerin scriptlet", info.nevra);
+            let Some((interpreter, body)) = scripts::program_for(
+                &info.name,
+                "transfiletriggerin",
+                &trig.program,
+                &trig.script,
+                langs,
+            )
+            .with_context(|| label.clone())?
+            else {
+                continue;
+            };
             let script = scripts::Script {
                 label: &label,
-                interpreter: trig.program.clone(),
-                body: &trig.script,
+                interpreter,
+                body: &body,
                 args: vec!["0".into(), "0".into()],
                 stdin: Some((matched.join("\n") + "\n").into_bytes()),
             };

@@ -169,3 +169,143 @@ mod tests {
         assert_eq!(out.trim_end().rsplit('\n').next().unwrap().trim(), "40000");
     }
 }
+
+/// rpm-ostree's shell replacements for Lua scriptlets it knows, keyed `NAME.KIND` (KIND as
+/// rpm-ostree names it: `prein`, `post`, `posttrans`, `transfiletriggerin`). `%{_install_langs}`
+/// in a body becomes the treefile's `install-langs` (`all` without it).
+const LUA_REPLACEMENTS: &[(&str, &str, &str)] = &[
+    (
+        "fedora-release-atomichost.post",
+        "/usr/bin/sh",
+        "set -euo pipefail\nln -sf os.release.d/os-release-atomichost /usr/lib/os-release\n",
+    ),
+    (
+        "fedora-release-coreos.post",
+        "/usr/bin/sh",
+        "set -euo pipefail\nln -sf os.release.d/os-release-coreos /usr/lib/os-release\n",
+    ),
+    (
+        "fedora-release-workstation.post",
+        "/usr/bin/sh",
+        "set -euo pipefail\nln -sf os.release.d/os-release-workstation /usr/lib/os-release\n\
+         preset=/usr/lib/os.release.d/presets/80-workstation.preset\n\
+         if [ -f \"${preset}\" ]; then ln -sr ${preset} /usr/lib/systemd/system-preset && \
+         systemctl preset -q sshd.socket sshd.service cups.socket cups.path cups.service; fi\n",
+    ),
+    (
+        "fedora-release.post",
+        "/usr/bin/sh",
+        "set -euo pipefail\nif ! test -L /usr/lib/os-release; then ln -s \
+         os.release.d/os-release-fedora /usr/lib/os-release; fi\n",
+    ),
+    (
+        "glibc-all-langpacks.posttrans",
+        "/usr/bin/sh",
+        GLIBC_LANGPACKS,
+    ),
+    ("glibc-common.post", "/usr/bin/sh", GLIBC_LANGPACKS),
+    (
+        "glibc-common.transfiletriggerin",
+        "/usr/bin/sh",
+        "/sbin/ldconfig",
+    ),
+    ("glibc.post", "/usr/bin/bash", GLIBC_GCONV),
+    ("glibc.posttrans", "/usr/bin/true", ""),
+    ("glibc-gconv-extra.post", "/usr/bin/bash", GLIBC_GCONV),
+    (
+        "crypto-policies.post",
+        "/usr/bin/bash",
+        "cp /usr/share/crypto-policies/default-config /etc/crypto-policies/config\n\
+         echo DEFAULT > /etc/crypto-policies/state/current\n\
+         for f in /usr/share/crypto-policies/DEFAULT/*; do\n\
+         \x20 ln -sf $f /etc/crypto-policies/back-ends/$(basename $f .txt).config\ndone",
+    ),
+    (
+        "authselect-libs.prein",
+        "/usr/bin/bash",
+        "touch /var/lib/rpm-state/authselect.force",
+    ),
+    // The package rpm-ostree's own tests use; hostforge's fixtures ship one too.
+    (
+        "rpmostree-lua-override-test.post",
+        "/usr/bin/sh",
+        "set -euo pipefail\necho %{_install_langs} >/usr/share/rpmostree-lua-override-test\n",
+    ),
+];
+
+const GLIBC_LANGPACKS: &str = "set -euo pipefail\ntmpl=/usr/lib/locale/locale-archive.tmpl\n\
+     if test -s \"${tmpl}\"; then\n  cp -a \"${tmpl}\"{,.new} && mv \"${tmpl}\"{.new,}\n\
+     \x20 exec /usr/sbin/build-locale-archive --install-langs \"%{_install_langs}\"\nfi\n";
+
+const GLIBC_GCONV: &str = "libdir=/usr/lib64\n\
+     exec iconvconfig -o ${libdir}/gconv/gconv-modules.cache --nostdlib ${libdir}/gconv";
+
+/// What to run for a package's scriptlet, by rpm-ostree's rules: a shell scriptlet as it is;
+/// a Lua one (`<lua>`) skipped when one of its first 10 lines starts with
+/// `-- rpm-ostree-skip`, replaced by rpm-ostree's shell equivalent when it knows the
+/// package's scriptlet, and refused otherwise. `None`: nothing to run.
+pub fn program_for(
+    pkg: &str,
+    kind: &str,
+    program: &[String],
+    body: &str,
+    install_langs: &str,
+) -> Result<Option<(Vec<String>, String)>> {
+    if program.first().map(String::as_str) != Some("<lua>") {
+        // (An empty program is rpm's default, /bin/sh: run_in_root knows.)
+        return Ok(Some((program.to_vec(), body.to_string())));
+    }
+    if body
+        .lines()
+        .take(10)
+        .any(|l| l.starts_with("-- rpm-ostree-skip"))
+    {
+        return Ok(None);
+    }
+    let id = format!("{pkg}.{kind}");
+    match LUA_REPLACEMENTS.iter().find(|(k, _, _)| *k == id) {
+        Some((_, interp, repl)) => Ok(Some((
+            vec![interp.to_string()],
+            repl.replace("%{_install_langs}", install_langs),
+        ))),
+        None => bail!(
+            "{pkg}: its %{kind} scriptlet is Lua, which hostforge does not run (and rpm-ostree \
+             has no shell replacement for {id}); exclude the package, or mark the scriptlet \
+             with a first line `-- rpm-ostree-skip` if it is not needed"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod lua_tests {
+    use super::*;
+
+    #[test]
+    fn lua_scriptlets_follow_rpm_ostree() {
+        let lua = vec!["<lua>".to_string()];
+        let sh = vec!["/bin/sh".to_string()];
+        assert_eq!(
+            program_for("p", "post", &sh, "echo", "all").unwrap(),
+            Some((sh.clone(), "echo".into()))
+        );
+        let skip = "-- comment\n-- rpm-ostree-skip\nerror('no')";
+        assert_eq!(program_for("p", "post", &lua, skip, "all").unwrap(), None);
+        let (interp, body) = program_for("rpmostree-lua-override-test", "post", &lua, "x", "de:fr")
+            .unwrap()
+            .unwrap();
+        assert_eq!(interp, ["/usr/bin/sh"]);
+        assert!(body.contains("echo de:fr >/usr/share/rpmostree-lua-override-test"));
+        let (interp, body) = program_for("glibc-common", "transfiletriggerin", &lua, "x", "all")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (interp[0].as_str(), body.as_str()),
+            ("/usr/bin/sh", "/sbin/ldconfig")
+        );
+        let e = program_for("other", "post", &lua, "print(1)", "all").unwrap_err();
+        assert!(
+            format!("{e}").contains("other: its %post scriptlet is Lua"),
+            "{e}"
+        );
+    }
+}

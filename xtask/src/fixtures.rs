@@ -253,6 +253,38 @@ fn base_packages(busybox: &[u8]) -> Result<Vec<Built>> {
     let mut b = pkg("needs-missing", "1.0", "noarch");
     b.requires(Dependency::greater_eq("does-not-exist", "3"));
     out.push(("needs-missing".into(), b.build()?));
+
+    // Scriptlets as rpm-ostree treats them: Lua with the skip mark, Lua rpm-ostree knows a
+    // shell replacement for, Lua it does not know, and the kinds a compose never runs.
+    // (The rpm crate adds a requirement on the interpreter, `<lua>` here, which rpmbuild
+    // does not for Lua; each of these packages provides it itself so it resolves.)
+    let lua = |body: &str| Scriptlet::new(body).prog(vec!["<lua>"]);
+    let mut b = pkg("lua-skip", "1.0", "noarch");
+    b.post_install_script(lua(
+        "-- only for live systems\n-- rpm-ostree-skip\nerror('ran')\n",
+    ));
+    b.provides(Dependency::any("<lua>"));
+    out.push(("lua-skip".into(), b.build()?));
+    let mut b = pkg("rpmostree-lua-override-test", "1.0", "noarch");
+    b.post_install_script(lua("error('the Lua itself must not run')\n"));
+    b.requires(Dependency::any("/bin/sh"));
+    b.provides(Dependency::any("<lua>"));
+    out.push(("rpmostree-lua-override-test".into(), b.build()?));
+    let mut b = pkg("lua-unknown", "1.0", "noarch");
+    b.post_install_script(lua("print('hello')\n"));
+    b.provides(Dependency::any("<lua>"));
+    out.push(("lua-unknown".into(), b.build()?));
+    let mut b = pkg("ignored-kinds", "1.0", "noarch");
+    let fail = |kind: &str| sh(&format!("echo '{kind} ran' >&2\nexit 1\n"));
+    b.pre_trans_script(fail("%pretrans"));
+    b.pre_uninstall_script(fail("%preun"));
+    b.post_uninstall_script(fail("%postun"));
+    b.pre_untrans_script(fail("%preuntrans"));
+    b.post_untrans_script(fail("%postuntrans"));
+    b.verify_script(fail("%verifyscript"));
+    b.post_install_script(sh("echo post > /usr/share/ignored-kinds-post\n"));
+    b.requires(Dependency::any("/bin/sh"));
+    out.push(("ignored-kinds".into(), b.build()?));
     Ok(out)
 }
 
