@@ -191,6 +191,18 @@ fn selinux_true_is_rejected_clearly() {
         &env.compose(&tf, &[]),
         &["bad.yaml:4", "selinux", "not supported"],
     );
+    // Without the key (rpm-ostree would label), the unlabelled commit is not silent.
+    let tf = env.treefile("good.yaml", GOOD);
+    let out = env.compose(&tf, &["--dry-run"]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("hostforge does not label yet"),
+        "{}",
+        stderr(&out)
+    );
+    let tf = env.treefile("good.yaml", &format!("{GOOD}selinux: false\n"));
+    let out = env.compose(&tf, &["--dry-run"]);
+    assert!(!stderr(&out).contains("does not label"), "{}", stderr(&out));
 }
 
 #[test]

@@ -204,6 +204,16 @@ const COMPOSE_FORMAT: &str = "hostforge-compose-1";
 /// Runs a compose; returns what it did (the compose.json document).
 pub fn compose_tree(opts: Options) -> Result<Summary> {
     let (env, lock) = setup(opts)?;
+    if env.tf.doc.selinux.is_none() && !env.tf.container() {
+        // rpm-ostree labels by default; saying nothing here would hand out an unlabelled
+        // commit as if it were what rpm-ostree makes.
+        env.progress.info(&format!(
+            "warning: {}: `selinux` is not set: rpm-ostree would label the files from the \
+             tree's SELinux policy, but hostforge does not label yet; this commit has no \
+             SELinux labels (set `selinux: false` to say that is intended)",
+            env.tf.path.display()
+        ));
+    }
     let mut run = Runner {
         progress: &env.progress,
         seconds: Vec::new(),
