@@ -1151,6 +1151,19 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
             at("opt-usrlocal")
         );
     }
+    if let Some(db @ (RpmdbBackend::Bdb | RpmdbBackend::Ndb)) = doc.rpmdb {
+        bail!(
+            "{}: rpmdb: {} cannot be written: the rpm hostforge writes the rpmdb with (Debian \
+             12's) has only the sqlite backend; use `rpmdb: sqlite` (or `target`/`host`, which \
+             mean sqlite here)",
+            at("rpmdb"),
+            if db == RpmdbBackend::Bdb {
+                "bdb"
+            } else {
+                "ndb"
+            }
+        );
+    }
     if doc.ima == Some(true) {
         bail!(
             "{}: ima: true (IMA signatures from the RPMs as security.ima xattrs) is not \
@@ -1993,6 +2006,8 @@ cliwrap-binaries: [rpm]
             ),
             ("edition: 2023\n", "2014"),
             ("sysusers: sometimes\n", "sysusers"),
+            ("rpmdb: bdb\n", "only the sqlite backend"),
+            ("rpmdb: ndb\n", "only the sqlite backend"),
         ];
         for (extra, want) in cases {
             let p = write(
