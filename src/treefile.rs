@@ -35,7 +35,53 @@ impl OneOrMany {
 pub struct ConditionalInclude {
     #[serde(rename = "if")]
     pub condition: OneOrMany,
-    pub include: OneOrMany,
+    pub include: IncludeSpec,
+}
+
+/// What a `conditional-include` brings in: files (a path or a list), or, as rpm-ostree also
+/// allows, a treefile written inline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum IncludeSpec {
+    Files(OneOrMany),
+    Inline(Box<TreefileDoc>),
+}
+
+impl<'de> Deserialize<'de> for IncludeSpec {
+    /// Read by the parser itself (no buffering), so errors inside an inline treefile keep
+    /// their line and column.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IncludeSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a file, a list of files or an inline treefile")
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<IncludeSpec, E> {
+                Ok(IncludeSpec::Files(OneOrMany::One(v.to_string())))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> std::result::Result<IncludeSpec, A::Error> {
+                let v =
+                    Vec::<String>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(IncludeSpec::Files(OneOrMany::Many(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<IncludeSpec, A::Error> {
+                let doc =
+                    TreefileDoc::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(IncludeSpec::Inline(Box::new(doc)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Evaluates one `VAR OP VALUE` condition as rpm-ostree does: VALUE is `true`, `false`,
@@ -1011,6 +1057,7 @@ impl Loader<'_> {
                 .entry("releasever".into())
                 .or_insert_with(|| rv.clone());
         }
+        let mut inlines: Vec<TreefileDoc> = Vec::new();
         for ci in doc.conditional_include.take().into_iter().flatten() {
             let conds = ci.condition.into_vec();
             let mut holds = true;
@@ -1021,7 +1068,10 @@ impl Loader<'_> {
                     .with_context(|| format!("{}:{at}: conditional-include", path.display()))?;
             }
             if holds {
-                includes.extend(ci.include.into_vec());
+                match ci.include {
+                    IncludeSpec::Files(f) => includes.extend(f.into_vec()),
+                    IncludeSpec::Inline(inline) => inlines.push(*inline),
+                }
             }
         }
         for rp in doc.repo_packages.iter_mut().flatten() {
@@ -1037,7 +1087,8 @@ impl Loader<'_> {
         merge_list(&mut doc.packages, doc.bootstrap_packages.take());
 
         validate(path, &text, &doc)?;
-        let mut ext = Externals::read(path, &text, &doc)?;
+        let ext = Externals::read(path, &text, &doc)?;
+        let (mut doc, mut ext) = merge_inlines(path, &text, doc, ext, inlines)?;
 
         // rpm-ostree's order: each include in turn is merged *under* what is there so far.
         // The including file wins a scalar over its includes, an earlier include over a later
@@ -1061,6 +1112,45 @@ impl Loader<'_> {
         stack.pop();
         Ok((doc, ext))
     }
+}
+
+/// Merges the inline treefiles of `conditional-include` whose condition held under `doc`
+/// (the file at `path` that holds them), as rpm-ostree does: at once, before the included
+/// files. They are part of that file, so their keys are checked and their files found like
+/// its own. (A function of its own: its locals stay off the recursive loader's stack.)
+#[inline(never)]
+fn merge_inlines(
+    path: &Path,
+    text: &str,
+    mut doc: TreefileDoc,
+    mut ext: Externals,
+    inlines: Vec<TreefileDoc>,
+) -> Result<(TreefileDoc, Externals)> {
+    for mut inline in inlines {
+        let at = line_of_key(text, "conditional-include").unwrap_or(1);
+        let nested = inline.include.is_some()
+            || inline.arch_include.is_some()
+            || inline.conditional_include.is_some();
+        if nested {
+            bail!(
+                "{}:{at}: conditional-include: an inline treefile cannot include others; \
+                 put the includes in a file",
+                path.display()
+            );
+        }
+        for rp in inline.repo_packages.iter_mut().flatten() {
+            rp.packages = split_package_specs(&rp.packages)
+                .with_context(|| format!("{}:{at}: repo-packages", path.display()))?;
+        }
+        merge_list(&mut inline.packages, inline.bootstrap_packages.take());
+        validate(path, text, &inline)?;
+        let mut under_ext = Externals::read(path, text, &inline)?;
+        under_ext.merge(ext, &doc);
+        ext = under_ext;
+        merge(&mut inline, doc);
+        doc = inline;
+    }
+    Ok((doc, ext))
 }
 
 /// Checks that serde cannot express; each error points at the key's line.
@@ -1261,7 +1351,17 @@ impl Treefile {
             sources: Vec::new(),
             vars: BTreeMap::from([("basearch".to_string(), Value::String(basearch.into()))]),
         };
-        let (mut doc, externals) = loader.load(path, &mut Vec::new())?;
+        // Includes nest up to 50 deep and each level holds whole documents: the load runs
+        // on a thread with room for that whatever the build profile.
+        let (mut doc, externals) = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("treefile-load".into())
+                .stack_size(64 << 20)
+                .spawn_scoped(s, || loader.load(path, &mut Vec::new()))
+                .expect("spawning the treefile loader")
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })?;
         let dir = path
             .parent()
             .map(|p| {
@@ -1624,6 +1724,47 @@ mod tests {
                 "{cond}: {e}"
             );
         }
+    }
+
+    /// rpm-ostree's inline form: `include:` of a conditional-include may be a treefile
+    /// object, merged under the file that holds it when the condition holds.
+    #[test]
+    fn conditional_include_takes_inline_treefiles() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "motd", "hi\n");
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: a/b\npackages: [top]\nrecommends: true\nvariables: {prod: false}\n\
+             conditional-include:\n\
+             \x20 - if: prod == false\n    include:\n      packages: [\"'debug-tools >= 2'\"]\n\
+             \x20     recommends: false\n      documentation: false\n\
+             \x20     add-files: [[motd, /etc/motd]]\n\
+             \x20 - if: prod == true\n    include: {packages: [prod-only]}\n",
+        );
+        let tf = Treefile::load(&p).unwrap();
+        assert_eq!(tf.packages(), ["debug-tools >= 2", "top"]);
+        // The file itself wins a scalar over what it includes inline.
+        assert!(tf.recommends());
+        assert!(!tf.documentation());
+        assert_eq!(tf.externals.add_files[0].1.data, b"hi\n");
+        // Errors inside the inline treefile keep their line.
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: a/b\npackages: [top]\nconditional-include:\n  - if: basearch == \"x86_64\"\n\
+             \x20   include:\n      recommends: maybe\n",
+        );
+        let e = format!("{:#}", Treefile::load_for_arch(&p, "x86_64").unwrap_err());
+        assert!(e.contains("t.yaml:6"), "{e}");
+        let p = write(
+            d.path(),
+            "t.yaml",
+            "ref: a/b\npackages: [top]\nconditional-include:\n  - if: basearch == \"x86_64\"\n\
+             \x20   include:\n      include: other.yaml\n",
+        );
+        let e = format!("{:#}", Treefile::load_for_arch(&p, "x86_64").unwrap_err());
+        assert!(e.contains("cannot include others"), "{e}");
     }
 
     /// rpm-ostree's examples use `${releasever}` in these values: references pass the check
