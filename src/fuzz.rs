@@ -137,6 +137,13 @@ fn treefile_parser_never_panics() {
 }
 
 #[test]
+fn lockfile_parser_never_panics() {
+    fuzz("lockfile", |p| {
+        let _ = crate::lockfile::Lock::read(&[p.to_path_buf()], false);
+    });
+}
+
+#[test]
 fn layout_parser_never_panics() {
     fuzz("layout", |p| {
         let _ = crate::image::layout::Layout::load(p);
