@@ -261,6 +261,27 @@ fn treefile_options_shape_the_tree() {
         "test/opts",
     ]);
     assert_eq!(cmd.trim(), "['/usr/bin/sh', '-l']");
+    // rpm-ostree's record of the repos, inline by default, detached when asked.
+    let repos = env.ostree(&[
+        "show",
+        "--print-metadata-key=rpmostree.rpmmd-repos",
+        "test/opts",
+    ]);
+    assert!(
+        repos.contains("'id': <'base'>") && repos.contains("'timestamp': <uint64 "),
+        "{repos}"
+    );
+    let tf = env.treefile(
+        "det.yaml",
+        &(GOOD.replace("ref: test/node", "ref: test/det") + "repo-metadata: detached\n"),
+    );
+    assert_ok(&env.compose(&tf, &[]));
+    let repos = env.ostree(&[
+        "show",
+        "--print-detached-metadata-key=rpmostree.rpmmd-repos",
+        "test/det",
+    ]);
+    assert!(repos.contains("'id': <'base'>"), "{repos}");
 }
 
 #[test]

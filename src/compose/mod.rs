@@ -14,6 +14,7 @@ use crate::pkgcache::{self, PkgInfo};
 use crate::process;
 use crate::progress::{Progress, Timer};
 use crate::rpmmd::{self, RepoDef, Solved};
+use crate::treefile::MetadataTarget;
 use crate::treefile::Treefile;
 use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
@@ -124,6 +125,8 @@ struct Tree {
     version: Option<String>,
     /// The kernel version of a bootable tree.
     kver: Option<String>,
+    /// Repo id -> when its metadata was generated.
+    repo_generated: BTreeMap<String, u64>,
 }
 
 /// Committed path -> (uid, gid), for files not owned by root.
@@ -252,7 +255,7 @@ fn explain_out_of_space(env: &Env, e: anyhow::Error) -> anyhow::Error {
 
 /// The steps of [`STEPS`], each handed what the earlier ones returned.
 fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
-    let solved = run.step("resolve", || resolve(env))?;
+    let (solved, repo_generated) = run.step("resolve", || resolve(env))?;
     let Some(target) = env.target.as_ref().filter(|_| !env.opts.dry_run) else {
         if !env.opts.json {
             for p in &solved {
@@ -291,6 +294,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         packages,
         version,
         kver,
+        repo_generated,
     };
     let committed = run.step("commit", || commit(env, target, &tree, owners))?;
     let diff = package_diff(target, &tree)?;
@@ -371,7 +375,10 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
     Ok((env, lock))
 }
 
-fn resolve(env: &Env) -> Result<(Vec<Solved>, String)> {
+/// The solution, and when each repo's metadata was generated (for `rpmostree.rpmmd-repos`).
+type Resolved = (Vec<Solved>, BTreeMap<String, u64>);
+
+fn resolve(env: &Env) -> Result<(Resolved, String)> {
     let reposdir = env.work.join("repos.d");
     let _ = std::fs::remove_dir_all(&reposdir);
     rpmmd::write_libdnf_reposdir(&env.repos, &reposdir)?;
@@ -412,7 +419,7 @@ fn resolve(env: &Env) -> Result<(Vec<Solved>, String)> {
         crate::lockfile::write(p, &solved, &solution.repo_generated, now)?;
     }
     let detail = format!("{} packages", solved.len());
-    Ok((solved, detail))
+    Ok(((solved, solution.repo_generated), detail))
 }
 
 fn inputhash(
@@ -1292,6 +1299,12 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
         None => "hostforge/build-without-ref".to_string(),
     };
     cache.transaction_set_ref(None, &build_ref, Some(&c));
+    if env.tf.doc.repo_metadata == Some(MetadataTarget::Detached) {
+        // `repo-metadata: detached`: the repos go into the commit's detached metadata.
+        let mut dm = MetaBuilder::new();
+        dm.value("rpmostree.rpmmd-repos", &rpmmd_repos(tree));
+        cache.write_commit_detached_metadata(&c, Some(&dm.end()), cancellable)?;
+    }
     let stats = ostreeutil::commit_transaction(cache, tx, &c)?;
     Ok(Committed {
         commit: c.to_string(),
@@ -1395,6 +1408,9 @@ fn commit_metadata(env: &Env, tree: &Tree) -> Result<glib::Variant> {
         m.value("ostree.bootable", &true.to_variant())
             .str("ostree.linux", k);
     }
+    if env.tf.doc.repo_metadata.unwrap_or_default() == MetadataTarget::Inline {
+        m.value("rpmostree.rpmmd-repos", &rpmmd_repos(tree));
+    }
     if let Some(cmd) = env.tf.doc.container_cmd.as_ref().filter(|c| !c.is_empty()) {
         // What an OCI image made from the commit runs by default (rpm-ostree's key).
         m.strv("ostree.container-cmd", cmd);
@@ -1417,6 +1433,22 @@ fn commit_metadata(env: &Env, tree: &Tree) -> Result<glib::Variant> {
         .strv("hostforge.repos", &repos)
         .str("hostforge.version", HOSTFORGE_VERSION);
     Ok(m.end())
+}
+
+/// rpm-ostree's `rpmostree.rpmmd-repos`: one `{id, timestamp}` per repo (`aa{sv}`), the
+/// time its metadata was generated.
+fn rpmmd_repos(tree: &Tree) -> glib::Variant {
+    let items: Vec<glib::Variant> = tree
+        .repo_generated
+        .iter()
+        .map(|(id, t)| {
+            let d = glib::VariantDict::new(None);
+            d.insert("id", id.as_str());
+            d.insert("timestamp", *t);
+            d.end()
+        })
+        .collect();
+    glib::Variant::array_from_iter_with_type(glib::VariantTy::VARDICT, items)
 }
 
 /// What `compose tree` did: the compose.json document (`--write-composejson-to`, `--json`).
