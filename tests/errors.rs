@@ -244,7 +244,22 @@ fn check_passwd_catches_a_changed_uid() {
 fn removed_users_and_groups_are_refused_unless_ignored() {
     let env = Env::new();
     let first = good_first(&env);
-    let without_app = GOOD.replace(", app,", ",");
+    // preserve-passwd (default true) keeps the previous commit's users, as rpm-ostree does:
+    // a tree without app still has appuser with its ids.
+    let tf = env.treefile("node.yaml", &GOOD.replace(", app,", ","));
+    let id_file = env.path().join("commitid");
+    assert_ok(&env.compose(&tf, &["--write-commitid-to", id_file.to_str().unwrap()]));
+    let kept = std::fs::read_to_string(&id_file).unwrap();
+    let co = env.checkout(kept.trim());
+    let passwd = std::fs::read_to_string(co.join("usr/etc/passwd")).unwrap();
+    assert!(passwd.contains("appuser:x:990:990:"), "{passwd}");
+    assert!(!co.join("usr/bin/app").exists(), "app itself is gone");
+    assert_eq!(
+        env.rev("test/node").unwrap(),
+        first,
+        "--write-commitid-to moved the ref"
+    );
+    let without_app = GOOD.replace(", app,", ",") + "preserve-passwd: false\n";
     let tf = env.treefile("node.yaml", &without_app);
     assert_fails_with(
         &env.compose(&tf, &[]),

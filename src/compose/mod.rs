@@ -281,7 +281,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         Checked::Changed(input) => input,
     };
     let packages = run.step("fetch", || fetch_and_import(env, &solved))?;
-    run.step("assemble", || assemble(env, &input, &packages))?;
+    run.step("assemble", || assemble(env, target, &input, &packages))?;
     run.step("scripts", || run_scriptlets(env, &packages))?;
     run.step("rpmdb", || write_rpmdb(env, &packages))?;
     let version = run.step("postprocess", || {
@@ -570,7 +570,12 @@ fn clean_work_root(env: &Env) -> Result<()> {
     Ok(())
 }
 
-fn assemble(env: &Env, input: &Input, packages: &Packages) -> Result<((), String)> {
+fn assemble(
+    env: &Env,
+    target: &ostree::Repo,
+    input: &Input,
+    packages: &Packages,
+) -> Result<((), String)> {
     // Two packages may ship one path only with identical content.
     let mut owners: HashMap<&str, (&str, &str)> = HashMap::new();
     for info in &packages.infos {
@@ -615,6 +620,13 @@ fn assemble(env: &Env, input: &Input, packages: &Packages) -> Result<((), String
     }
     drop(bar);
     check_out_layers(env, &input.layers)?;
+    if env.tf.doc.preserve_passwd.unwrap_or(true) && !env.tf.container() {
+        for file in ["passwd", "group"] {
+            if let Some(prev) = read_parent_file(target, input, &format!("usr/etc/{file}")) {
+                seed_ids(&r.join("etc").join(file), &prev)?;
+            }
+        }
+    }
     // documentation: false and install-langs drop files after checkout (unlinking a hardlink
     // leaves the cache untouched).
     let langs = env.tf.doc.install_langs.clone();
@@ -636,6 +648,33 @@ fn assemble(env: &Env, input: &Input, packages: &Packages) -> Result<((), String
         }
     }
     Ok(((), format!("{} packages", packages.commits.len())))
+}
+
+/// `preserve-passwd` (rpm-ostree's default): the previous commit's users or groups that the
+/// packages' file lacks are added to it before any scriptlet runs, so a scriptlet that
+/// creates one finds it and its ids stay what they were. The file is replaced, never written
+/// in place (it is a hardlink into the package cache).
+fn seed_ids(path: &Path, previous: &str) -> Result<()> {
+    let now = std::fs::read_to_string(path).unwrap_or_default();
+    let name = |l: &str| l.split(':').next().unwrap_or_default().to_string();
+    let have: std::collections::HashSet<String> = now.lines().map(name).collect();
+    let missing: Vec<&str> = previous
+        .lines()
+        .filter(|l| l.contains(':') && !l.starts_with('#') && !have.contains(&name(l)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut text = now;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for l in missing {
+        text.push_str(l);
+        text.push('\n');
+    }
+    fsutil::write_replacing(path, text.as_bytes())
+        .with_context(|| format!("preserve-passwd: writing {}", path.display()))
 }
 
 /// The refs of `ostree-layers` and `ostree-override-layers` in the target repo, resolved
