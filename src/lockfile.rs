@@ -91,15 +91,7 @@ fn parse(path: &Path) -> Result<LockfileDoc> {
         .with_context(|| format!("reading lockfile {}", path.display()))?;
     let is_json = path.extension().is_some_and(|e| e == "json");
     if is_json {
-        serde_json::from_str(&text).map_err(|e| {
-            anyhow!(
-                "{}:{}:{}: {}",
-                path.display(),
-                e.line(),
-                e.column(),
-                e.to_string().split(" at line ").next().unwrap_or_default()
-            )
-        })
+        serde_json::from_str(&text).map_err(|e| crate::treefile::json_error(path, &e))
     } else {
         crate::treefile::yaml_from_str(path, &text)
     }

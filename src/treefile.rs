@@ -458,6 +458,12 @@ pub const DERIVE_KEYS: &[&str] = &[
     "unconfigured-state",
 ];
 
+/// `s` with each `(pattern, value)` of `subs` replaced in turn.
+fn substitute_with(subs: &[(String, String)], s: &str) -> String {
+    subs.iter()
+        .fold(s.to_string(), |out, (pat, val)| out.replace(pat, val))
+}
+
 /// rpm-ostree's package list syntax: entries split at whitespace except inside single
 /// quotes (`'foo >= 5.0'` is one spec); the result sorted and without repeats, as its set.
 fn split_package_specs(entries: &[String]) -> Result<Vec<String>> {
@@ -730,12 +736,7 @@ fn parse_doc(path: &Path, text: &str) -> Result<Parsed> {
             Err(e) => {
                 // rpm-ostree ignores keys it does not know in JSON treefiles (and FCOS uses
                 // that for comments); a warning says which, an error stays an error.
-                let msg = e.to_string();
-                let unknown = msg
-                    .strip_prefix("unknown field `")
-                    .and_then(|r| r.split_once('`'))
-                    .map(|(k, _)| k.to_string());
-                match unknown {
+                match unknown_field(&e.to_string()).map(str::to_string) {
                     Some(k) if !skip.contains(&k) => {
                         eprintln!(
                             "warning: {}:{}: unknown key {k:?} ignored (rpm-ostree ignores \
@@ -745,25 +746,33 @@ fn parse_doc(path: &Path, text: &str) -> Result<Parsed> {
                         );
                         skip.insert(k);
                     }
-                    _ => bail!(
-                        "{}:{}:{}: {}",
-                        path.display(),
-                        e.line(),
-                        e.column(),
-                        strip_loc(&msg)
-                    ),
+                    _ => return Err(json_error(path, &e)),
                 }
             }
         }
     }
 }
 
-fn yaml_error(path: &Path, text: &str, e: serde_yaml::Error) -> anyhow::Error {
-    if let Some((key, _)) = e
-        .to_string()
-        .strip_prefix("unknown field `")
+/// The key of serde's "unknown field `KEY`, expected ..." message.
+fn unknown_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("unknown field `")
         .and_then(|r| r.split_once('`'))
-    {
+        .map(|(k, _)| k)
+}
+
+/// A JSON parse or schema error as `file:line:column: message`.
+pub fn json_error(path: &Path, e: &serde_json::Error) -> anyhow::Error {
+    anyhow!(
+        "{}:{}:{}: {}",
+        path.display(),
+        e.line(),
+        e.column(),
+        strip_loc(&e.to_string())
+    )
+}
+
+fn yaml_error(path: &Path, text: &str, e: serde_yaml::Error) -> anyhow::Error {
+    if let Some(key) = unknown_field(&e.to_string()) {
         // The parser reports a top-level unknown key at the document's start: point at the
         // key itself, and keep the message short (the keys are in docs/treefile.md).
         let line = line_of_key(text, key).or(e.location().map(|l| l.line()));
@@ -1074,17 +1083,12 @@ impl Loader<'_> {
                 }
             }
         }
-        for rp in doc.repo_packages.iter_mut().flatten() {
-            rp.packages = split_package_specs(&rp.packages).with_context(|| {
-                let line = line_of_key(&text, "repo-packages").unwrap_or(1);
-                format!("{}:{line}: repo-packages", path.display())
-            })?;
-        }
-        // packages-$basearch and bootstrap-packages join packages; other arches' lists are
-        // dropped.
+        // Other arches' packages-$basearch lists are dropped.
         let mut arch_packages = arch_packages;
-        merge_list(&mut doc.packages, arch_packages.remove(self.basearch));
-        merge_list(&mut doc.packages, doc.bootstrap_packages.take());
+        fold_packages(&mut doc, arch_packages.remove(self.basearch)).with_context(|| {
+            let line = line_of_key(&text, "repo-packages").unwrap_or(1);
+            format!("{}:{line}: repo-packages", path.display())
+        })?;
 
         validate(path, &text, &doc)?;
         let ext = Externals::read(path, &text, &doc)?;
@@ -1102,12 +1106,7 @@ impl Loader<'_> {
                     .unwrap_or(1);
                 format!("{}:{line}: in include {inc:?}", path.display())
             })?;
-            let mut under_ext = sub_ext;
-            under_ext.merge(ext, &doc);
-            ext = under_ext;
-            let mut under = sub;
-            merge(&mut under, doc);
-            doc = under;
+            (doc, ext) = merge_under((sub, sub_ext), (doc, ext));
         }
         stack.pop();
         Ok((doc, ext))
@@ -1138,19 +1137,36 @@ fn merge_inlines(
                 path.display()
             );
         }
-        for rp in inline.repo_packages.iter_mut().flatten() {
-            rp.packages = split_package_specs(&rp.packages)
-                .with_context(|| format!("{}:{at}: repo-packages", path.display()))?;
-        }
-        merge_list(&mut inline.packages, inline.bootstrap_packages.take());
+        fold_packages(&mut inline, None)
+            .with_context(|| format!("{}:{at}: repo-packages", path.display()))?;
         validate(path, text, &inline)?;
-        let mut under_ext = Externals::read(path, text, &inline)?;
-        under_ext.merge(ext, &doc);
-        ext = under_ext;
-        merge(&mut inline, doc);
-        doc = inline;
+        let inline_ext = Externals::read(path, text, &inline)?;
+        (doc, ext) = merge_under((inline, inline_ext), (doc, ext));
     }
     Ok((doc, ext))
+}
+
+/// `over` (a file, with the files its keys name) merged onto `under` (what it includes):
+/// the rules of [`merge`] and [`Externals::merge`].
+fn merge_under(
+    under: (TreefileDoc, Externals),
+    over: (TreefileDoc, Externals),
+) -> (TreefileDoc, Externals) {
+    let ((mut doc, mut ext), (over_doc, over_ext)) = (under, over);
+    ext.merge(over_ext, &over_doc);
+    merge(&mut doc, over_doc);
+    (doc, ext)
+}
+
+/// One file's package keys in their merged form: `repo-packages` entries split into specs,
+/// and `packages-$basearch` (`arch`) and `bootstrap-packages` joined to `packages`.
+fn fold_packages(doc: &mut TreefileDoc, arch: Option<Vec<String>>) -> Result<()> {
+    for rp in doc.repo_packages.iter_mut().flatten() {
+        rp.packages = split_package_specs(&rp.packages)?;
+    }
+    merge_list(&mut doc.packages, arch);
+    merge_list(&mut doc.packages, doc.bootstrap_packages.take());
+    Ok(())
 }
 
 /// Checks that serde cannot express; each error points at the key's line.
@@ -1163,24 +1179,26 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
             at("selinux")
         );
     }
-    let derive: Vec<&str> = [
-        (&doc.base_refspec, DERIVE_KEYS[0]),
-        (&doc.container_image_reference, DERIVE_KEYS[1]),
-        (&doc.packages_local, DERIVE_KEYS[2]),
-        (&doc.packages_local_fileoverride, DERIVE_KEYS[3]),
-        (&doc.override_remove, DERIVE_KEYS[4]),
-        (&doc.ex_override_replace, DERIVE_KEYS[5]),
-        (&doc.override_replace_local, DERIVE_KEYS[6]),
-        (&doc.initramfs, DERIVE_KEYS[7]),
-        (&doc.custom, DERIVE_KEYS[8]),
-        (&doc.override_commit, DERIVE_KEYS[9]),
-        (&doc.unconfigured_state, DERIVE_KEYS[10]),
+    let mut derive: Vec<&str> = [
+        (&doc.base_refspec, "base-refspec"),
+        (&doc.container_image_reference, "container-image-reference"),
+        (&doc.packages_local, "packages-local"),
+        (
+            &doc.packages_local_fileoverride,
+            "packages-local-fileoverride",
+        ),
+        (&doc.override_remove, "override-remove"),
+        (&doc.ex_override_replace, "ex-override-replace"),
+        (&doc.override_replace_local, "override-replace-local"),
+        (&doc.initramfs, "initramfs"),
+        (&doc.custom, "custom"),
+        (&doc.override_commit, "override-commit"),
+        (&doc.unconfigured_state, "unconfigured-state"),
     ]
     .into_iter()
     .filter(|(v, _)| v.is_some())
     .map(|(_, k)| k)
     .collect();
-    let mut derive = derive;
     derive.sort_by_key(|k| line_of_key(text, k));
     if let Some(first) = derive.first() {
         bail!(
@@ -1382,7 +1400,7 @@ impl Treefile {
             );
         }
 
-        let tf = Treefile {
+        let mut tf = Treefile {
             path: path.to_path_buf(),
             dir,
             basearch: basearch.to_string(),
@@ -1390,7 +1408,6 @@ impl Treefile {
             sources: loader.sources,
             externals,
         };
-        let mut tf = tf;
         tf.substitute_vars()?;
         tf.check_complete()?;
         Ok(tf)
@@ -1417,18 +1434,21 @@ impl Treefile {
 
     /// Replaces `${basearch}`, `${releasever}` and treefile `variables` in a string.
     pub fn substitute(&self, s: &str) -> String {
-        let mut out = s.replace("${basearch}", &self.basearch);
+        substitute_with(&self.substitutions(), s)
+    }
+
+    /// `(${name}, value)` for `basearch`, `releasever` and the treefile's `variables`.
+    fn substitutions(&self) -> Vec<(String, String)> {
+        let mut out = vec![("${basearch}".to_string(), self.basearch.clone())];
         if let Some(rv) = self.releasever() {
-            out = out.replace("${releasever}", &rv);
+            out.push(("${releasever}".into(), rv));
         }
-        if let Some(vars) = &self.doc.variables {
-            for (k, v) in vars {
-                let val = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                out = out.replace(&format!("${{{k}}}"), &val);
-            }
+        for (k, v) in self.doc.variables.iter().flatten() {
+            let val = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push((format!("${{{k}}}"), val));
         }
         out
     }
@@ -1453,10 +1473,9 @@ impl Treefile {
                 }
             }
         }
-        let this = self.clone();
-        let sub = |s: &mut String, this: &Treefile| *s = this.substitute(s);
-        let this = &this;
-        let mut doc = std::mem::take(&mut self.doc);
+        let subs = self.substitutions();
+        let sub = |s: &mut String| *s = substitute_with(&subs, s);
+        let doc = &mut self.doc;
         for s in [
             &mut doc.treeref,
             &mut doc.automatic_version_prefix,
@@ -1466,7 +1485,7 @@ impl Treefile {
         .into_iter()
         .flatten()
         {
-            sub(s, this);
+            sub(s);
         }
         for map in [&mut doc.metadata, &mut doc.add_commit_metadata]
             .into_iter()
@@ -1474,11 +1493,10 @@ impl Treefile {
         {
             for v in map.values_mut() {
                 if let Value::String(s) = v {
-                    sub(s, this);
+                    sub(s);
                 }
             }
         }
-        self.doc = doc;
         for (key, v) in [
             (
                 "automatic-version-prefix",
