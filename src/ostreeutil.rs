@@ -187,6 +187,17 @@ pub fn list_commit_dir(repo: &ostree::Repo, commit: &str, path: &str) -> Result<
     Ok(names)
 }
 
+/// Copies `commits` (checksums, with what they reference; no parents) from the repo at
+/// `from` into `into`, the way ostree pulls from a local repo.
+pub fn pull_local(into: &ostree::Repo, from: &std::path::Path, commits: &[String]) -> Result<()> {
+    let opts = ostree::glib::VariantDict::new(None);
+    opts.insert("refs", commits.to_vec());
+    opts.insert("depth", 0i32);
+    let url = format!("file://{}", from.canonicalize()?.display());
+    into.pull_with_options(&url, &opts.end(), None, ostree::gio::Cancellable::NONE)?;
+    Ok(())
+}
+
 /// Checks out `commit` into the new directory `dest` with real ownership and modes, sharing
 /// inodes with the repo's objects where the repo mode allows (bare, bare-user as root).
 pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &std::path::Path) -> Result<()> {

@@ -597,24 +597,9 @@ fn assemble(
     clean_work_root(env)?;
     let r = env.root();
     std::fs::create_dir_all(&r)?;
-    let devino = env.devino.clone();
     let bar = env.progress.bar("assemble", packages.commits.len() as u64);
     for (commit, info) in packages.commits.iter().zip(&packages.infos) {
-        let opts = ostree::RepoCheckoutAtOptions {
-            mode: ostree::RepoCheckoutMode::User,
-            overwrite_mode: ostree::RepoCheckoutOverwriteMode::UnionFiles,
-            no_copy_fallback: true,
-            devino_to_csum_cache: Some(devino.clone()),
-            ..Default::default()
-        };
-        env.cache
-            .checkout_at(
-                Some(&opts),
-                libc::AT_FDCWD,
-                &r,
-                commit,
-                gio::Cancellable::NONE,
-            )
+        check_out_over_root(env, commit, ostree::RepoCheckoutOverwriteMode::UnionFiles)
             .with_context(|| format!("checking out {}", info.nevra))?;
         bar.inc(&info.name);
     }
@@ -723,49 +708,55 @@ fn check_out_layers(env: &Env, layers: &[Layer]) -> Result<()> {
         return Ok(());
     }
     // The layers' objects come into the cache repo, so the checkout hardlinks like packages.
-    let opts = glib::VariantDict::new(None);
     let commits: Vec<String> = layers.iter().map(|l| l.commit.clone()).collect();
-    opts.insert("refs", commits);
-    opts.insert("depth", 0i32);
     let repo = env
         .opts
         .repo
         .as_ref()
         .expect("layers are resolved in the target repo");
-    let url = format!("file://{}", repo.canonicalize()?.display());
-    env.cache
-        .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+    ostreeutil::pull_local(&env.cache, repo, &commits)
         .context("copying the ostree layers into the cache repo")?;
     for layer in layers {
-        let opts = ostree::RepoCheckoutAtOptions {
-            mode: ostree::RepoCheckoutMode::User,
-            overwrite_mode: if layer.overrides {
-                ostree::RepoCheckoutOverwriteMode::UnionFiles
-            } else {
-                ostree::RepoCheckoutOverwriteMode::UnionIdentical
-            },
-            no_copy_fallback: true,
-            devino_to_csum_cache: Some(env.devino.clone()),
-            ..Default::default()
+        let overwrite = if layer.overrides {
+            ostree::RepoCheckoutOverwriteMode::UnionFiles
+        } else {
+            ostree::RepoCheckoutOverwriteMode::UnionIdentical
         };
-        env.cache
-            .checkout_at(
-                Some(&opts),
-                libc::AT_FDCWD,
-                env.root(),
-                &layer.commit,
-                gio::Cancellable::NONE,
-            )
-            .with_context(|| {
-                let hint = if layer.overrides {
-                    ""
-                } else {
-                    " (a file of it differs from one the packages ship: list the layer under \
-                     ostree-override-layers to replace such files)"
-                };
-                format!("checking out ostree layer {}{hint}", layer.name)
-            })?;
+        check_out_over_root(env, &layer.commit, overwrite).with_context(|| {
+            let hint = if layer.overrides {
+                ""
+            } else {
+                " (a file of it differs from one the packages ship: list the layer under \
+                 ostree-override-layers to replace such files)"
+            };
+            format!("checking out ostree layer {}{hint}", layer.name)
+        })?;
     }
+    Ok(())
+}
+
+/// Checks a commit of the cache repo out over the tree being composed: hardlinks to the
+/// cache's objects (their checksums remembered for the commit), files overwritten as
+/// `overwrite` says.
+fn check_out_over_root(
+    env: &Env,
+    commit: &str,
+    overwrite: ostree::RepoCheckoutOverwriteMode,
+) -> Result<()> {
+    let opts = ostree::RepoCheckoutAtOptions {
+        mode: ostree::RepoCheckoutMode::User,
+        overwrite_mode: overwrite,
+        no_copy_fallback: true,
+        devino_to_csum_cache: Some(env.devino.clone()),
+        ..Default::default()
+    };
+    env.cache.checkout_at(
+        Some(&opts),
+        libc::AT_FDCWD,
+        env.root(),
+        commit,
+        gio::Cancellable::NONE,
+    )?;
     Ok(())
 }
 
@@ -1355,14 +1346,8 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
 
 /// Copies the commit's objects from the cache repo into `--repo` (no ref moves yet).
 fn copy_into_target(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
-    let opts = glib::VariantDict::new(None);
-    opts.insert("refs", vec![built.to_string()]);
-    opts.insert("depth", 0i32);
-    let url = format!("file://{}", env.cache_path.canonicalize()?.display());
-    target
-        .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
-        .with_context(|| format!("copying commit {built} into the target repo"))?;
-    Ok(())
+    ostreeutil::pull_local(target, &env.cache_path, &[built.to_string()])
+        .with_context(|| format!("copying commit {built} into the target repo"))
 }
 
 /// Points the ref at the commit, and keeps a served repo's summary in step with its refs.

@@ -4,7 +4,6 @@
 use crate::ostreeutil;
 use anyhow::{anyhow, Context, Result};
 use ostree::gio;
-use ostree::glib;
 use std::path::Path;
 
 /// Pulls `r` from `repo` into the sysroot's repo by checksum (a stale summary file cannot
@@ -16,11 +15,7 @@ pub fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<St
     let imported = ostreeutil::import_archive_commit(repo, sysroot_repo, &commit)
         .with_context(|| format!("pulling {r} ({commit}) from {}", repo.display()))?;
     if !imported {
-        let opts = glib::VariantDict::new(None);
-        opts.insert("refs", vec![commit.clone()]);
-        let url = format!("file://{}", repo.canonicalize()?.display());
-        sysroot_repo
-            .pull_with_options(&url, &opts.end(), None, gio::Cancellable::NONE)
+        ostreeutil::pull_local(sysroot_repo, repo, std::slice::from_ref(&commit))
             .with_context(|| format!("pulling {r} ({commit}) from {}", repo.display()))?;
     }
     sysroot_repo
