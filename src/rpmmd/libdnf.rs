@@ -197,17 +197,11 @@ pub fn depsolve(req: &Request) -> Result<Solution> {
         if installs.is_null() {
             bail!("listing the solution: {}", take_error(err));
         }
-        let arr = &*installs;
-        let mut out = Vec::with_capacity(arr.len as usize);
-        for i in 0..arr.len as usize {
-            out.push(solved_from(*arr.pdata.add(i) as *mut sys::DnfPackage));
-        }
+        let mut out: Vec<Solved> = ptr_items(installs).map(|p| solved_from(p)).collect();
         sys::g_ptr_array_unref(installs);
         out.sort();
         let mut repo_generated = std::collections::BTreeMap::new();
-        let repos = sys::dnf_context_get_repos(c);
-        for i in 0..(*repos).len as usize {
-            let r = *(*repos).pdata.add(i) as *mut sys::DnfRepo;
+        for r in ptr_items::<sys::DnfRepo>(sys::dnf_context_get_repos(c)) {
             if sys::dnf_repo_get_enabled(r) != sys::DnfRepoEnabled_DNF_REPO_ENABLED_NONE {
                 repo_generated.insert(
                     owned(sys::dnf_repo_get_id(r)),
@@ -239,9 +233,18 @@ impl PkgList {
 
     fn iter(&self) -> impl Iterator<Item = *mut sys::DnfPackage> + '_ {
         // SAFETY: self.0 is a live GPtrArray of DnfPackage pointers until drop.
-        let arr = unsafe { &*self.0 };
-        (0..arr.len as usize).map(move |i| unsafe { *arr.pdata.add(i) as *mut sys::DnfPackage })
+        unsafe { ptr_items(self.0) }
     }
+}
+
+/// The pointers a GPtrArray holds, as `*mut T`.
+///
+/// # Safety
+/// `arr` is a live GPtrArray of `T` pointers, alive and unchanged while the iterator is used.
+unsafe fn ptr_items<'a, T>(arr: *const sys::GPtrArray) -> impl Iterator<Item = *mut T> + 'a {
+    // SAFETY: the caller keeps `arr` alive and unchanged while iterating.
+    let (len, data) = unsafe { ((*arr).len as usize, (*arr).pdata) };
+    (0..len).map(move |i| unsafe { *data.add(i) as *mut T })
 }
 
 impl Drop for PkgList {
