@@ -232,7 +232,7 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
         }
     };
     drop(lock);
-    let doc = summary(&env, outcome, run.seconds)?;
+    let doc = summary(&env, outcome, run.seconds).context("writing the compose summary")?;
     if let Some(p) = &env.opts.write_composejson_to {
         let text = serde_json::to_string_pretty(&doc)? + "\n";
         fsutil::write_replacing(p, text.as_bytes())?;
@@ -321,14 +321,20 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
         .with_context(|| format!("creating cachedir {}", opts.cachedir.display()))?;
     // Programs we run get absolute paths (rpmdb --dbpath insists).
     let mut opts = opts;
-    opts.cachedir = opts.cachedir.canonicalize()?;
-    let lock = std::fs::File::create(opts.cachedir.join("lock"))?;
+    opts.cachedir = opts
+        .cachedir
+        .canonicalize()
+        .with_context(|| format!("resolving cachedir {}", opts.cachedir.display()))?;
+    let lock_path = opts.cachedir.join("lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
         progress.info("waiting for another compose using this cachedir");
         lock.lock()?;
     }
     let cache_path = opts.cachedir.join("repo");
-    let cache = ostreeutil::open_or_create(&cache_path, ostree::RepoMode::BareUser)?;
+    let cache = ostreeutil::open_or_create(&cache_path, ostree::RepoMode::BareUser)
+        .with_context(|| format!("opening the cache repo {}", cache_path.display()))?;
     let work = opts.cachedir.join("work");
     let all_repos = rpmmd::load_repo_files(&tf.dir)?;
     let mut repos = rpmmd::select_repos(&all_repos, tf.doc.repos.as_deref(), &tf.path)?;
