@@ -278,6 +278,9 @@ pub struct TreeArgs {
     /// Write the resolved package set as an rpm-ostree lockfile to FILE
     #[arg(long = "ex-write-lockfile-to", value_name = "FILE")]
     pub write_lockfile_to: Option<PathBuf>,
+    /// Do not label the files with the tree's SELinux policy, even if the treefile asks for it
+    #[arg(long)]
+    pub disable_selinux: bool,
     /// Print nothing but errors
     #[arg(long, short)]
     pub quiet: bool,
@@ -350,6 +353,7 @@ fn compose_tree(a: TreeArgs) -> Result<()> {
         lockfiles: a.lockfiles,
         lockfile_strict: a.lockfile_strict,
         write_lockfile_to: a.write_lockfile_to,
+        disable_selinux: a.disable_selinux,
     };
     let json = opts.json;
     let doc = compose::compose_tree(opts)?;

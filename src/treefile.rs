@@ -1172,13 +1172,6 @@ fn fold_packages(doc: &mut TreefileDoc, arch: Option<Vec<String>>) -> Result<()>
 /// Checks that serde cannot express; each error points at the key's line.
 fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
     let at = |key: &str| format!("{}:{}", path.display(), line_of_key(text, key).unwrap_or(1));
-    if doc.selinux == Some(true) {
-        bail!(
-            "{}: selinux: true is not supported yet: hostforge composes without SELinux \
-             labels; set `selinux: false` or remove the key",
-            at("selinux")
-        );
-    }
     let mut derive: Vec<&str> = [
         (&doc.base_refspec, "base-refspec"),
         (&doc.container_image_reference, "container-image-reference"),
@@ -1951,21 +1944,6 @@ mod tests {
             Treefile::load(&d.path().join("t0.yaml")).unwrap_err()
         );
         assert!(err.contains("deeper than 50"), "{err}");
-    }
-
-    #[test]
-    fn selinux_true_is_a_clear_error() {
-        let d = tempfile::tempdir().unwrap();
-        let p = write(
-            d.path(),
-            "t.yaml",
-            "ref: r\nrepos: [r]\npackages: [p]\nselinux: true\n",
-        );
-        let err = format!("{:#}", Treefile::load(&p).unwrap_err());
-        assert!(
-            err.contains("t.yaml:4") && err.contains("not supported"),
-            "{err}"
-        );
     }
 
     #[test]

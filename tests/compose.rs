@@ -207,7 +207,7 @@ fn treefile_options_shape_the_tree() {
     .unwrap();
     let tf = env.treefile(
         "node.yaml",
-        "ref: test/opts\nrepos: [base]\npackages: [filesystem busybox setup, app, config-tool-1.0]\n\
+        "ref: test/opts\nrepos: [base]\nselinux: false\npackages: [filesystem busybox setup, app, config-tool-1.0]\n\
          recommends: false\ndocumentation: false\ninstall-langs: [de]\n\
          remove-files: [usr/bin/app-link]\nremove-from-packages: [[app, \"/usr/share/app/hard-.*\"]]\n\
          add-files: [[motd, /etc/motd]]\npostprocess-script: post.sh\n\
@@ -296,7 +296,7 @@ fn exclude_packages_keeps_a_package_out() {
     assert!(!co.join("usr/share/app/extras").exists());
     let tf = env.treefile(
         "x.yaml",
-        "ref: test/x\nrepos: [base]\npackages: [app-extras]\nexclude-packages: [app-extras]\n",
+        "ref: test/x\nrepos: [base]\nselinux: false\npackages: [app-extras]\nexclude-packages: [app-extras]\n",
     );
     let out = env.compose(&tf, &[]);
     assert_fails_with(&out, &["app-extras", "exclude-packages"]);
@@ -438,7 +438,7 @@ fn variables_dates_and_legacy_spellings_work_as_in_rpm_ostree() {
     let env = Env::new();
     let tf = env.treefile(
         "vars.yaml",
-        "ref: test/${stream}\nrepos: [base]\nvariables:\n  stream: testing\n  osver: \"1 (Anvil)\"\n\
+        "ref: test/${stream}\nrepos: [base]\nselinux: false\nvariables:\n  stream: testing\n  osver: \"1 (Anvil)\"\n\
          packages: [filesystem, busybox, setup, app, triggerer]\n\
          automatic_version_prefix: \"${stream}.<date:%Y%m%d>\"\nautomatic-version-suffix: \"-\"\n\
          mutate-os-release: \"${osver}\"\ndefault_target: multi-user.target\n\
@@ -528,7 +528,7 @@ fn version_constraints_repo_packages_and_lockfiles_pick_packages() {
         ),
     )
     .unwrap();
-    let base_pkgs = "packages: [filesystem, busybox, setup, app]\n";
+    let base_pkgs = "packages: [filesystem, busybox, setup, app]\nselinux: false\n";
 
     // 'config-tool < 2.0' is one spec, and picks the older version.
     let tf = env.treefile(
@@ -776,7 +776,7 @@ fn mirrorlists_metalinks_and_repo_variables_work() {
         ),
     )
     .unwrap();
-    let pkgs = "packages: [filesystem, busybox, setup, app]\nreleasever: 7\n";
+    let pkgs = "packages: [filesystem, busybox, setup, app]\nreleasever: 7\nselinux: false\n";
     for repo in ["ml", "mlink"] {
         let tf = env.treefile("m.yaml", &format!("ref: test/m\nrepos: [{repo}]\n{pkgs}"));
         let out = env.compose(&tf, &["--dry-run"]);
@@ -838,4 +838,137 @@ fn scriptlets_follow_rpm_ostree_rules() {
             "rpm-ostree-skip",
         ],
     );
+}
+
+/// `selinux: true` is rpm-ostree's default, so with the key absent every directory, file and
+/// symlink of the commit carries the label the tree's own policy (the fixture distro's
+/// selinux-policy-default) gives its path: what libselinux's lookup, `matchpathcon` over the
+/// policy checked out of the commit, answers. `--disable-selinux` leaves no label.
+#[test]
+fn commit_is_labelled_from_the_trees_own_policy() {
+    let env = Env::new();
+    std::fs::write(
+        env.path().join("tf/fixture-distro.repo"),
+        format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),
+    )
+    .unwrap();
+    let tf = env.treefile(
+        "labelled.yaml",
+        "ref: test/labelled\nrepos: [fixture-distro]\n\
+         packages: [base-files, base-passwd, bash, coreutils, selinux-policy-default]\n\
+         recommends: false\ndocumentation: false\n",
+    );
+    let out = env.compose(&tf, &[]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("SELinux policy default"),
+        "{}",
+        stderr(&out)
+    );
+    let policy = env.path().join("policy");
+    env.ostree(&[
+        "checkout",
+        "-U",
+        "--subpath=/usr/etc/selinux",
+        "test/labelled",
+        policy.to_str().unwrap(),
+    ]);
+
+    // `ostree ls -X` lines: "d00755 0 0 0 { [(b'security.selinux', b'LABEL')] } /path".
+    let listing = env.ostree(&["ls", "-R", "-X", "test/labelled", "/"]);
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<(String, String)>> = Default::default();
+    for line in listing.lines() {
+        let kind = match line.chars().next() {
+            Some('d') => "dir",
+            Some('-') => "file",
+            Some('l') => "lnk_file",
+            _ => panic!("unexpected entry: {line}"),
+        };
+        let (meta, path) = line.split_once("} ").unwrap();
+        let path = path.split(" -> ").next().unwrap().to_string();
+        let label = meta
+            .split("b'security.selinux', b'")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .unwrap_or_else(|| panic!("no SELinux label: {line}"))
+            .to_string();
+        by_kind.entry(kind).or_default().push((path, label));
+    }
+    let mut mismatches = Vec::new();
+    let mut checked = 0;
+    for (kind, entries) in &by_kind {
+        let out = std::process::Command::new("matchpathcon")
+            .arg("-n")
+            .arg("-P")
+            .arg(policy.join("default"))
+            .args(["-m", kind])
+            // libostree labels the /proc mount point as /mnt: the policy says "<<none>>"
+            // (never relabel) for /proc, and a mount point needs a label.
+            .args(
+                entries
+                    .iter()
+                    .map(|(p, _)| if p == "/proc" { "/mnt" } else { p }),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "matchpathcon: {}", stderr(&out));
+        let answers = String::from_utf8(out.stdout).unwrap();
+        let answers: Vec<&str> = answers.lines().collect();
+        assert_eq!(answers.len(), entries.len());
+        for ((path, label), answer) in entries.iter().zip(answers) {
+            checked += 1;
+            if label != answer {
+                mismatches.push(format!("{kind} {path}: commit {label}, policy {answer}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert!(checked > 500, "only {checked} paths in the commit");
+    // Paths the policy gives types of their own, so the comparison is not of two defaults.
+    let label_of = |kind: &str, path: &str| {
+        by_kind[kind]
+            .iter()
+            .find(|(p, _)| p == path)
+            .unwrap_or_else(|| panic!("{path} not in the commit"))
+            .1
+            .clone()
+    };
+    assert_eq!(
+        label_of("file", "/usr/bin/bash"),
+        "system_u:object_r:shell_exec_t:s0"
+    );
+    assert_eq!(
+        label_of("file", "/usr/etc/passwd"),
+        "system_u:object_r:etc_t:s0"
+    );
+    assert_eq!(label_of("dir", "/usr/lib"), "system_u:object_r:lib_t:s0");
+    assert_eq!(label_of("lnk_file", "/bin"), "system_u:object_r:bin_t:s0");
+
+    let out = env.compose(&tf, &["--disable-selinux"]);
+    assert_ok(&out);
+    let listing = env.ostree(&["ls", "-R", "-X", "test/labelled", "/usr/bin"]);
+    assert!(!listing.contains("security.selinux"), "{listing}");
+
+    // selinux-label-version: 1 labels /usr/etc as /etc, which libostree does from 2023.7 on;
+    // with an older one it is refused, never silently labelled the version-0 way.
+    let text = std::fs::read_to_string(&tf).unwrap() + "selinux-label-version: 1\n";
+    let tf = env.treefile("labelled.yaml", &text);
+    let out = env.compose(&tf, &[]);
+    let version = std::process::Command::new("pkg-config")
+        .args(["--modversion", "ostree-1"])
+        .output()
+        .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    let (year, release) = version.trim().split_once('.').unwrap();
+    let (year, release): (u32, u32) = (year.parse().unwrap(), release.parse().unwrap());
+    if (year, release) >= (2023, 7) {
+        assert_ok(&out);
+        let listing = env.ostree(&["ls", "-X", "test/labelled", "/usr/etc/selinux"]);
+        assert!(listing.contains("selinux_config_t"), "{listing}");
+    } else {
+        assert_fails_with(
+            &out,
+            &["labelled.yaml", "selinux-label-version: 1", "2023.7"],
+        );
+    }
 }

@@ -17,7 +17,7 @@ fn bad(env: &Env, repos: &str, extra_pkgs: &str) -> std::path::PathBuf {
     env.treefile(
         "bad.yaml",
         &format!(
-            "ref: test/node\nrepos: [{repos}]\npackages: [filesystem, busybox, setup, app, triggerer, {extra_pkgs}]\n"
+            "ref: test/node\nrepos: [{repos}]\npackages: [filesystem, busybox, setup, app, triggerer, {extra_pkgs}]\nselinux: false\n"
         ),
     )
 }
@@ -174,35 +174,36 @@ fn undefined_repo_is_named() {
     let env = Env::new();
     let tf = env.treefile(
         "bad.yaml",
-        "ref: test/node\nrepos: [base, updates]\npackages: [app]\n",
+        "ref: test/node\nrepos: [base, updates]\npackages: [app]\nselinux: false\n",
     );
     let out = env.compose(&tf, &[]);
     assert_fails_with(&out, &["\"updates\"", "found: base, hostile, signed"]);
 }
 
+/// Labels are on unless a treefile says `selinux: false` (rpm-ostree's default); a tree
+/// without a policy is refused before anything is committed, never committed unlabelled.
 #[test]
-fn selinux_true_is_rejected_clearly() {
+fn labelling_a_tree_without_a_policy_is_a_clear_error() {
     let env = Env::new();
-    let tf = env.treefile(
-        "bad.yaml",
-        "ref: test/node\nrepos: [base]\npackages: [app]\nselinux: true\n",
-    );
-    assert_fails_with(
-        &env.compose(&tf, &[]),
-        &["bad.yaml:4", "selinux", "not supported"],
-    );
-    // Without the key (rpm-ostree would label), the unlabelled commit is not silent.
-    let tf = env.treefile("good.yaml", GOOD);
-    let out = env.compose(&tf, &["--dry-run"]);
-    assert_ok(&out);
-    assert!(
-        stderr(&out).contains("hostforge does not label yet"),
-        "{}",
-        stderr(&out)
-    );
-    let tf = env.treefile("good.yaml", &format!("{GOOD}selinux: false\n"));
-    let out = env.compose(&tf, &["--dry-run"]);
-    assert!(!stderr(&out).contains("does not label"), "{}", stderr(&out));
+    let before = good_first(&env);
+    let unlabelled = GOOD.replace("selinux: false\n", "");
+    for (name, text) in [
+        ("absent.yaml", unlabelled.clone()),
+        ("true.yaml", format!("{unlabelled}selinux: true\n")),
+    ] {
+        let tf = env.treefile(name, &text);
+        let out = env.compose(&tf, &[]);
+        assert_fails_with(
+            &out,
+            &[name, "no SELinux policy", "SELINUXTYPE=", "selinux: false"],
+        );
+        assert_eq!(env.rev("test/node").unwrap(), before, "ref moved");
+    }
+    // rpm-ostree's --disable-selinux composes it as `selinux: false` would: the same inputs
+    // as the good treefile, so nothing changes.
+    let tf = env.path().join("tf/true.yaml");
+    assert_ok(&env.compose(&tf, &["--disable-selinux"]));
+    assert_eq!(env.rev("test/node").unwrap(), before);
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub struct Options {
     pub lockfiles: Vec<PathBuf>,
     pub lockfile_strict: bool,
     pub write_lockfile_to: Option<PathBuf>,
+    /// `--disable-selinux`: no labels even when the treefile asks for them (as rpm-ostree).
+    pub disable_selinux: bool,
 }
 
 #[derive(Default)]
@@ -207,16 +209,6 @@ const COMPOSE_FORMAT: &str = "hostforge-compose-1";
 /// Runs a compose; returns what it did (the compose.json document).
 pub fn compose_tree(opts: Options) -> Result<Summary> {
     let (env, lock) = setup(opts)?;
-    if env.tf.doc.selinux.is_none() && !env.tf.container() {
-        // rpm-ostree labels by default; saying nothing here would hand out an unlabelled
-        // commit as if it were what rpm-ostree makes.
-        env.progress.info(&format!(
-            "warning: {}: `selinux` is not set: rpm-ostree would label the files from the \
-             tree's SELinux policy, but hostforge does not label yet; this commit has no \
-             SELinux labels (set `selinux: false` to say that is intended)",
-            env.tf.path.display()
-        ));
-    }
     let mut run = Runner {
         progress: &env.progress,
         seconds: Vec::new(),
@@ -310,7 +302,11 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
 fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
     process::check_required_programs()?;
     let progress = Progress::new(opts.quiet, opts.json);
-    let tf = Treefile::load(&opts.treefile)?;
+    let mut tf = Treefile::load(&opts.treefile)?;
+    if opts.disable_selinux {
+        // In the flattened treefile too: it is hashed and travels in the commit.
+        tf.doc.selinux = Some(false);
+    }
     let treeref = tf.treeref();
     let target = match (&opts.repo, opts.dry_run) {
         (Some(r), _) => Some(ostreeutil::open_existing(r)?),
@@ -1093,8 +1089,45 @@ fn postprocess_tree(
         }
     };
     postprocess::check_ids(&r, tf, prev_dir.as_deref())?;
+    // The policy comes from the packages and the scripts; a tree that cannot be labelled
+    // fails here, before the initramfs is built.
+    let policy = match selinux_policy(env)? {
+        Some(p) => format!(", SELinux policy {}", p.name().unwrap_or_default()),
+        None => String::new(),
+    };
 
-    Ok((version, format!("{scripts_run} scripts")))
+    Ok((version, format!("{scripts_run} scripts{policy}")))
+}
+
+/// The composed tree's own SELinux policy, which labels every file of the commit, as
+/// rpm-ostree does; `None` when the treefile says `selinux: false`. `selinux: true` is the
+/// default, so a tree without a policy is an error rather than an unlabelled commit.
+fn selinux_policy(env: &Env) -> Result<Option<ostree::SePolicy>> {
+    if env.tf.doc.selinux == Some(false) {
+        return Ok(None);
+    }
+    let tf = env.tf.path.display();
+    if env.tf.doc.selinux_label_version == Some(1) && !ostree::check_version(2023, 7) {
+        // Version 1 labels /usr/etc as /etc; libostree learnt that in 2023.7.
+        bail!(
+            "{tf}: selinux-label-version: 1 needs libostree 2023.7 or newer (it labels \
+             /usr/etc as /etc); this hostforge runs with an older libostree. Remove the key \
+             (version 0 labels /usr/etc by its own path) or build on a newer system"
+        );
+    }
+    let root = env.root();
+    let policy = ostree::SePolicy::new(&gio::File::for_path(&root), gio::Cancellable::NONE)
+        .with_context(|| format!("{tf}: loading the composed tree's SELinux policy"))?;
+    if policy.name().is_none() {
+        bail!(
+            "{tf}: SELinux labelling is on (`selinux: true`, rpm-ostree's default when the key \
+             is absent) but the composed tree has no SELinux policy: no /etc/selinux/config \
+             names one with SELINUXTYPE= and SELINUX=enforcing or permissive. Add the \
+             policy's package to `packages` (e.g. selinux-policy-targeted), or set \
+             `selinux: false` for a commit without labels"
+        );
+    }
+    Ok(Some(policy))
 }
 
 /// `remove-from-packages`: deletes the paths of a package that match its regexes.
@@ -1267,9 +1300,9 @@ fn commit(
     Ok((committed, detail))
 }
 
-/// What the commit changes on the way in: owners from the composed passwd/group, and
-/// `readonly-executables`.
-fn commit_modifier(env: &Env, owners: Owners) -> ostree::RepoCommitModifier {
+/// What the commit changes on the way in: owners from the composed passwd/group,
+/// `readonly-executables`, and SELinux labels from the tree's own policy.
+fn commit_modifier(env: &Env, owners: Owners) -> Result<ostree::RepoCommitModifier> {
     let readonly_exec = env.tf.doc.readonly_executables == Some(true);
     let filter = move |_repo: &ostree::Repo, path: &str, info: &gio::FileInfo| {
         if let Some((uid, gid)) = owners.get(path) {
@@ -1284,19 +1317,29 @@ fn commit_modifier(env: &Env, owners: Owners) -> ostree::RepoCommitModifier {
         }
         ostree::RepoCommitFilterResult::Allow
     };
-    let modifier = ostree::RepoCommitModifier::new(
-        ostree::RepoCommitModifierFlags::NONE,
-        Some(Box::new(filter)),
-    );
+    let policy = selinux_policy(env)?;
+    let mut flags = ostree::RepoCommitModifierFlags::NONE;
+    if policy.is_some() {
+        // As rpm-ostree: a path the policy has no label for fails the commit.
+        flags |= ostree::RepoCommitModifierFlags::ERROR_ON_UNLABELED;
+        if env.tf.doc.selinux_label_version == Some(1) {
+            flags |= ostree::RepoCommitModifierFlags::SELINUX_LABEL_V1;
+        }
+    }
+    let modifier = ostree::RepoCommitModifier::new(flags, Some(Box::new(filter)));
+    // Labels replace whatever security.selinux the files carry on disk. A labelled file is a
+    // new object (the label is part of its checksum), so the devino shortcut below only
+    // helps files whose label did not change.
+    modifier.set_sepolicy(policy.as_ref());
     // Reuse checksums of files still hardlinked to the package cache.
     modifier.set_devino_cache(&env.devino);
-    modifier
+    Ok(modifier)
 }
 
 /// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
 fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committed> {
     let cancellable = gio::Cancellable::NONE;
-    let modifier = commit_modifier(env, owners);
+    let modifier = commit_modifier(env, owners)?;
     let cache = &env.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;

@@ -170,10 +170,11 @@ pub fn assert_ok(o: &Output) {
     assert!(o.status.success(), "compose failed: {}", stderr(o));
 }
 
-/// The base fixture node that composes cleanly.
+/// The base fixture node that composes cleanly. The synthetic repo ships no SELinux policy,
+/// so it says `selinux: false` (the default, true, would refuse a tree without one).
 pub const GOOD: &str =
     "ref: test/node\nrepos: [base]\npackages: [filesystem, busybox, setup, app, triggerer]\n\
-automatic-version-prefix: \"1\"\n";
+automatic-version-prefix: \"1\"\nselinux: false\n";
 
 /// The fixture distro repo built by `cargo xtask fixtures`; `cargo xtask test` sets the variable.
 pub fn distro() -> PathBuf {

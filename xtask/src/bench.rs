@@ -95,7 +95,7 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
     std::fs::write(
         &treefile,
         format!(
-            "ref: bench/node\nrepos: [bench]\npackages:\n{}",
+            "ref: bench/node\nrepos: [bench]\nselinux: false\npackages:\n{}",
             names
                 .iter()
                 .map(|n| format!("  - {n}\n"))

@@ -16,7 +16,8 @@ const SOURCE: &str = include_str!("distro.rs");
 const BUILD_TIME: u32 = 1_700_000_000;
 
 /// What the node needs: a kernel, systemd, udev, the ostree boot pieces, dracut and a shell;
-/// and what the debug toolbox (`treefiles/toolbox.yaml`) adds: strace, tcpdump, iproute2, lsof.
+/// what the debug toolbox (`treefiles/toolbox.yaml`) adds: strace, tcpdump, iproute2, lsof;
+/// and an SELinux policy for composes that label (`selinux: true`, rpm-ostree's default).
 const DEBIAN_PACKAGES: &[&str] = &[
     "linux-image-cloud-amd64",
     "systemd",
@@ -48,7 +49,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "lsof",
     "iputils-ping",
     "less",
+    "selinux-policy-default",
 ];
+
+/// The Debian package whose maintainer script builds the SELinux policy; the repack builds it.
+const SELINUX_POLICY: &str = "selinux-policy-default";
+/// Its policy type: `/etc/selinux/TYPE/` in the tree, `SELINUXTYPE=` in /etc/selinux/config.
+const SELINUX_TYPE: &str = "default";
 
 /// Parts of packages a node never needs; dropped like dpkg's path-exclude would.
 const EXCLUDED_PREFIXES: &[&str] = &[
@@ -230,6 +237,9 @@ impl Repack<'_> {
         let _ = std::fs::remove_dir_all(scratch);
         std::fs::create_dir_all(scratch)?;
         run_out(Command::new("dpkg-deb").arg("-x").arg(deb).arg(scratch))?;
+        if ctl.name == SELINUX_POLICY {
+            build_selinux_policy(scratch).context("building the SELinux policy")?;
+        }
         let conffiles: BTreeSet<String> = Command::new("dpkg-deb")
             .arg("-I")
             .arg(deb)
@@ -332,6 +342,39 @@ impl Repack<'_> {
         b.requires(Dependency::any("hostforge-node-base"));
         Ok(b.build()?)
     }
+}
+
+/// What selinux-policy-default's postinst does on a Debian system, done at repack time into
+/// the extracted package: `semodule` compiles the shipped modules into the binary policy
+/// (`/etc/selinux/default/policy/policy.NN`) and the file contexts
+/// (`contexts/files/file_contexts`) that label a tree. The module store semodule keeps under
+/// /var/lib/selinux is left out (an immutable node never rebuilds its policy), and
+/// /etc/selinux/config names the policy (no Debian package ships that file; ostree and
+/// libselinux read it).
+fn build_selinux_policy(root: &Path) -> Result<()> {
+    let share = root.join("usr/share/selinux").join(SELINUX_TYPE);
+    let list = std::fs::read_to_string(share.join(".modules"))
+        .with_context(|| format!("reading {}", share.join(".modules").display()))?;
+    let mut cmd = Command::new("semodule");
+    cmd.arg("-p")
+        .arg(root)
+        .args(["-s", SELINUX_TYPE, "-n", "-X", "100"]);
+    for module in list.split_whitespace() {
+        cmd.arg("-i").arg(share.join(format!("{module}.pp.bz2")));
+    }
+    run_out(&mut cmd)?;
+    let _ = std::fs::remove_dir_all(root.join("var/lib/selinux"));
+    let policy = root.join("etc/selinux").join(SELINUX_TYPE);
+    for built in ["contexts/files/file_contexts", "policy"] {
+        if !policy.join(built).exists() {
+            bail!("semodule did not write {}", policy.join(built).display());
+        }
+    }
+    std::fs::write(
+        root.join("etc/selinux/config"),
+        format!("SELINUX=permissive\nSELINUXTYPE={SELINUX_TYPE}\n"),
+    )?;
+    Ok(())
 }
 
 const BOOTED_UNIT: &str = "[Unit]
