@@ -278,6 +278,13 @@ pub struct TreeArgs {
     /// Write the resolved package set as an rpm-ostree lockfile to FILE
     #[arg(long = "ex-write-lockfile-to", value_name = "FILE")]
     pub write_lockfile_to: Option<PathBuf>,
+    /// Sign the commit and the repo summary with this GPG key (wins over the treefile's
+    /// `gpg-key`)
+    #[arg(long, value_name = "KEYID")]
+    pub gpg_sign: Option<String>,
+    /// GnuPG home directory holding the signing key
+    #[arg(long, value_name = "DIR")]
+    pub gpg_homedir: Option<PathBuf>,
     /// Do not label the files with the tree's SELinux policy, even if the treefile asks for it
     #[arg(long)]
     pub disable_selinux: bool,
@@ -304,7 +311,18 @@ fn parse_kv(s: &str) -> Result<(String, String)> {
 }
 
 pub fn run() -> Result<()> {
-    dispatch(Cli::parse())
+    let cli = Cli::parse();
+    // libostree takes two settings only from the environment: they are set now, before any
+    // thread exists, for the commands that deploy; skip-sync only where the sysroot is a
+    // scratch copy bound for an image.
+    let _ostree_env = match &cli.command {
+        Command::Image(op) => Some(crate::image::grub::OstreeEnv::set_up(matches!(
+            op,
+            ImageCmd::Build(_)
+        ))?),
+        _ => None,
+    };
+    dispatch(cli)
 }
 
 /// Runs a parsed command line.
@@ -354,6 +372,8 @@ fn compose_tree(a: TreeArgs) -> Result<()> {
         lockfile_strict: a.lockfile_strict,
         write_lockfile_to: a.write_lockfile_to,
         disable_selinux: a.disable_selinux,
+        gpg_sign: a.gpg_sign,
+        gpg_homedir: a.gpg_homedir,
     };
     let json = opts.json;
     let doc = compose::compose_tree(opts)?;

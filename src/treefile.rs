@@ -1272,17 +1272,13 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
             at("ima")
         );
     }
-    if doc.gpg_key.is_some() {
-        let key = if line_of_key(text, "gpg_key").is_some() {
+    if let Some(key) = &doc.gpg_key {
+        let name = if line_of_key(text, "gpg_key").is_some() {
             "gpg_key"
         } else {
             "gpg-key"
         };
-        bail!(
-            "{}: {key}: signing commits from the treefile is not supported yet; remove it \
-             (signing with `compose tree --gpg-sign KEYID` is planned)",
-            at(key)
-        );
+        crate::validate::one_line_text(name, key).with_context(|| at(name))?;
     }
     for rp in doc.repo_packages.iter().flatten() {
         if rp.packages.is_empty() {
@@ -2136,7 +2132,7 @@ cliwrap-binaries: [rpm]
             ("selinux-label-version: 2\n", "0 or 1"),
             ("opt-usrlocal: stateoverlay\n", "Debian 12"),
             ("ima: true\n", "security.ima"),
-            ("gpg_key: ABCD\n", "gpg_key"),
+            ("gpg_key: \"AB\\nCD\"\n", "gpg_key"),
             (
                 "override-remove: [a]\nbase-refspec: x\n",
                 "override-remove, base-refspec",

@@ -972,3 +972,70 @@ fn commit_is_labelled_from_the_trees_own_policy() {
         );
     }
 }
+
+/// `--gpg-sign KEYID --gpg-homedir DIR` (rpm-ostree's flags) sign the commit and the repo
+/// summary: a client that trusts the key pulls with `gpg-verify` and `gpg-verify-summary`, a
+/// client that trusts another key is refused. A key gpg cannot use fails before the ref moves;
+/// unchanged inputs still get the commit signed.
+#[test]
+fn signed_commits_and_summary_verify_on_a_client() {
+    let env = Env::new();
+    let key = GpgKey::new("signer");
+    let other = GpgKey::new("other");
+    let tf = env.treefile("node.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &[]));
+    let unsigned = env.rev("test/node").unwrap();
+
+    // The other key is not in the signer's keyring: refused, naming key and keyring.
+    let out = env.compose(
+        &tf,
+        &["--gpg-sign", &other.id, "--gpg-homedir", key.home_str()],
+    );
+    assert_fails_with(&out, &[&other.id, key.home_str(), "signing commit"]);
+    let sign = ["--gpg-sign", &key.id, "--gpg-homedir", key.home_str()];
+    // Unchanged inputs: the existing commit gets its signature.
+    assert_ok(&env.compose(&tf, &sign));
+    assert_eq!(env.rev("test/node").unwrap(), unsigned);
+    let shown = env.ostree(&["show", "test/node"]);
+    assert!(shown.contains(&key.id[key.id.len() - 16..]), "{shown}");
+
+    // A new commit is signed before its ref moves.
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}remove-files: [usr/share/app/extras]\n"),
+    );
+    assert_ok(&env.compose(&tf, &sign));
+    let signed = env.rev("test/node").unwrap();
+    assert_ne!(signed, unsigned);
+    assert!(env.repo().join("summary.sig").exists());
+
+    let client = |name: &str, trusted: &GpgKey| {
+        let repo = env.path().join(name);
+        ostree_at(&repo, &["init", "--mode=archive"]);
+        ostree_at(
+            &repo,
+            &[
+                "remote",
+                "add",
+                "--set=gpg-verify=true",
+                "--set=gpg-verify-summary=true",
+                &format!("--gpg-import={}", trusted.public.display()),
+                "origin",
+                &format!("file://{}", env.repo().display()),
+            ],
+        );
+        std::process::Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["pull", "origin", "test/node"])
+            .output()
+            .unwrap()
+    };
+    assert_ok(&client("trusting", &key));
+    let refused = client("distrusting", &other);
+    assert!(!refused.status.success(), "pulled with the wrong key");
+    let err = stderr(&refused);
+    assert!(
+        err.contains("GPG") || err.contains("signature"),
+        "refusal does not say why: {err}"
+    );
+}

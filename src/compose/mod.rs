@@ -48,6 +48,11 @@ pub struct Options {
     pub write_lockfile_to: Option<PathBuf>,
     /// `--disable-selinux`: no labels even when the treefile asks for them (as rpm-ostree).
     pub disable_selinux: bool,
+    /// `--gpg-sign KEYID`: sign the commit (and the repo summary) with this key; wins over
+    /// the treefile's `gpg-key`.
+    pub gpg_sign: Option<String>,
+    /// `--gpg-homedir DIR`: the GnuPG home holding the signing key (default: gpg's own).
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -55,6 +60,23 @@ struct FetchStats {
     cache_hits: usize,
     downloaded: usize,
     bytes_downloaded: u64,
+}
+
+impl Env {
+    /// The key that signs: `--gpg-sign`, else the treefile's `gpg-key`.
+    fn signing_key(&self) -> Option<&str> {
+        self.opts
+            .gpg_sign
+            .as_deref()
+            .or(self.tf.doc.gpg_key.as_deref())
+    }
+
+    fn gpg_homedir(&self) -> Option<String> {
+        self.opts
+            .gpg_homedir
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
 }
 
 /// What every step reads: settled before the first step, never changed by one.
@@ -262,13 +284,18 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
             commit,
             version,
         } => {
+            // Nothing to build; a key given now still signs the commit the ref names.
+            if env.signing_key().is_some() {
+                sign_commit(env, target, &commit)?;
+                update_summary(env, target)?;
+            }
             return Ok(Outcome::Unchanged {
                 parent: ostreeutil::commit_parent(target, &commit).ok().flatten(),
                 inputhash,
                 commit,
                 version,
                 packages: solved.len(),
-            })
+            });
         }
         Checked::Changed(input) => input,
     };
@@ -1293,6 +1320,7 @@ fn commit(
     let committed = write_build_commit(env, tree, owners)?;
     let built = &committed.commit;
     copy_into_target(env, target, built)?;
+    sign_commit(env, target, built)?;
     process::fault_point("commit");
     move_ref(env, target, built)?;
     clean_work_root(env)?;
@@ -1413,17 +1441,52 @@ fn move_ref(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
     let tx = target.auto_transaction(cancellable)?;
     target.transaction_set_ref(None, treeref, Some(built));
     tx.commit(cancellable)?;
-    if env
+    update_summary(env, target)
+}
+
+/// Keeps a served repo's summary in step with its refs: regenerated when the repo has one
+/// or when signing (clients verify a signed summary with `gpg-verify-summary`), and signed
+/// with the commit's key.
+fn update_summary(env: &Env, target: &ostree::Repo) -> Result<()> {
+    let cancellable = gio::Cancellable::NONE;
+    let key = env.signing_key();
+    let served = env
         .opts
         .repo
         .as_ref()
-        .is_some_and(|r| r.join("summary").exists())
-    {
+        .is_some_and(|r| r.join("summary").exists());
+    if !served && key.is_none() {
+        return Ok(());
+    }
+    target
+        .regenerate_summary(None, cancellable)
+        .context("updating the repo summary")?;
+    if let Some(key) = key {
         target
-            .regenerate_summary(None, cancellable)
-            .context("updating the repo summary")?;
+            .add_gpg_signature_summary(&[key], env.gpg_homedir().as_deref(), cancellable)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("signing the repo summary with GPG key {key}"))?;
     }
     Ok(())
+}
+
+/// Signs `commit` in `--repo` with the `--gpg-sign` (or treefile `gpg-key`) key, before any
+/// ref points at it: a key gpg cannot use fails the compose with nothing moved. A commit
+/// the key already signed stays as it is.
+fn sign_commit(env: &Env, target: &ostree::Repo, commit: &str) -> Result<()> {
+    let Some(key) = env.signing_key() else {
+        return Ok(());
+    };
+    let homedir = env.gpg_homedir();
+    match target.sign_commit(commit, key, homedir.as_deref(), gio::Cancellable::NONE) {
+        Ok(()) => Ok(()),
+        Err(e) if e.matches(gio::IOErrorEnum::Exists) => Ok(()),
+        Err(e) => Err(anyhow!(
+            "signing commit {commit} with GPG key {key} (keyring: {}): {e}; is the secret key \
+             in that keyring, without a passphrase or with gpg-agent holding it?",
+            homedir.as_deref().unwrap_or("gpg's default, ~/.gnupg")
+        )),
+    }
 }
 
 /// A JSON value as commit metadata: booleans, numbers and strings as themselves, a list of

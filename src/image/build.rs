@@ -260,9 +260,7 @@ struct Pulled {
 
 fn pull(plan: &Plan) -> Result<(Pulled, String)> {
     let layout = &plan.layout;
-    let grub = layout
-        .uses_grub()
-        .then_some((plan.separate_boot(), plan.work.scratch.as_path()));
+    let grub = layout.uses_grub().then_some(plan.separate_boot());
     let sysroot = sysroot::create(
         &plan.sysroot_dir(),
         &layout.ostree.osname,

@@ -106,7 +106,7 @@ fn boot_prefix(sysroot: &Path) -> String {
 }
 
 /// Records in the sysroot's repo config how GRUB reaches the kernels, and points ostree's
-/// grub2 backend at hostforge as its config generator (see [`install_hook`]).
+/// grub2 backend at hostforge as its config generator (see [`OstreeEnv::set_up`]).
 pub fn configure_sysroot(repo_cfg: &ostree::glib::KeyFile, separate_boot: bool) {
     repo_cfg.set_string("sysroot", "bootloader", "grub2");
     repo_cfg.set_string(
@@ -116,32 +116,73 @@ pub fn configure_sysroot(repo_cfg: &ostree::glib::KeyFile, separate_boot: bool) 
     );
 }
 
-/// Makes ostree's grub2 backend have hostforge write `loader.N/grub.cfg`, so config and
-/// entries switch together. ostree runs `$OSTREE_GRUB2_EXEC -o SYSROOT/boot/loader.N/grub.cfg`
-/// (one program, no arguments of ours) while the new loader directory is still unpublished,
-/// so a two-line script in `dir` forwards that to `hostforge grub-mkconfig -o PATH`
-/// ([`mkconfig`]). libostree reads the variable with getenv in this process: there is no API
-/// for it, so it is set here, before the deploy.
-pub fn install_hook(dir: &Path) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the hostforge executable")?;
-    let exe = exe
-        .to_str()
-        .ok_or_else(|| anyhow::anyhow!("{}: not a UTF-8 path", exe.display()))?;
-    let script = dir.join("hostforge-grub-mkconfig");
+/// The variables libostree takes only from its process environment (it reads them with
+/// getenv and has no API for them), set once by [`OstreeEnv::set_up`] at program start, before
+/// any thread exists, and never changed while hostforge runs.
+const GRUB2_EXEC: &str = "OSTREE_GRUB2_EXEC";
+const SYSROOT_OPTS: &str = "OSTREE_SYSROOT_OPTS";
+
+/// What [`OstreeEnv::set_up`] made; the hook script is removed when this is dropped.
+pub struct OstreeEnv {
+    _hook_dir: tempfile::TempDir,
+}
+
+impl OstreeEnv {
+    /// Makes ostree's grub2 backend have hostforge write `loader.N/grub.cfg`, so config and
+    /// entries switch together. ostree runs `$OSTREE_GRUB2_EXEC -o SYSROOT/boot/loader.N/grub.cfg`
+    /// (one program, no arguments of ours) while the new loader directory is still
+    /// unpublished, so a two-line script in a private directory forwards that to
+    /// `hostforge grub-mkconfig -o PATH` ([`mkconfig`]).
+    ///
+    /// `skip_sync`: a deploy ends with sync(), flushing every filesystem of the machine; a
+    /// scratch sysroot thrown away once its tree is in an image needs only its own syncfs
+    /// (`OSTREE_SYSROOT_OPTS=skip-sync`). A caller's own setting wins.
+    ///
+    /// Call before starting any thread: changing the environment of a running multi-threaded
+    /// process is unsound, so the binary does it first thing for the commands that deploy.
+    pub fn set_up(skip_sync: bool) -> Result<OstreeEnv> {
+        let exe = std::env::current_exe().context("finding the hostforge executable")?;
+        let exe = exe
+            .to_str()
+            .ok_or_else(|| anyhow::anyhow!("{}: not a UTF-8 path", exe.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("hostforge-grub-hook")
+            .tempdir()
+            .context("making a directory for the GRUB config hook")?;
+        let script = dir.path().join("hostforge-grub-mkconfig");
+        std::fs::write(&script, hook_script(exe))
+            .with_context(|| format!("writing {}", script.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        std::env::set_var(GRUB2_EXEC, &script);
+        if skip_sync && std::env::var_os(SYSROOT_OPTS).is_none() {
+            std::env::set_var(SYSROOT_OPTS, "skip-sync");
+        }
+        Ok(OstreeEnv { _hook_dir: dir })
+    }
+}
+
+/// The hook: runs `EXE grub-mkconfig` with ostree's arguments; the path is one quoted word
+/// whatever it holds.
+fn hook_script(exe: &str) -> String {
     let quoted = format!("'{}'", exe.replace('\'', "'\\''"));
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\nexec {quoted} grub-mkconfig \"$@\"\n"),
-    )
-    .with_context(|| format!("writing {}", script.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    std::env::set_var("OSTREE_GRUB2_EXEC", &script);
-    Ok(())
+    format!("#!/bin/sh\nexec {quoted} grub-mkconfig \"$@\"\n")
+}
+
+/// Fails unless [`OstreeEnv::set_up`] pointed ostree at hostforge's GRUB config hook: without
+/// it, a deploy would run the system's grub2-mkconfig on the wrong tree.
+pub fn check_hook() -> Result<()> {
+    match std::env::var_os(GRUB2_EXEC).map(std::path::PathBuf::from) {
+        Some(p) if p.is_file() => Ok(()),
+        _ => anyhow::bail!(
+            "ostree's GRUB config hook is not set up: call \
+             hostforge::image::grub::OstreeEnv::set_up at program start"
+        ),
+    }
 }
 
 /// `hostforge grub-mkconfig -o SYSROOT/boot/loader.N/grub.cfg`, as ostree runs it through
-/// [`install_hook`]: the menu from the entries beside `out`.
+/// [`OstreeEnv::set_up`]'s hook: the menu from the entries beside `out`.
 pub fn mkconfig(out: &Path) -> Result<()> {
     let loader = out
         .parent()
@@ -305,6 +346,27 @@ mod tests {
 
     /// Kernel arguments that GRUB's script would read as syntax stay arguments, in hostforge's
     /// generator and in the node's `grub-mkconfig` alike (byte for byte).
+    #[test]
+    fn hook_script_runs_any_executable_path_as_one_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("it's\nhere; rm -rf x $(id)");
+        std::fs::write(&exe, "#!/bin/sh\nprintf '%s|' \"$@\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = dir.path().join("hook");
+        std::fs::write(&script, hook_script(exe.to_str().unwrap())).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .args(["-o", "/x y/grub.cfg"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "grub-mkconfig|-o|/x y/grub.cfg|"
+        );
+    }
+
     #[test]
     fn menu_quotes_hostile_entries_like_the_node_script() {
         let dir = tempfile::tempdir().unwrap();

@@ -489,7 +489,7 @@ fn offline_edit(
     debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
     let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
 
-    grub::install_hook(&o.work.scratch)?;
+    grub::check_hook()?;
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
     sysroot
         .load(gio::Cancellable::NONE)
@@ -590,12 +590,7 @@ impl Live {
 
     /// Runs `edit` holding the sysroot lock, then reloads.
     fn edit(&self, edit: impl FnOnce(&ostree::Sysroot) -> Result<()>) -> Result<()> {
-        // The script ostree runs to write GRUB's menu lives as long as the edit.
-        let hook_dir = tempfile::Builder::new()
-            .prefix("hostforge-grub-hook")
-            .tempdir()
-            .context("making a directory for the GRUB config hook")?;
-        grub::install_hook(hook_dir.path())?;
+        grub::check_hook()?;
         self.sysroot
             .lock()
             .context("locking the sysroot (is another ostree operation running?)")?;

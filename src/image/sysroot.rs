@@ -91,23 +91,17 @@ pub fn deploy(
 }
 
 /// A new sysroot in `dir` for an image: stateroot `osname`, the boot loader configured
-/// (GRUB's menu written by hostforge through the hook in `hook_dir`, see
-/// [`super::grub::install_hook`]; none without GRUB), no fsync (the tree is copied into
-/// filesystems and the image synced as a whole).
+/// (`grub`: `Some(separate_boot)`, GRUB's menu written by hostforge through the hook of
+/// [`super::grub::OstreeEnv::set_up`]; `None`: no boot loader), no fsync (the tree is copied
+/// into filesystems and the image synced as a whole).
 pub fn create(
     dir: &Path,
     osname: &str,
-    grub: Option<(bool, &Path)>,
+    grub: Option<bool>,
     readonly: bool,
 ) -> Result<ostree::Sysroot> {
     let c = gio::Cancellable::NONE;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // A deploy ends with sync(), flushing every filesystem of the machine; this sysroot is
-    // thrown away once its tree is in the image, so its own syncfs is enough. libostree reads
-    // the knob with getenv (no API); a caller's own setting wins.
-    if std::env::var_os("OSTREE_SYSROOT_OPTS").is_none() {
-        std::env::set_var("OSTREE_SYSROOT_OPTS", "skip-sync");
-    }
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(dir)));
     sysroot
         .ensure_initialized(c)
@@ -120,9 +114,9 @@ pub fn create(
     let srepo = sysroot.repo();
     let cfg = srepo.config();
     match grub {
-        Some((separate_boot, hook_dir)) => {
+        Some(separate_boot) => {
+            super::grub::check_hook()?;
             super::grub::configure_sysroot(&cfg, separate_boot);
-            super::grub::install_hook(hook_dir)?;
         }
         None => cfg.set_string("sysroot", "bootloader", "none"),
     }

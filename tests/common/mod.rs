@@ -564,3 +564,69 @@ impl Drop for SmallFs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A throwaway GPG signing key in a GnuPG home of its own, made by gpg in batch mode without
+/// a passphrase; its agent is stopped when dropped.
+pub struct GpgKey {
+    pub home: PathBuf,
+    /// The key's fingerprint.
+    pub id: String,
+    /// The armored public key, as a node or client imports it.
+    pub public: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GpgKey {
+    pub fn new(name: &str) -> GpgKey {
+        // Short path: gpg-agent's socket lives in the home and socket paths are short.
+        let dir = tempfile::Builder::new()
+            .prefix("hfgpg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let home = dir.path().join("g");
+        std::fs::create_dir(&home).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let gpg = |args: &[&str]| run(Command::new("gpg").arg("--homedir").arg(&home).args(args));
+        gpg(&[
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            &format!("{name} <{name}@hostforge.invalid>"),
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let id = gpg(&["--with-colons", "--list-keys"])
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|r| r.trim_matches(':').to_string())
+            })
+            .expect("gpg listed no fingerprint");
+        let public = dir.path().join("public.asc");
+        let armored = gpg(&["--armor", "--export", &id]);
+        std::fs::write(&public, armored).unwrap();
+        GpgKey {
+            home,
+            id,
+            public,
+            _dir: dir,
+        }
+    }
+
+    pub fn home_str(&self) -> &str {
+        self.home.to_str().unwrap()
+    }
+}
+
+impl Drop for GpgKey {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
