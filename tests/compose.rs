@@ -842,8 +842,8 @@ fn scriptlets_follow_rpm_ostree_rules() {
 
 /// `selinux: true` is rpm-ostree's default, so with the key absent every directory, file and
 /// symlink of the commit carries the label the tree's own policy (the fixture distro's
-/// selinux-policy-default) gives its path: what libselinux's lookup, `matchpathcon` over the
-/// policy checked out of the commit, answers. `--disable-selinux` leaves no label.
+/// selinux-policy-default) gives its path: what libselinux's lookup, the tree's own
+/// `matchpathcon` run inside the checked-out tree, answers. `--disable-selinux` leaves no label.
 #[test]
 fn commit_is_labelled_from_the_trees_own_policy() {
     let env = Env::new();
@@ -855,7 +855,7 @@ fn commit_is_labelled_from_the_trees_own_policy() {
     let tf = env.treefile(
         "labelled.yaml",
         "ref: test/labelled\nrepos: [fixture-distro]\n\
-         packages: [base-files, base-passwd, bash, coreutils, selinux-policy-default]\n\
+         packages: [base-files, base-passwd, bash, coreutils, selinux-policy-default, selinux-utils]\n\
          recommends: false\ndocumentation: false\n",
     );
     let out = env.compose(&tf, &[]);
@@ -865,14 +865,8 @@ fn commit_is_labelled_from_the_trees_own_policy() {
         "{}",
         stderr(&out)
     );
-    let policy = env.path().join("policy");
-    env.ostree(&[
-        "checkout",
-        "-U",
-        "--subpath=/usr/etc/selinux",
-        "test/labelled",
-        policy.to_str().unwrap(),
-    ]);
+    // The tree's own libselinux answers, run in the tree (whose /etc is at /usr/etc).
+    let tree = env.checkout("test/labelled");
 
     // `ostree ls -X` lines: "d00755 0 0 0 { [(b'security.selinux', b'LABEL')] } /path".
     let listing = env.ostree(&["ls", "-R", "-X", "test/labelled", "/"]);
@@ -897,10 +891,12 @@ fn commit_is_labelled_from_the_trees_own_policy() {
     let mut mismatches = Vec::new();
     let mut checked = 0;
     for (kind, entries) in &by_kind {
-        let out = std::process::Command::new("matchpathcon")
-            .arg("-n")
-            .arg("-P")
-            .arg(policy.join("default"))
+        let out = std::process::Command::new("bwrap")
+            .arg("--ro-bind")
+            .arg(&tree)
+            .arg("/")
+            .args(["--dev", "/dev", "--proc", "/proc", "--unshare-all"])
+            .args(["matchpathcon", "-n", "-P", "/usr/etc/selinux/default"])
             .args(["-m", kind])
             // libostree labels the /proc mount point as /mnt: the policy says "<<none>>"
             // (never relabel) for /proc, and a mount point needs a label.

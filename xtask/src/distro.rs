@@ -50,6 +50,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "less",
     "selinux-policy-default",
+    // Not for nodes: the repack runs the distro's own semodule to build the policy.
+    "semodule-utils",
 ];
 
 /// The Debian package whose maintainer script builds the SELinux policy; the repack builds it.
@@ -230,6 +232,8 @@ struct Repack<'a> {
     provided: &'a BTreeSet<String>,
     users: &'a HashMap<u32, String>,
     groups: &'a HashMap<u32, String>,
+    /// The policy tools' root (see [`selinux_tools`]).
+    selinux_tools: &'a Path,
 }
 
 impl Repack<'_> {
@@ -238,7 +242,8 @@ impl Repack<'_> {
         std::fs::create_dir_all(scratch)?;
         run_out(Command::new("dpkg-deb").arg("-x").arg(deb).arg(scratch))?;
         if ctl.name == SELINUX_POLICY {
-            build_selinux_policy(scratch).context("building the SELinux policy")?;
+            build_selinux_policy(scratch, self.selinux_tools)
+                .context("building the SELinux policy")?;
         }
         let conffiles: BTreeSet<String> = Command::new("dpkg-deb")
             .arg("-I")
@@ -347,20 +352,39 @@ impl Repack<'_> {
 /// What selinux-policy-default's postinst does on a Debian system, done at repack time into
 /// the extracted package: `semodule` compiles the shipped modules into the binary policy
 /// (`/etc/selinux/default/policy/policy.NN`) and the file contexts
-/// (`contexts/files/file_contexts`) that label a tree. The module store semodule keeps under
-/// /var/lib/selinux is left out (an immutable node never rebuilds its policy), and
-/// /etc/selinux/config names the policy (no Debian package ships that file; ostree and
-/// libselinux read it).
-fn build_selinux_policy(root: &Path) -> Result<()> {
-    let share = root.join("usr/share/selinux").join(SELINUX_TYPE);
-    let list = std::fs::read_to_string(share.join(".modules"))
-        .with_context(|| format!("reading {}", share.join(".modules").display()))?;
-    let mut cmd = Command::new("semodule");
-    cmd.arg("-p")
+/// (`contexts/files/file_contexts`) that label a tree. semodule is the distro's own, run in
+/// `tools` (see [`selinux_tools`]) under bubblewrap: installing policycoreutils on the build
+/// machine would give it an /etc/selinux/config naming a policy it does not have, which
+/// breaks libostree there. The module store semodule keeps under /var/lib/selinux is left
+/// out (an immutable node never rebuilds its policy), and /etc/selinux/config names the
+/// policy (no Debian package ships that file; ostree and libselinux read it).
+fn build_selinux_policy(root: &Path, tools: &Path) -> Result<()> {
+    let share = format!("/usr/share/selinux/{SELINUX_TYPE}");
+    let list_path = root.join(share.trim_start_matches('/')).join(".modules");
+    let list = std::fs::read_to_string(&list_path)
+        .with_context(|| format!("reading {}", list_path.display()))?;
+    let mut cmd = Command::new("bwrap");
+    cmd.arg("--bind")
+        .arg(tools)
+        .arg("/")
+        .arg("--bind")
         .arg(root)
-        .args(["-s", SELINUX_TYPE, "-n", "-X", "100"]);
+        .arg("/policy")
+        .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+        .args(["--unshare-all", "--die-with-parent", "--clearenv"])
+        .args(["--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"])
+        .args([
+            "semodule",
+            "-p",
+            "/policy",
+            "-s",
+            SELINUX_TYPE,
+            "-n",
+            "-X",
+            "100",
+        ]);
     for module in list.split_whitespace() {
-        cmd.arg("-i").arg(share.join(format!("{module}.pp.bz2")));
+        cmd.arg("-i").arg(format!("/policy{share}/{module}.pp.bz2"));
     }
     run_out(&mut cmd)?;
     let _ = std::fs::remove_dir_all(root.join("var/lib/selinux"));
@@ -374,6 +398,47 @@ fn build_selinux_policy(root: &Path) -> Result<()> {
         root.join("etc/selinux/config"),
         format!("SELINUX=permissive\nSELINUXTYPE={SELINUX_TYPE}\n"),
     )?;
+    Ok(())
+}
+
+/// A root holding the distro's SELinux policy tools (policycoreutils' `.pp` converter,
+/// semodule-utils' `semodule`) and everything they depend on, extracted from the downloaded
+/// Debian packages as they are (not repacked).
+fn selinux_tools(debs: &[PathBuf], controls: &[Control], dir: &Path) -> Result<()> {
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (i, c) in controls.iter().enumerate() {
+        by_name.insert(c.name.clone(), i);
+    }
+    for (i, c) in controls.iter().enumerate() {
+        for p in relation_groups(&c.provides).into_iter().flatten() {
+            by_name.entry(p).or_insert(i);
+        }
+    }
+    let mut wanted = BTreeSet::new();
+    let mut queue: Vec<usize> = ["policycoreutils", "semodule-utils"]
+        .iter()
+        .map(|n| {
+            by_name
+                .get(*n)
+                .copied()
+                .with_context(|| format!("{n} was not downloaded"))
+        })
+        .collect::<Result<_>>()?;
+    while let Some(i) = queue.pop() {
+        if !wanted.insert(i) {
+            continue;
+        }
+        for group in relation_groups(&controls[i].depends) {
+            if let Some(&dep) = group.iter().find_map(|n| by_name.get(n.as_str())) {
+                queue.push(dep);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    for i in wanted {
+        run_out(Command::new("dpkg-deb").arg("-x").arg(&debs[i]).arg(dir))?;
+    }
     Ok(())
 }
 
@@ -560,10 +625,13 @@ pub fn build_with(top: &Path, force: bool) -> Result<PathBuf> {
     let passwd = std::fs::read_to_string(scratch.join("usr/share/base-passwd/passwd.master"))?;
     let group = std::fs::read_to_string(scratch.join("usr/share/base-passwd/group.master"))?;
     let (users, groups) = (ids(&passwd), ids(&group));
+    let tools = base.join("selinux-tools");
+    selinux_tools(&debs, &controls, &tools).context("extracting the SELinux policy tools")?;
     let repack = Repack {
         provided: &provided,
         users: &users,
         groups: &groups,
+        selinux_tools: &tools,
     };
     let pkgdir = out.join("Packages");
     std::fs::create_dir_all(&pkgdir)?;
@@ -602,6 +670,7 @@ pub fn build_with(top: &Path, force: bool) -> Result<PathBuf> {
     let nb = node_base(&passwd, &group)?;
     nb.write_file(pkgdir.join(nb.canonical_filename()?))?;
     let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir_all(&tools);
     run_out(
         Command::new("createrepo_c")
             .args([

@@ -45,11 +45,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "skopeo",
     "podman",
     "docker-registry",
-    // The fixture distro's SELinux policy is compiled at repack time (semodule and the .pp
-    // converter); tests compare labels with the policy's own lookup (matchpathcon).
-    "policycoreutils",
-    "semodule-utils",
-    "selinux-utils",
 ];
 
 fn top() -> PathBuf {
