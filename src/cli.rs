@@ -1,7 +1,7 @@
 //! The command line: one enum per noun, doc comments as help text.
 
 use crate::compose;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -182,9 +182,66 @@ pub struct ImageBuildArgs {
     /// Print nothing but errors and the output path
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// The image file to write (replaced only when complete)
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+}
+
+/// The remote a built node follows for updates.
+#[derive(Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// URL of the ostree repo the node updates from (http://, https:// or file:///); the
+    /// deployments follow REMOTE:REF
+    #[arg(long, value_name = "URL")]
+    pub remote_url: Option<String>,
+    /// Name of that remote on the node
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "hostforge",
+        requires = "remote_url"
+    )]
+    pub remote_name: String,
+    /// The GPG public key (armored or binary) the node trusts for the remote's commits and
+    /// summary; gpg-verify is on
+    #[arg(long, value_name = "FILE", requires = "remote_url")]
+    pub remote_gpg_key: Option<PathBuf>,
+    /// Follow the remote without verifying signatures (instead of --remote-gpg-key)
+    #[arg(long, requires = "remote_url", conflicts_with = "remote_gpg_key")]
+    pub remote_no_gpg_verify: bool,
+}
+
+impl RemoteArgs {
+    /// The remote to configure, checked; `None` without `--remote-url`.
+    pub fn remote(&self) -> Result<Option<crate::image::sysroot::Remote>> {
+        let Some(url) = &self.remote_url else {
+            return Ok(None);
+        };
+        let gpg_key = match (&self.remote_gpg_key, self.remote_no_gpg_verify) {
+            (Some(p), _) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("reading --remote-gpg-key {}", p.display()))?,
+            ),
+            (None, true) => None,
+            (None, false) => anyhow::bail!(
+                "--remote-url needs --remote-gpg-key FILE, the public key nodes trust for \
+                 the remote's commits (or --remote-no-gpg-verify to follow it unverified)"
+            ),
+        };
+        let remote = crate::image::sysroot::Remote {
+            name: self.remote_name.clone(),
+            url: url.clone(),
+            gpg_key,
+        };
+        remote.validate()?;
+        if let (Some(key), Some(p)) = (&remote.gpg_key, &self.remote_gpg_key) {
+            crate::validate::openpgp_public_key("--remote-gpg-key", key)
+                .with_context(|| p.display().to_string())?;
+        }
+        Ok(Some(remote))
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -425,6 +482,7 @@ fn image_build(a: ImageBuildArgs) -> Result<()> {
         quiet: a.quiet,
         tmpdir: a.tmpdir.as_deref(),
         out: &a.output,
+        remote: a.remote.remote()?,
     })?;
     println!("{}", a.output.display());
     Ok(())

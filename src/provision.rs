@@ -79,8 +79,15 @@ pub struct Spec {
     pub osname: String,
     /// The remote name the installed node keeps (`ostreesetup --remote`).
     pub remote: String,
-    /// Verify the commit's GPG signature on pull; off gives `--nogpg`.
+    /// Verify the commit's GPG signature on pull (the default); off gives `--nogpg`.
     pub gpg: bool,
+    /// The public key (armored or binary) the remote's commits are signed with, relative to
+    /// the spec: the installer trusts it for the install, the node for its updates. Without
+    /// it the installer must already trust the key.
+    pub gpg_key: Option<PathBuf>,
+    /// The key's binary packets, read by [`Spec::load`].
+    #[serde(skip)]
+    pub gpg_key_binary: Option<Vec<u8>>,
     /// Target disk (e.g. `vda`); all disks when unset.
     pub disk: Option<String>,
     /// Root filesystem: `xfs` or `ext4`.
@@ -111,7 +118,9 @@ impl Default for Spec {
             name: "node".into(),
             osname: "hostforge".into(),
             remote: "hostforge".into(),
-            gpg: false,
+            gpg: true,
+            gpg_key: None,
+            gpg_key_binary: None,
             disk: None,
             fstype: "xfs".into(),
             network: Network::default(),
@@ -142,11 +151,33 @@ pub fn pxelinux_mac_name(mac: &str) -> Result<String> {
     Ok(format!("01-{}", parts.join("-").to_ascii_lowercase()))
 }
 
+/// `data` as base64 in lines of 76 characters, as `base64 -d` reads it.
+fn base64_lines(data: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(data);
+    let lines: Vec<&str> = text
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    lines.join("\n")
+}
+
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading spec {}", path.display()))?;
-        let spec: Spec = crate::treefile::yaml_from_str(path, &text)?;
+        let mut spec: Spec = crate::treefile::yaml_from_str(path, &text)?;
+        if let Some(key) = &spec.gpg_key {
+            let key = path.parent().unwrap_or(Path::new(".")).join(key);
+            let bytes = std::fs::read(&key).with_context(|| {
+                format!("spec {}: reading gpg-key {}", path.display(), key.display())
+            })?;
+            spec.gpg_key_binary = Some(
+                crate::validate::openpgp_public_key("gpg-key", &bytes)
+                    .with_context(|| format!("spec {}: {}", path.display(), key.display()))?,
+            );
+        }
         spec.validate()
             .with_context(|| format!("spec {}", path.display()))?;
         Ok(spec)
@@ -159,6 +190,9 @@ impl Spec {
         v::plain_name("name", &self.name)?;
         v::plain_name("osname", &self.osname)?;
         v::plain_name("remote", &self.remote)?;
+        if !self.gpg && self.gpg_key.is_some() {
+            bail!("gpg-key is given but gpg is false: verify with the key, or drop it");
+        }
         if let Some(d) = &self.disk {
             v::plain_name("disk", d)?;
         }
@@ -323,6 +357,8 @@ pub fn render_all(
         osname => &spec.osname,
         remote => &spec.remote,
         gpg => spec.gpg,
+        // Base64 lines only: nothing in the key can become a kickstart directive.
+        gpg_key_base64 => spec.gpg_key_binary.as_deref().map(base64_lines),
         disk => &spec.disk,
         fstype => &spec.fstype,
         network => &spec.network,
@@ -565,7 +601,9 @@ mod smuggling {
         assert!(fields.len() > 15, "{fields:?}");
         let mut tried = 0;
         for (path, idx) in &fields {
-            if path == "post" {
+            // `post` is a script (its own test); `gpg-key` is a path read by Spec::load and
+            // never rendered: the key goes into files as base64 lines only.
+            if path == "post" || path == "gpg-key" {
                 continue;
             }
             let key = path.rsplit('.').next().unwrap();
@@ -669,6 +707,9 @@ mod golden {
             osname: "node".into(),
             remote: "fleet".into(),
             gpg: true,
+            gpg_key: Some("fleet.gpg".into()),
+            // Stands for a key's packets: a public-key packet header, then filler.
+            gpg_key_binary: Some((0..90u8).map(|i| if i == 0 { 0x99 } else { i }).collect()),
             disk: Some("nvme0n1".into()),
             fstype: "ext4".into(),
             network: Network {

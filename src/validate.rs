@@ -144,6 +144,45 @@ pub fn one_line_text(field: &str, v: &str) -> Result<()> {
     Ok(())
 }
 
+/// An OpenPGP public key, armored (`-----BEGIN PGP PUBLIC KEY BLOCK-----`) or binary, as the
+/// binary packets ostree's keyrings hold: checked to start with a public-key packet.
+pub fn openpgp_public_key(field: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    use base64::Engine;
+    const BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+    let binary = match std::str::from_utf8(bytes) {
+        Ok(text) if text.trim_start().starts_with(BEGIN) => {
+            // Armor: the header line, "Key: value" headers, a blank line, base64 lines, an
+            // optional "=CRC" line, the END line.
+            let mut lines = text.trim_start().lines().skip(1);
+            for l in lines.by_ref() {
+                if l.trim().is_empty() {
+                    break;
+                }
+            }
+            let body: String = lines
+                .take_while(|l| !l.starts_with('=') && !l.starts_with("-----END"))
+                .map(str::trim)
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .map_err(|e| {
+                    anyhow::anyhow!("{field}: the armored key's body is not base64: {e}")
+                })?
+        }
+        _ => bytes.to_vec(),
+    };
+    // Packet tag 6 (public key), old format (0b10tttt_ll) or new format (0b11tttttt).
+    let tag = match binary.first() {
+        Some(b) if b & 0xc0 == 0x80 => (b >> 2) & 0x0f,
+        Some(b) if b & 0xc0 == 0xc0 => b & 0x3f,
+        _ => 0,
+    };
+    if tag != 6 {
+        bail!("{field}: not an OpenPGP public key (export one with `gpg --export --armor KEYID`)");
+    }
+    Ok(binary)
+}
+
 /// An SSH public key line, `TYPE BASE64 [COMMENT]`, safe inside double or single quotes.
 pub fn ssh_key(field: &str, v: &str) -> Result<()> {
     let mut parts = v.split(' ');
@@ -341,5 +380,30 @@ mod tests {
         );
         assert!(tmpfiles_link_target("/var/l", "x\ny").is_err());
         assert!(tmpfiles_link_target("/var/l", " x").is_err());
+    }
+    #[test]
+    fn openpgp_keys_are_checked_and_dearmored() {
+        use base64::Engine;
+        let packets: Vec<u8> = [0x99u8, 0x00, 0x33, 0x04, 1, 2, 3].to_vec();
+        let body = base64::engine::general_purpose::STANDARD.encode(&packets);
+        let armored = format!(
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----\nComment: test\n\n{body}\n=abcd\n\
+             -----END PGP PUBLIC KEY BLOCK-----\n"
+        );
+        assert_eq!(
+            openpgp_public_key("k", armored.as_bytes()).unwrap(),
+            packets
+        );
+        assert_eq!(openpgp_public_key("k", &packets).unwrap(), packets);
+        // New packet format, tag 6.
+        assert!(openpgp_public_key("k", &[0xc6, 0x01, 0x00]).is_ok());
+        for bad in [
+            &b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nreboot\n%end\n"[..],
+            b"ssh-ed25519 AAAA",
+            &[0x95, 0x00][..],
+            b"",
+        ] {
+            assert!(openpgp_public_key("k", bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -145,17 +145,7 @@ fn live_sysroot_deploy_prune_pin_rollback() {
         None,
     ));
     let sysroot = dir.path().join("sysroot");
-    std::fs::create_dir_all(sysroot.join("boot")).unwrap();
-    // qemu.yaml: /boot at 2 MiB, / after it.
-    let at = |mib: u64| format!("{}?offset={}", img.display(), mib << 20);
-    run(Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("rdump / {}", sysroot.display()))
-        .arg(at(514)));
-    run(Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("rdump / {}", sysroot.join("boot").display()))
-        .arg(at(2)));
+    extract_sysroot(&img, &sysroot);
     let hf = |args: &[&str]| {
         let out = hostforge_cmd()
             .arg("image")
@@ -524,4 +514,75 @@ fn image_build_on_a_full_disk_fails_clearly_and_loses_nothing() {
         left.extend(leftovers(&img));
         assert_eq!(left, Vec::<String>::new(), "--tmpdir {with_tmpdir}");
     }
+}
+
+/// An image built with `--remote-url` and `--remote-gpg-key` follows that remote: its
+/// deployments' origins say `REMOTE:REF`, and ostree's own upgrader on the node's sysroot
+/// refuses a newer commit and summary signed by a key the node does not trust, then pulls
+/// them once the trusted key signs.
+#[test]
+fn image_nodes_follow_a_signed_remote() {
+    let (repo, _) = composed_node();
+    let b = composed_node_b();
+    let key = GpgKey::new("publisher");
+    let stranger = GpgKey::new("stranger");
+    let dir = tempfile::tempdir().unwrap();
+    let r = "hostforge/x86_64/node";
+
+    // The published repo has B on the node's ref.
+    let served = dir.path().join("served");
+    ostree_at(&served, &["init", "--mode=archive"]);
+    ostree_at(&served, &["pull-local", repo.to_str().unwrap(), &b]);
+    ostree_at(&served, &["refs", &format!("--create={r}"), &b]);
+    let sign = |k: &GpgKey| {
+        let home = format!("--gpg-homedir={}", k.home_str());
+        ostree_at(&served, &["gpg-sign", &home, &b, &k.id]);
+        ostree_at(
+            &served,
+            &["summary", "-u", &format!("--gpg-sign={}", k.id), &home],
+        );
+    };
+    sign(&stranger);
+
+    let img = dir.path().join("node.raw");
+    let url = format!("file://{}", served.display());
+    let out = image_build_cmd(&repo, r, "qemu.yaml", "raw", &img, None)
+        .args(["--remote-url", &url, "--remote-gpg-key"])
+        .arg(&key.public)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let st = image_status(&img);
+    assert_eq!(st["deployments"][0]["refspec"], format!("hostforge:{r}"));
+
+    let sysroot = dir.path().join("sysroot");
+    extract_sysroot(&img, &sysroot);
+    let srepo = sysroot.join("ostree/repo");
+    let remotes = ostree_at(&srepo, &["remote", "list", "-u"]);
+    assert!(remotes.contains(&url), "{remotes}");
+    let upgrade = || {
+        Command::new("ostree")
+            .args(["admin", "upgrade", "--os=node", "--pull-only"])
+            .arg(format!("--sysroot={}", sysroot.display()))
+            .output()
+            .unwrap()
+    };
+    let refused = upgrade();
+    assert!(!refused.status.success(), "pulled what a stranger signed");
+    assert!(
+        stderr(&refused).contains("signature"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_ne!(
+        ostree_at(&srepo, &["rev-parse", &format!("hostforge:{r}")]).trim(),
+        b
+    );
+    sign(&key);
+    assert_ok(&upgrade());
+    assert_eq!(
+        ostree_at(&srepo, &["rev-parse", &format!("hostforge:{r}")]).trim(),
+        b
+    );
+    unlock_tree(dir.path());
 }

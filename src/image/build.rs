@@ -42,6 +42,8 @@ pub struct BuildRequest<'a> {
     /// Scratch space for the staging sysroot (default: see [`super::scratch::scratch_dir`]).
     pub tmpdir: Option<&'a Path>,
     pub out: &'a Path,
+    /// The remote the node follows for updates (deployments' origins say `NAME:REF`).
+    pub remote: Option<sysroot::Remote>,
 }
 
 /// Builds the image; see the module docs.
@@ -268,11 +270,30 @@ fn pull(plan: &Plan) -> Result<(Pulled, String)> {
         layout.ostree.sysroot_readonly,
     )?;
     let srepo = sysroot.repo();
+    let remote = plan.req.remote.as_ref();
+    if let Some(remote) = remote {
+        sysroot::add_remote(&srepo, remote)?;
+    }
+    let pull = |r: &str| -> Result<String> {
+        let commit = sysroot::pull_into(&srepo, plan.req.repo, r)?;
+        if let Some(remote) = remote {
+            // The ref `ostree admin upgrade` compares the remote's against.
+            srepo
+                .set_ref_immediate(
+                    Some(&remote.name),
+                    r,
+                    Some(&commit),
+                    ostree::gio::Cancellable::NONE,
+                )
+                .with_context(|| format!("setting ref {}:{r} in the sysroot repo", remote.name))?;
+        }
+        Ok(commit)
+    };
     let previous = match plan.req.previous {
-        Some(prev) => Some(sysroot::pull_into(&srepo, plan.req.repo, prev)?),
+        Some(prev) => Some(pull(prev)?),
         None => None,
     };
-    let new = sysroot::pull_into(&srepo, plan.req.repo, plan.req.treeref)?;
+    let new = pull(plan.req.treeref)?;
     let detail = new.clone();
     Ok((
         Pulled {
@@ -359,13 +380,26 @@ fn deploy_commits(plan: &Plan, pulled: &Pulled) -> Result<()> {
     let mut kargs = vec![format!("root=UUID={}", plan.uuid(plan.root()))];
     kargs.extend(layout.kargs.iter().cloned());
     let sysroot = &pulled.sysroot;
+    // Deployments follow the remote when there is one: `ostree admin upgrade` on the node
+    // pulls `REMOTE:REF`.
+    let refspec = |r: &str| match &req.remote {
+        Some(remote) => format!("{}:{r}", remote.name),
+        None => r.to_string(),
+    };
     if let (Some(prev), Some(pc)) = (req.previous, &pulled.previous) {
-        sysroot::deploy(sysroot, osname, prev, pc, Some(&kargs), sysroot::Keep::All)?;
+        sysroot::deploy(
+            sysroot,
+            osname,
+            &refspec(prev),
+            pc,
+            Some(&kargs),
+            sysroot::Keep::All,
+        )?;
     }
     sysroot::deploy(
         sysroot,
         osname,
-        req.treeref,
+        &refspec(req.treeref),
         &pulled.new,
         Some(&kargs),
         sysroot::Keep::All,

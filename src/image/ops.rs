@@ -33,6 +33,9 @@ pub struct Deployment {
     pub version: Option<String>,
     pub title: String,
     pub kargs: String,
+    /// What the deployment follows (`[origin] refspec`): `REMOTE:REF` on a node that
+    /// updates from a remote.
+    pub refspec: Option<String>,
 }
 
 /// The `version` in a serialized commit object's metadata.
@@ -274,9 +277,12 @@ fn deployments(files: &dyn SysrootFiles) -> Result<Vec<Deployment>> {
             );
             let version = files.read(&object).and_then(commit_version);
             let origin = format!("/ostree/deploy/{osname}/deploy/{dirname}.origin");
-            let pinned = files
+            let origin = files
                 .read(&origin)
-                .is_some_and(|b| origin_pinned(&String::from_utf8_lossy(&b)));
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let pinned = origin_pinned(&origin);
+            let refspec = origin_refspec(&origin);
             Ok(Deployment {
                 index: i,
                 default: i == 0,
@@ -287,23 +293,37 @@ fn deployments(files: &dyn SysrootFiles) -> Result<Vec<Deployment>> {
                 version,
                 title: e.title.clone(),
                 kargs: e.options.clone(),
+                refspec,
             })
         })
         .collect()
 }
 
-/// `pinned=true` in an origin file's `[libostree-transient]` group.
-fn origin_pinned(origin: &str) -> bool {
-    let mut group = "";
-    for l in origin.lines() {
-        let l = l.trim();
-        if l.starts_with('[') {
-            group = l;
-        } else if group == "[libostree-transient]" && l.replace(' ', "") == "pinned=true" {
-            return true;
+/// The value of `key` in `[group]` of an origin file (a GKeyFile, read without glib).
+fn origin_value(origin: &str, group: &str, key: &str) -> Option<String> {
+    let mut current = "";
+    for l in origin.lines().map(str::trim) {
+        if let Some(g) = l.strip_prefix('[').and_then(|g| g.strip_suffix(']')) {
+            current = g;
+        } else if current == group {
+            if let Some((k, v)) = l.split_once('=') {
+                if k.trim() == key {
+                    return Some(v.trim().to_string());
+                }
+            }
         }
     }
-    false
+    None
+}
+
+/// `refspec=` in an origin file's `[origin]` group.
+fn origin_refspec(origin: &str) -> Option<String> {
+    origin_value(origin, "origin", "refspec")
+}
+
+/// `pinned=true` in an origin file's `[libostree-transient]` group.
+fn origin_pinned(origin: &str) -> bool {
+    origin_value(origin, "libostree-transient", "pinned").as_deref() == Some("true")
 }
 
 /// The deployments of an image, default first.
@@ -645,5 +665,10 @@ mod tests {
         assert!(!origin_pinned(
             "[origin]\nrefspec=a\n[libostree-transient]\npinned=false\n"
         ));
+        assert_eq!(
+            origin_refspec("[origin]\nrefspec = hostforge:a/b\n[x]\nrefspec=c\n").as_deref(),
+            Some("hostforge:a/b")
+        );
+        assert_eq!(origin_refspec("[x]\nrefspec=c\n"), None);
     }
 }

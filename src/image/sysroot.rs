@@ -4,6 +4,7 @@
 use crate::ostreeutil;
 use anyhow::{anyhow, Context, Result};
 use ostree::gio;
+use ostree::gio::prelude::FileExt;
 use std::path::Path;
 
 /// Pulls `r` from `repo` into the sysroot's repo by checksum (a stale summary file cannot
@@ -24,6 +25,81 @@ pub fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<St
     Ok(commit)
 }
 
+/// The remote a node follows for updates: written into the sysroot repo's config with
+/// `gpg-verify` (and `gpg-verify-summary`) on when a trusted key is given, the key imported
+/// where ostree reads a remote's keys (`/ostree/repo/NAME.trustedkeys.gpg`).
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub name: String,
+    pub url: String,
+    /// The trusted public key(s), armored or binary; `None` only when verification was
+    /// explicitly turned off.
+    pub gpg_key: Option<Vec<u8>>,
+}
+
+impl Remote {
+    /// Checks what goes into the repo config: a name ostree accepts, a one-line URL ostree
+    /// can fetch from.
+    pub fn validate(&self) -> Result<()> {
+        ostree::validate_remote_name(&self.name)
+            .map_err(|e| anyhow!("remote name {:?}: {e}", self.name))?;
+        crate::validate::one_line_text("remote URL", &self.url)?;
+        if !["http://", "https://", "file:///"]
+            .iter()
+            .any(|p| self.url.starts_with(p))
+        {
+            anyhow::bail!(
+                "remote URL {:?}: ostree fetches from http://, https:// or file:/// URLs",
+                self.url
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Adds `remote` to the sysroot's repo and imports its trusted key.
+pub fn add_remote(sysroot_repo: &ostree::Repo, remote: &Remote) -> Result<()> {
+    let c = gio::Cancellable::NONE;
+    let verify = remote.gpg_key.is_some();
+    let opts = ostree::glib::VariantDict::new(None);
+    opts.insert("gpg-verify", verify);
+    opts.insert("gpg-verify-summary", verify);
+    sysroot_repo
+        .remote_add(&remote.name, Some(&remote.url), Some(&opts.end()), c)
+        .with_context(|| format!("adding remote {} ({})", remote.name, remote.url))?;
+    if let Some(key) = &remote.gpg_key {
+        // What `ostree remote gpg-import` writes: the key's binary packets as the remote's
+        // keyring. (libostree's import API takes key ids to export; the binding cannot say
+        // "all of them".)
+        let packets = crate::validate::openpgp_public_key("the remote's trusted key", key)?;
+        let dir = sysroot_repo
+            .path()
+            .path()
+            .ok_or_else(|| anyhow!("the sysroot repo has no path"))?;
+        let keyring = dir.join(format!("{}.trustedkeys.gpg", remote.name));
+        std::fs::write(&keyring, packets)
+            .with_context(|| format!("writing {}", keyring.display()))?;
+    }
+    Ok(())
+}
+
+/// The refspec a new deployment of `r` follows: `r` itself when it names a remote, else the
+/// remote the deployment it replaces follows (a node keeps following its remote), else the
+/// local ref.
+fn refspec_for(merge: Option<&ostree::Deployment>, r: &str) -> String {
+    if r.contains(':') {
+        return r.to_string();
+    }
+    let remote = merge
+        .and_then(|m| m.origin())
+        .and_then(|o| o.string("origin", "refspec").ok())
+        .and_then(|s| s.split_once(':').map(|(remote, _)| remote.to_string()));
+    match remote {
+        Some(remote) => format!("{remote}:{r}"),
+        None => r.to_string(),
+    }
+}
+
 /// What a deploy does with the deployments already there.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Keep {
@@ -34,8 +110,9 @@ pub enum Keep {
     RollbackAndPinned,
 }
 
-/// Deploys `commit` (pulled for ref `r`) as the new default of the stateroot `osname`, over
-/// its merge deployment (whose /etc changes carry over). `kargs`: the kernel arguments, or
+/// Deploys `commit` (pulled for ref `r`, or `REMOTE:REF`) as the new default of the stateroot
+/// `osname`, over its merge deployment (whose /etc changes carry over and whose remote the
+/// new deployment follows). `kargs`: the kernel arguments, or
 /// `None` for the merge deployment's own.
 pub fn deploy(
     sysroot: &ostree::Sysroot,
@@ -46,8 +123,8 @@ pub fn deploy(
     keep: Keep,
 ) -> Result<()> {
     let c = gio::Cancellable::NONE;
-    let origin = sysroot.origin_new_from_refspec(r);
     let merge = sysroot.merge_deployment(Some(osname));
+    let origin = sysroot.origin_new_from_refspec(&refspec_for(merge.as_ref(), r));
     let kargs: Vec<String> = match kargs {
         Some(k) => k.to_vec(),
         None => merge

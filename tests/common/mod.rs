@@ -432,6 +432,20 @@ pub fn image_build(
     out: &Path,
     fault: Option<&str>,
 ) -> std::process::Output {
+    image_build_cmd(repo, r, layout, format, out, fault)
+        .output()
+        .unwrap()
+}
+
+/// The command of [`image_build`], to add arguments to.
+pub fn image_build_cmd(
+    repo: &Path,
+    r: &str,
+    layout: &str,
+    format: &str,
+    out: &Path,
+    fault: Option<&str>,
+) -> Command {
     let mut cmd = hostforge_cmd();
     cmd.args(["image", "build", "--repo"])
         .arg(repo)
@@ -447,7 +461,22 @@ pub fn image_build(
     if let Some(f) = fault {
         cmd.env("HOSTFORGE_FAULT", f);
     }
-    cmd.output().unwrap()
+    cmd
+}
+
+/// The sysroot of a raw image built with images/qemu.yaml (/boot at 2 MiB, / at 514 MiB),
+/// read out into `dir` as it stands on a node: the root filesystem with /boot inside.
+pub fn extract_sysroot(img: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir.join("boot")).unwrap();
+    let at = |mib: u64| format!("{}?offset={}", img.display(), mib << 20);
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", dir.display()))
+        .arg(at(514)));
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", dir.join("boot").display()))
+        .arg(at(2)));
 }
 
 pub fn image_status(img: &Path) -> serde_json::Value {
