@@ -342,6 +342,10 @@ pub struct TreeArgs {
     /// GnuPG home directory holding the signing key
     #[arg(long, value_name = "DIR")]
     pub gpg_homedir: Option<PathBuf>,
+    /// After moving the ref, generate a static delta from its previous commit (listed in the
+    /// regenerated summary), so nodes on that commit download one delta
+    #[arg(long)]
+    pub static_delta: bool,
     /// Do not label the files with the tree's SELinux policy, even if the treefile asks for it
     #[arg(long)]
     pub disable_selinux: bool,
@@ -431,6 +435,7 @@ fn compose_tree(a: TreeArgs) -> Result<()> {
         disable_selinux: a.disable_selinux,
         gpg_sign: a.gpg_sign,
         gpg_homedir: a.gpg_homedir,
+        static_delta: a.static_delta,
     };
     let json = opts.json;
     let doc = compose::compose_tree(opts)?;

@@ -1035,3 +1035,52 @@ fn signed_commits_and_summary_verify_on_a_client() {
         "refusal does not say why: {err}"
     );
 }
+
+/// `--static-delta` publishes a static delta from the ref's previous commit, listed in the
+/// summary: a client on the old commit updates by fetching the delta, and gets the same
+/// commit as one that fetches objects (`--disable-static-deltas`).
+#[test]
+fn static_delta_serves_an_update_as_one_delta() {
+    let env = Env::new();
+    let tf = env.treefile("node.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &["--static-delta"]));
+    let a = env.rev("test/node").unwrap();
+    let tf = env.treefile(
+        "node.yaml",
+        &format!("{GOOD}remove-files: [usr/share/app/extras]\n"),
+    );
+    assert_ok(&env.compose(&tf, &["--static-delta"]));
+    let b = env.rev("test/node").unwrap();
+    let deltas = env.ostree(&["static-delta", "list"]);
+    assert_eq!(deltas.lines().count(), 1, "{deltas}");
+    let summary = env.ostree(&["summary", "--view"]);
+    assert!(summary.contains("Static Deltas"), "{summary}");
+
+    // Over HTTP, as nodes fetch (a file:// remote is imported locally, deltas unused).
+    let server = Daemon::http(&env.repo());
+    let pull = |name: &str, extra: &[&str]| {
+        // A bare repo, as a node's: libostree applies deltas to no archive repo.
+        let client = env.path().join(name);
+        ostree_at(&client, &["init", "--mode=bare"]);
+        let url = format!("http://127.0.0.1:{}", server.port);
+        ostree_at(
+            &client,
+            &["remote", "add", "--no-gpg-verify", "origin", &url],
+        );
+        // The node is on A: its ref `origin:test/node` names A.
+        ostree_at(&client, &["pull", "origin", &format!("test/node@{a}")]);
+        let mut args = vec!["pull"];
+        args.extend(extra);
+        args.extend(["origin", "test/node"]);
+        let out = ostree_at(&client, &args);
+        assert_eq!(
+            ostree_at(&client, &["rev-parse", "origin:test/node"]).trim(),
+            b
+        );
+        out
+    };
+    let with = pull("with-delta", &[]);
+    assert!(with.contains("delta part"), "{with}");
+    let without = pull("without-delta", &["--disable-static-deltas"]);
+    assert!(!without.contains("delta part"), "{without}");
+}

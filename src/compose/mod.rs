@@ -53,6 +53,8 @@ pub struct Options {
     pub gpg_sign: Option<String>,
     /// `--gpg-homedir DIR`: the GnuPG home holding the signing key (default: gpg's own).
     pub gpg_homedir: Option<PathBuf>,
+    /// `--static-delta`: after the ref moves, a static delta from its previous commit.
+    pub static_delta: bool,
 }
 
 #[derive(Default)]
@@ -1321,6 +1323,7 @@ fn commit(
     let built = &committed.commit;
     copy_into_target(env, target, built)?;
     sign_commit(env, target, built)?;
+    static_delta(env, target, tree.input.parent.as_deref(), built)?;
     process::fault_point("commit");
     move_ref(env, target, built)?;
     clean_work_root(env)?;
@@ -1444,9 +1447,31 @@ fn move_ref(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
     update_summary(env, target)
 }
 
-/// Keeps a served repo's summary in step with its refs: regenerated when the repo has one
-/// or when signing (clients verify a signed summary with `gpg-verify-summary`), and signed
-/// with the commit's key.
+/// `--static-delta`: the delta from the ref's previous commit to `built`, made before the
+/// ref moves (a failure leaves the ref where it was); the summary lists it.
+fn static_delta(env: &Env, target: &ostree::Repo, parent: Option<&str>, built: &str) -> Result<()> {
+    let cancellable = gio::Cancellable::NONE;
+    if let (true, Some(parent)) = (env.opts.static_delta, parent) {
+        // Nodes on the parent fetch one delta instead of every changed object. libostree
+        // reads `params` unchecked: an empty dictionary, not none, keeps its defaults.
+        let params = glib::VariantDict::new(None).end();
+        target
+            .static_delta_generate(
+                ostree::StaticDeltaGenerateOpt::Major,
+                Some(parent),
+                built,
+                None,
+                Some(&params),
+                cancellable,
+            )
+            .with_context(|| format!("generating the static delta {parent} -> {built}"))?;
+    }
+    Ok(())
+}
+
+/// Keeps a served repo's summary in step with its refs and deltas: regenerated when the
+/// repo has one, when generating deltas, or when signing (clients verify a signed summary
+/// with `gpg-verify-summary`), and signed with the commit's key.
 fn update_summary(env: &Env, target: &ostree::Repo) -> Result<()> {
     let cancellable = gio::Cancellable::NONE;
     let key = env.signing_key();
@@ -1455,7 +1480,8 @@ fn update_summary(env: &Env, target: &ostree::Repo) -> Result<()> {
         .repo
         .as_ref()
         .is_some_and(|r| r.join("summary").exists());
-    if !served && key.is_none() {
+    // Clients find deltas through the summary.
+    if !served && key.is_none() && !env.opts.static_delta {
         return Ok(());
     }
     target
