@@ -28,7 +28,10 @@ fn provisions_and_network_boots_the_node() {
     let (repo, commit) = composed_node();
     let work = tempfile::tempdir().unwrap();
     let spec = work.path().join("spec.yaml");
-    std::fs::write(&spec, SPEC).unwrap();
+    // The installer and the node verify the commits with the publisher's key.
+    let key = GpgKey::new("publisher");
+    std::fs::copy(&key.public, work.path().join("publisher.asc")).unwrap();
+    std::fs::write(&spec, format!("{SPEC}gpg-key: publisher.asc\n")).unwrap();
     // The web root: the repo at /repo, the rendered files beside it (ks/ at /ks).
     let www = work.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -42,9 +45,44 @@ fn provisions_and_network_boots_the_node() {
 
     // The kickstart installs this ref from this URL.
     let ks = std::fs::read_to_string(out.join("ks/node1.ks")).unwrap();
-    assert!(ks.contains(&format!(
-        "ostreesetup --osname=node --remote=hostforge --url={url} --ref=hostforge/x86_64/node --nogpg"
-    )), "{ks}");
+    assert!(
+        ks.contains(&format!(
+        "ostreesetup --osname=node --remote=hostforge --url={url} --ref=hostforge/x86_64/node\n"
+    )),
+        "{ks}"
+    );
+    // The key reaches the installer's ostree and the installed repo as base64 of its packets.
+    use base64::Engine;
+    let armored = std::fs::read_to_string(&key.public).unwrap();
+    let body: String = armored
+        .lines()
+        .skip_while(|l| !l.is_empty())
+        .skip(1)
+        .take_while(|l| !l.starts_with('=') && !l.starts_with("-----"))
+        .collect();
+    let packets = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let embedded: String = ks
+        .split("<<'HOSTFORGE_KEY'\n")
+        .nth(1)
+        .unwrap()
+        .split("\nHOSTFORGE_KEY")
+        .next()
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(embedded)
+            .unwrap(),
+        packets
+    );
+    assert!(
+        ks.contains("/usr/share/ostree/trusted.gpg.d/hostforge.gpg"),
+        "{ks}"
+    );
+    assert!(ks.contains("remote gpg-import --stdin hostforge"), "{ks}");
     assert!(ks.contains("reqpart --add-boot"), "{ks}");
     let st = Command::new("ksvalidator")
         .args(["-e", "-v", "RHEL9"])
