@@ -361,3 +361,127 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
         .status();
     Ok(())
 }
+
+/// Bytes a `REMOTE: N KiB transferred` line of `ostree pull` reports.
+fn pulled_bytes(out: &str) -> Result<f64> {
+    let line = out
+        .lines()
+        .find(|l| l.contains("transferred"))
+        .with_context(|| format!("no transfer figure in {out:?}"))?;
+    let before = line.split(" transferred").next().unwrap_or_default();
+    let mut w = before.rsplit(' ');
+    let unit = w.next().unwrap_or_default();
+    let n: f64 = w.next().unwrap_or_default().parse()?;
+    let scale = match unit {
+        "bytes" => 1.0,
+        "kB" | "KiB" => 1024.0,
+        "MB" | "MiB" => 1024.0 * 1024.0,
+        "GB" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        u => bail!("unknown unit {u:?} in {line:?}"),
+    };
+    Ok(n * scale)
+}
+
+/// `cargo xtask bench delta`: what a node on commit A downloads to reach B, with the static
+/// delta `compose tree --static-delta` publishes against fetching the changed objects one by
+/// one (`--disable-static-deltas`), both over HTTP on loopback into a bare repo as a node's.
+/// B is A with one more package (strace) and a changed file.
+pub fn delta(top: &Path, bin: &Path) -> Result<()> {
+    let distro = crate::distro::build(top)?;
+    let work = top.join("target/bench-delta");
+    let _ = std::fs::remove_dir_all(&work);
+    let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
+    let repo = work.join("repo");
+    let cache = work.join("cache");
+    timed("ostree init", &mut ostree_init(&repo))?;
+    timed(
+        "hostforge: compose A",
+        &mut compose_cmd(bin, &repo, &cache, &treefile),
+    )?;
+    let rev = |r: &str| -> Result<String> {
+        let out = Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["rev-parse", r])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let r = "hostforge/x86_64/node";
+    let a = rev(r)?;
+    let text = std::fs::read_to_string(&treefile)?
+        .replace("  - strace\n", "")
+        .replace("packages:\n", "packages:\n  - strace\n");
+    std::fs::write(
+        &treefile,
+        format!("{text}  - echo B > /usr/share/hostforge-variant\n"),
+    )?;
+    let generate = timed(
+        "hostforge: compose B --static-delta",
+        compose_cmd(bin, &repo, &cache, &treefile).arg("--static-delta"),
+    )?;
+    let b = rev(r)?;
+    if a == b {
+        bail!("B did not change the commit");
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(&repo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pull = |name: &str, extra: &[&str]| -> Result<(f64, f64)> {
+        let client = work.join(name);
+        let ostree = |args: &[&str]| -> Result<String> {
+            let out = Command::new("ostree")
+                .arg(format!("--repo={}", client.display()))
+                .args(args)
+                .output()?;
+            if !out.status.success() {
+                bail!("ostree {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        ostree(&["init", "--mode=bare"])?;
+        let url = format!("http://127.0.0.1:{port}");
+        ostree(&["remote", "add", "--no-gpg-verify", "origin", &url])?;
+        ostree(&["pull", "origin", &format!("{r}@{a}")])?;
+        let t = Instant::now();
+        let mut args = vec!["pull"];
+        args.extend(extra);
+        args.extend(["origin", r]);
+        let out = ostree(&args)?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("{name:<40} {secs:>8.2}s  {}", out.trim());
+        Ok((pulled_bytes(&out)?, secs))
+    };
+    let with = pull("node-with-delta", &[]);
+    let without = pull("node-without-delta", &["--disable-static-deltas"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let ((delta_bytes, delta_secs), (object_bytes, object_secs)) = (with?, without?);
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    let body = format!(
+        "## delta (a node on A updates to B over HTTP)\n\n\
+         A is `treefiles/node.yaml`; B adds one package (strace) and one file. Both pulls go \
+         into a bare repo on commit A over HTTP on loopback; `compose tree --static-delta` \
+         made the delta in {generate:.1} s (whole compose of B included).\n\n\
+         | update A -> B | MiB transferred | seconds |\n|---|---:|---:|\n\
+         | static delta (hostforge `--static-delta`) | {:.2} | {delta_secs:.2} |\n\
+         | objects one by one (`--disable-static-deltas`, the baseline) | {:.2} | \
+         {object_secs:.2} |\n\n\
+         The delta moves {:.0}% of the baseline's bytes in {:.0}% of its time.\n",
+        mib(delta_bytes),
+        mib(object_bytes),
+        100.0 * delta_bytes / object_bytes,
+        100.0 * delta_secs / object_secs,
+    );
+    write_section(top, "delta", &body)?;
+    println!("{body}");
+    Ok(())
+}

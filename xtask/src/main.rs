@@ -311,7 +311,12 @@ fn main() -> Result<()> {
                 let bin = build_release()?;
                 bench::image(&top(), &bin)
             }
-            _ => bail!("usage: cargo xtask bench compose|node|image"),
+            Some("delta") => {
+                deps()?;
+                let bin = build_release()?;
+                bench::delta(&top(), &bin)
+            }
+            _ => bail!("usage: cargo xtask bench compose|node|image|delta"),
         },
         _ => {
             eprintln!(
