@@ -1289,6 +1289,13 @@ fn validate(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
             );
         }
     }
+    validate_values(path, text, doc)
+}
+
+/// The values [`validate`] leaves: package lists, files and the text that reaches generated
+/// files; each error points at the key's line.
+fn validate_values(path: &Path, text: &str, doc: &TreefileDoc) -> Result<()> {
+    let at = |key: &str| format!("{}:{}", path.display(), line_of_key(text, key).unwrap_or(1));
     if let Some(rfp) = &doc.remove_from_packages {
         for entry in rfp {
             if entry.len() < 2 {
