@@ -506,18 +506,22 @@ fn image_op(cmd: ImageCmd) -> Result<()> {
     if let ImageCmd::Deploy(a) = &cmd {
         crate::validate::ostree_ref("--ref", &a.treeref)?;
     }
-    let deps = match (&target.image, &target.sysroot, &cmd) {
-        (Some(img), _, ImageCmd::Deploy(a)) => ops::deploy(img, &a.repo, &a.treeref)?,
+    let (deps, update) = match (&target.image, &target.sysroot, &cmd) {
         (Some(img), _, ImageCmd::Status(_)) => ops::status(img)?,
+        (None, Some(s), ImageCmd::Status(_)) => ops::live_status(s)?,
+        _ => (Vec::new(), None),
+    };
+    let deps = match (&target.image, &target.sysroot, &cmd) {
+        (_, _, ImageCmd::Status(_)) => deps,
+        (Some(img), _, ImageCmd::Deploy(a)) => ops::deploy(img, &a.repo, &a.treeref)?,
         (Some(img), _, ImageCmd::Rollback(_)) => ops::rollback(img)?,
         (Some(img), _, ImageCmd::Pin(a)) => ops::pin(img, a.index, !a.unpin)?,
         (None, Some(s), ImageCmd::Deploy(a)) => ops::live_deploy(s, &a.repo, &a.treeref)?,
-        (None, Some(s), ImageCmd::Status(_)) => ops::live_status(s)?,
         (None, Some(s), ImageCmd::Rollback(_)) => ops::live_rollback(s)?,
         (None, Some(s), ImageCmd::Pin(a)) => ops::live_pin(s, a.index, !a.unpin)?,
         _ => unreachable!("clap requires an image or --sysroot"),
     };
-    print_deployments(&deps, json)
+    print_deployments(&deps, update.as_ref(), json)
 }
 
 fn toolbox_build(a: ToolboxBuildArgs) -> Result<()> {
@@ -545,11 +549,17 @@ fn toolbox_build(a: ToolboxBuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_deployments(deps: &[crate::image::ops::Deployment], json: bool) -> Result<()> {
+fn print_deployments(
+    deps: &[crate::image::ops::Deployment],
+    update: Option<&crate::image::ops::UpdateState>,
+    json: bool,
+) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "deployments": deps }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "deployments": deps, "update": update })
+            )?
         );
         return Ok(());
     }
@@ -567,6 +577,17 @@ fn print_deployments(deps: &[crate::image::ops::Deployment], json: bool) -> Resu
             println!("    version: {v}");
         }
         println!("    {}\n    kargs: {}", d.title, d.kargs);
+    }
+    if let Some(u) = update {
+        // The agent's message comes from the node: printed as data, one line.
+        println!(
+            "update agent: {} ({})",
+            u.state.escape_debug(),
+            u.message.escape_debug()
+        );
+        if let Some(t) = &u.target {
+            println!("    target: {}", t.escape_debug());
+        }
     }
     Ok(())
 }

@@ -239,3 +239,189 @@ fn metal_image_boots_with_bios_and_with_uefi() {
     );
     unlock_tree(dir.path());
 }
+
+/// Waits (10 minutes at most) until the console has shown every one of `needles`, in any order.
+fn wait_all(vm: &mut Vm, needles: &[&str]) {
+    let mut seen = vec![false; needles.len()];
+    let (done, _) = vm.until(600, |l| {
+        for (i, n) in needles.iter().enumerate() {
+            seen[i] |= l.contains(n);
+        }
+        seen.iter().all(|s| *s)
+    });
+    assert!(
+        done,
+        "not all of {needles:?} seen; log in target/boot-logs/"
+    );
+}
+
+/// Issue 16's proof. A node built from a signed remote served over HTTP (QEMU's gateway,
+/// 10.0.2.2, is the host's loopback) runs the update agent with `fleet_lock`:
+/// - B is composed, signed and published; the agent pulls, stages, takes the lock, reboots
+///   into B and gives the lock back;
+/// - while the FleetLock server denies, D is staged and the node stays on B; after the grant
+///   it reboots into D and gives the lock back;
+/// - E, signed by another key, is refused: the node stays on D, and `hostforge image status`
+///   reads the failure from the disk afterwards.
+#[test]
+fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
+    let key = GpgKey::new("publisher");
+    let stranger = GpgKey::new("stranger");
+    let lock = FleetLockServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    ostree_at(&served, &["init", "--mode=archive"]);
+    let http = Daemon::http(&served);
+    let r = "hostforge/x86_64/updates";
+
+    // node.yaml as shipped, plus this node's agent configuration and quicker timers.
+    let tf = dir.path().join("tf");
+    write_node_treefiles(&tf);
+    let files = [
+        (
+            "updates.conf",
+            "/etc/hostforge/updates.conf",
+            format!(
+                "[updates]\nstrategy = \"fleet_lock\"\n[updates.fleet_lock]\n\
+                 base_url = \"http://10.0.2.2:{}\"\n[identity]\ngroup = \"workers\"\n",
+                lock.port
+            ),
+        ),
+        (
+            "timer.conf",
+            "/etc/systemd/system/hostforge-update.timer.d/10-test.conf",
+            // An empty assignment resets every trigger of the timer, once, before the new ones.
+            "[Timer]\nOnBootSec=\nOnBootSec=3\nOnUnitInactiveSec=4\nRandomizedDelaySec=0\n\
+             AccuracySec=1\n"
+                .to_string(),
+        ),
+        (
+            "service.conf",
+            "/etc/systemd/system/hostforge-update.service.d/10-test.conf",
+            "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n\
+             ExecStartPost=/usr/bin/hostforge-update status\n"
+                .to_string(),
+        ),
+    ];
+    let mut add = String::new();
+    for (name, dest, text) in &files {
+        std::fs::write(tf.join("node").join(name), text).unwrap();
+        add.push_str(&format!("  - [node/{name}, {dest}]\n"));
+    }
+    let node = std::fs::read_to_string(tf.join("node.yaml"))
+        .unwrap()
+        .replace("ref: hostforge/${basearch}/node", &format!("ref: {r}"))
+        .replace("add-files:\n", &format!("add-files:\n{add}"));
+    assert!(node.contains("updates.conf") && node.contains(r), "{node}");
+    let compose = |variant: &str, signer: &GpgKey| -> String {
+        let tfile = tf.join(format!("{variant}.yaml"));
+        std::fs::write(
+            &tfile,
+            format!("{node}  - echo {variant} > /usr/share/hostforge-variant\n"),
+        )
+        .unwrap();
+        let out = hostforge_cmd()
+            .args(["compose", "tree", "--repo"])
+            .arg(&served)
+            .arg("--cachedir")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node/cache"))
+            .args(["--gpg-sign", &signer.id, "--gpg-homedir", signer.home_str()])
+            .arg(&tfile)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        ostree_at(&served, &["rev-parse", r]).trim().to_string()
+    };
+
+    let a = compose("A", &key);
+    let img = dir.path().join("node.qcow2");
+    let remote = format!("http://10.0.2.2:{}", http.port);
+    assert_ok(
+        &image_build_cmd(&served, r, "qemu.yaml", "qcow2", &img, None)
+            .args(["--remote-url", &remote, "--remote-gpg-key"])
+            .arg(&key.public)
+            .output()
+            .unwrap(),
+    );
+    let args = [
+        "-drive".to_string(),
+        format!("file={},if=virtio,format=qcow2", img.display()),
+        "-nic".to_string(),
+        "user,model=virtio-net-pci".to_string(),
+    ];
+    let mut vm = Vm::start(&args, "updates", true);
+    vm.wait_for(&format!("hostforge-booted: {a}"), 600);
+    vm.wait_for(&format!("is at {a}, which is booted"), 300);
+
+    // B: published, pulled, staged, lock taken, rebooted into, lock given back.
+    let b = compose("B", &key);
+    vm.wait_for(&format!("staged {b}"), 300);
+    vm.wait_for(&format!("rebooting into {b} (strategy fleet_lock)"), 120);
+    wait_all(
+        &mut vm,
+        &[
+            &format!("hostforge-booted: {b}"),
+            "released the reboot lock",
+        ],
+    );
+    assert_eq!(lock.holder("workers"), None, "{:?}", lock.calls());
+    let calls = lock.calls();
+    let taken = calls
+        .iter()
+        .find(|c| c.op == "pre-reboot" && c.granted)
+        .expect("no lock was taken");
+    assert_eq!(taken.group, "workers");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.op == "steady-state" && c.id == taken.id),
+        "the lock was given back by another node id: {calls:?}"
+    );
+
+    // D while the server denies: staged, no reboot; after the grant, rebooted into.
+    lock.deny();
+    let d = compose("D", &key);
+    vm.wait_for(&format!("staged {d}"), 300);
+    let mut waited = vm.wait_for("denied the reboot lock", 120);
+    waited += &vm.wait_for("denied the reboot lock", 120);
+    waited += &vm.wait_for(&format!("staged:   {d}"), 120);
+    assert!(
+        !waited.contains("hostforge-booted:") && !waited.contains("rebooting into"),
+        "rebooted without the lock:\n{waited}"
+    );
+    lock.grant();
+    vm.wait_for(&format!("rebooting into {d}"), 120);
+    wait_all(
+        &mut vm,
+        &[
+            &format!("hostforge-booted: {d}"),
+            "released the reboot lock",
+        ],
+    );
+    assert_eq!(lock.holder("workers"), None);
+
+    // E, signed by a stranger: refused, the node stays on D.
+    let e = compose("E", &stranger);
+    assert_ne!(e, d);
+    let refused = vm.wait_for(&format!("failed; staying on {d}"), 300);
+    assert!(
+        refused.contains("public key not found"),
+        "refused for another reason:\n{refused}"
+    );
+    let (rebooted, _) = vm.until(20, |l| l.contains("rebooting into"));
+    assert!(!rebooted, "rebooted after a refused update");
+    drop(vm);
+
+    let st = image_status(&img);
+    assert_eq!(st["deployments"][0]["commit"], d.as_str(), "{st}");
+    assert_eq!(st["update"]["state"], "failed", "{st}");
+    assert_eq!(st["update"]["booted"], d.as_str(), "{st}");
+    assert!(
+        st["update"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("staying on"),
+        "{st}"
+    );
+    unlock_tree(dir.path());
+}

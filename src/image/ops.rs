@@ -326,12 +326,54 @@ fn origin_pinned(origin: &str) -> bool {
     origin_value(origin, "libostree-transient", "pinned").as_deref() == Some("true")
 }
 
-/// The deployments of an image, default first.
-pub fn status(img: &Path) -> Result<Vec<Deployment>> {
+/// What the node's update agent (hostforge-update) did last, as it keeps it in
+/// `/var/lib/hostforge/updates.json` of the default deployment's stateroot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UpdateState {
+    /// Seconds since the epoch of the agent's last check.
+    pub checked: u64,
+    /// idle, up-to-date, staged, waiting, rebooting or failed.
+    pub state: String,
+    /// The commit the node ran then.
+    pub booted: String,
+    /// The commit it found on the remote (staged, waiting, or refused).
+    #[serde(default)]
+    pub target: Option<String>,
+    pub message: String,
+    /// Whether the node held its group's FleetLock reboot lock.
+    #[serde(default)]
+    pub lock_held: bool,
+}
+
+/// The agent's state file for the default deployment's stateroot, if there is one; a
+/// state file that does not parse is reported as an error in the status, not skipped.
+fn update_state(files: &dyn SysrootFiles, deps: &[Deployment]) -> Option<UpdateState> {
+    let d = deps.first()?;
+    let bytes = files.read(&format!(
+        "/ostree/deploy/{}/var/lib/hostforge/updates.json",
+        d.osname
+    ))?;
+    Some(
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| UpdateState {
+            checked: 0,
+            state: "unknown".into(),
+            booted: String::new(),
+            target: None,
+            message: format!("/var/lib/hostforge/updates.json does not parse: {e}"),
+            lock_held: false,
+        }),
+    )
+}
+
+/// The deployments of an image, default first, and what its update agent did last.
+pub fn status(img: &Path) -> Result<(Vec<Deployment>, Option<UpdateState>)> {
     let o = open(img)?;
-    let deps = deployments(&ImageFiles::open(&o)?)?;
+    let files = ImageFiles::open(&o)?;
+    let deps = deployments(&files)?;
+    let update = update_state(&files, &deps);
+    drop(files);
     o.close()?;
-    Ok(deps)
+    Ok((deps, update))
 }
 
 /// Puts the edited working copy in place of `img` (converted back to qcow2 if it was), in one
@@ -626,9 +668,11 @@ impl Live {
     }
 }
 
-/// The deployments of a live sysroot, default first.
-pub fn live_status(sysroot: &Path) -> Result<Vec<Deployment>> {
-    Live::open(sysroot)?.deployments()
+/// The deployments of a live sysroot, default first, and what its update agent did last.
+pub fn live_status(sysroot: &Path) -> Result<(Vec<Deployment>, Option<UpdateState>)> {
+    let deps = Live::open(sysroot)?.deployments()?;
+    let update = update_state(&LiveFiles(sysroot), &deps);
+    Ok((deps, update))
 }
 
 /// Deploys `r` on a live sysroot as the new default (the old default stays as rollback).

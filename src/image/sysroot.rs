@@ -183,6 +183,11 @@ pub fn create(
     sysroot
         .ensure_initialized(c)
         .context("initializing the sysroot")?;
+    // The deployments' /tmp is a link to sysroot/tmp (rpm-ostree's layout), so the physical
+    // root needs it, world-writable and sticky, as `ostree admin init-fs` makes it.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
     sysroot.load(c)?;
     sysroot
         .init_osname(osname, c)

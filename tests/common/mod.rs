@@ -190,6 +190,21 @@ pub fn distro() -> PathBuf {
     p
 }
 
+/// The repository of the `hostforge-update` package (xtask/src/agent.rs), built from this
+/// workspace by `cargo xtask test`, which sets the variable.
+pub fn agent_repo() -> PathBuf {
+    let p = PathBuf::from(std::env::var("HOSTFORGE_AGENT_REPO").expect(
+        "HOSTFORGE_AGENT_REPO is not set: run the tests with `cargo xtask test`, which builds \
+         the agent package first",
+    ));
+    assert!(
+        p.join("repodata/repomd.xml").exists(),
+        "no agent repo at {}",
+        p.display()
+    );
+    p
+}
+
 /// Tests of one binary run in parallel; one of them writes the shared treefile directory and
 /// composes into the shared repo at a time.
 static COMPOSE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -202,21 +217,7 @@ pub fn composed_node() -> (PathBuf, String) {
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = top.join("target/test-node");
     let tf_dir = work.join("tf");
-    std::fs::create_dir_all(&tf_dir).unwrap();
-    std::fs::copy(top.join("treefiles/node.yaml"), tf_dir.join("node.yaml")).unwrap();
-    std::fs::create_dir_all(tf_dir.join("node")).unwrap();
-    for f in ["toolbox", "toolbox.conf", "grub-mkconfig"] {
-        std::fs::copy(
-            top.join("treefiles/node").join(f),
-            tf_dir.join("node").join(f),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        tf_dir.join("fixture-distro.repo"),
-        format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),
-    )
-    .unwrap();
+    write_node_treefiles(&tf_dir);
     let repo = work.join("repo");
     if !repo.join("config").exists() {
         ostree_at(&repo, &["init", "--mode=archive"]);
@@ -225,8 +226,34 @@ pub fn composed_node() -> (PathBuf, String) {
     (repo, commit)
 }
 
+/// Writes treefiles/node.yaml, the files it adds (treefiles/node/) and the .repo files of
+/// the fixture distro and the agent package into `tf_dir`.
+pub fn write_node_treefiles(tf_dir: &Path) {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(tf_dir).unwrap();
+    std::fs::copy(top.join("treefiles/node.yaml"), tf_dir.join("node.yaml")).unwrap();
+    std::fs::create_dir_all(tf_dir.join("node")).unwrap();
+    for f in std::fs::read_dir(top.join("treefiles/node")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tf_dir.join("node").join(f.file_name())).unwrap();
+    }
+    std::fs::write(
+        tf_dir.join("fixture-distro.repo"),
+        format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),
+    )
+    .unwrap();
+    std::fs::write(
+        tf_dir.join("hostforge-agent.repo"),
+        format!(
+            "[hostforge-agent]\nbaseurl=file://{}\n",
+            agent_repo().display()
+        ),
+    )
+    .unwrap();
+}
+
 /// Composes a node treefile into the shared test-node repo and cache; returns `r`'s commit.
-fn compose_node_treefile(repo: &Path, treefile: &Path, r: &str) -> String {
+pub fn compose_node_treefile(repo: &Path, treefile: &Path, r: &str) -> String {
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node");
     let out = hostforge_cmd()
         .args(["compose", "tree", "--repo"])
@@ -337,23 +364,25 @@ pub fn composed_node_b() -> String {
     )
 }
 
-/// Runs QEMU (`args` after the common ones: TCG unless HOSTFORGE_QEMU_ACCEL says otherwise,
-/// 1 GiB, no display, no reboot) and reads its serial console line by line until `done`
-/// says so or 10 minutes pass. The console log is kept in target/boot-logs/NAME.log (CI keeps
-/// it on failure). Returns whether `done` was satisfied, and the log.
-pub fn qemu_serial_until(
-    args: &[String],
-    log_name: &str,
-    mut done: impl FnMut(&str) -> bool,
-) -> (bool, String) {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let accel = std::env::var("HOSTFORGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
+/// A QEMU guest (TCG unless HOSTFORGE_QEMU_ACCEL says otherwise, 1 GiB, one vCPU) whose
+/// serial console is read line by line; killed and its log written to
+/// target/boot-logs/NAME.log when dropped.
+pub struct Vm {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Everything the console printed so far.
+    pub log: String,
+    name: String,
+}
+
+impl Vm {
+    /// Starts the guest with `args` added; `reboot` lets a guest reboot (else QEMU exits).
+    pub fn start(args: &[String], name: &str, reboot: bool) -> Vm {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let accel = std::env::var("HOSTFORGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
             "-accel",
             &accel,
             "-m",
@@ -364,43 +393,103 @@ pub fn qemu_serial_until(
             "-smp",
             "1",
             "-nographic",
-            "-no-reboot",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting qemu-system-x86_64 (cargo xtask deps installs it)");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-            if tx
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .is_err()
-            {
-                break;
-            }
+        ]);
+        if !reboot {
+            cmd.arg("-no-reboot");
         }
-    });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let (mut log, mut found) = (String::new(), false);
-    while Instant::now() < deadline && !found {
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(line) => {
-                found = done(&line);
-                log.push_str(&line);
-                log.push('\n');
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting qemu-system-x86_64 (cargo xtask deps installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                if tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(_) => break,
+        });
+        Vm {
+            child,
+            rx,
+            log: String::new(),
+            name: name.to_string(),
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    std::fs::write(logs.join(format!("{log_name}.log")), &log).unwrap();
-    (found, log)
+
+    /// Reads the console until a line satisfies `done` (true) or `secs` pass or QEMU exits
+    /// (false). Lines read are added to [`Vm::log`]; `since` collects them for the caller.
+    pub fn until(&mut self, secs: u64, mut done: impl FnMut(&str) -> bool) -> (bool, String) {
+        use std::time::{Duration, Instant};
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut since = String::new();
+        while Instant::now() < deadline {
+            match self.rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(line) => {
+                    let found = done(&line);
+                    for out in [&mut self.log, &mut since] {
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                    if found {
+                        return (true, since);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(_) => break,
+            }
+        }
+        (false, since)
+    }
+
+    /// Waits up to `secs` for a line containing `needle`; panics (naming the log) if none
+    /// comes. Returns the lines read meanwhile.
+    pub fn wait_for(&mut self, needle: &str, secs: u64) -> String {
+        let (found, since) = self.until(secs, |l| l.contains(needle));
+        if !found {
+            self.save_log();
+            panic!(
+                "{needle:?} not seen on the serial console within {secs} s; log in \
+                 target/boot-logs/{}.log",
+                self.name
+            );
+        }
+        since
+    }
+
+    fn save_log(&self) {
+        let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join(format!("{}.log", self.name)), &self.log).unwrap();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.save_log();
+    }
+}
+
+/// Boots a guest with `args` added (QEMU exits on reboot) and reads its serial console
+/// until `done` says so (at most 10 minutes); returns whether it did and the console log,
+/// also written to target/boot-logs/LOG_NAME.log.
+pub fn qemu_serial_until(
+    args: &[String],
+    log_name: &str,
+    done: impl FnMut(&str) -> bool,
+) -> (bool, String) {
+    let mut vm = Vm::start(args, log_name, false);
+    let (found, _) = vm.until(600, done);
+    (found, vm.log.clone())
 }
 
 /// Lifts the immutable flag ostree puts on deployments, so a temp dir can be removed.
@@ -657,5 +746,159 @@ impl Drop for GpgKey {
             .arg(&self.home)
             .args(["--kill", "gpg-agent"])
             .status();
+    }
+}
+
+/// One request a [`FleetLockServer`] answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetLockCall {
+    /// `pre-reboot` or `steady-state`.
+    pub op: String,
+    pub id: String,
+    pub group: String,
+    /// Whether the server said yes (200).
+    pub granted: bool,
+}
+
+#[derive(Default)]
+struct FleetLockState {
+    deny: bool,
+    /// Holder of each group's single reboot slot.
+    holders: std::collections::HashMap<String, String>,
+    calls: Vec<FleetLockCall>,
+}
+
+/// A FleetLock server on 127.0.0.1 (the protocol of coreos/zincati's
+/// `docs/development/fleetlock/protocol.md`): one reboot slot per group, taken by
+/// `POST /v1/pre-reboot` and given back by `POST /v1/steady-state`; [`FleetLockServer::deny`]
+/// makes it refuse every lock until [`FleetLockServer::grant`]. Requests without the
+/// `fleet-lock-protocol: true` header or with a malformed body get 400, as a real server's.
+pub struct FleetLockServer {
+    pub port: u16,
+    state: std::sync::Arc<std::sync::Mutex<FleetLockState>>,
+}
+
+impl FleetLockServer {
+    pub fn start() -> FleetLockServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(FleetLockState::default()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let (status, body) = FleetLockServer::answer(&mut conn, &shared);
+                let reason = if status == 200 { "OK" } else { "Error" };
+                let _ = std::io::Write::write_all(
+                    &mut conn,
+                    format!(
+                        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        FleetLockServer { port, state }
+    }
+
+    fn answer(
+        conn: &mut std::net::TcpStream,
+        state: &std::sync::Mutex<FleetLockState>,
+    ) -> (u16, String) {
+        use std::io::{BufRead, BufReader, Read};
+        let err = |kind: &str, value: &str| serde_json::json!({"kind": kind, "value": value});
+        let mut r = BufReader::new(conn);
+        let mut request = String::new();
+        if r.read_line(&mut request).is_err() {
+            return (400, err("bad_request", "unreadable").to_string());
+        }
+        let (mut length, mut protocol) = (0usize, false);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap_or((&h, ""));
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = v.trim().parse().unwrap_or(0),
+                "fleet-lock-protocol" => protocol = v.trim() == "true",
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length.min(65536)];
+        if r.read_exact(&mut body).is_err() {
+            return (400, err("bad_request", "short body").to_string());
+        }
+        let op = match request.split_whitespace().collect::<Vec<_>>()[..] {
+            ["POST", "/v1/pre-reboot", _] => "pre-reboot",
+            ["POST", "/v1/steady-state", _] => "steady-state",
+            _ => return (404, err("not_found", request.trim()).to_string()),
+        };
+        if !protocol {
+            return (
+                400,
+                err("missing_header", "fleet-lock-protocol").to_string(),
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let node = &v["client_params"]["node"];
+        let (Some(id), Some(group)) = (node["id"].as_str(), node["group"].as_str()) else {
+            return (
+                400,
+                err("bad_body", "client_params.node.{id,group}").to_string(),
+            );
+        };
+        let mut s = state.lock().unwrap();
+        let granted = match op {
+            "pre-reboot" => {
+                let holder = s.holders.get(group).cloned();
+                let ok = !s.deny && holder.as_deref().is_none_or(|h| h == id);
+                if ok {
+                    s.holders.insert(group.to_string(), id.to_string());
+                }
+                ok
+            }
+            _ => {
+                if s.holders.get(group).map(String::as_str) == Some(id) {
+                    s.holders.remove(group);
+                }
+                true
+            }
+        };
+        s.calls.push(FleetLockCall {
+            op: op.to_string(),
+            id: id.to_string(),
+            group: group.to_string(),
+            granted,
+        });
+        if granted {
+            (200, "{}".to_string())
+        } else {
+            (
+                409,
+                err("failed_lock", "reboot slots are taken").to_string(),
+            )
+        }
+    }
+
+    pub fn deny(&self) {
+        self.state.lock().unwrap().deny = true;
+    }
+
+    pub fn grant(&self) {
+        self.state.lock().unwrap().deny = false;
+    }
+
+    /// Every request answered so far.
+    pub fn calls(&self) -> Vec<FleetLockCall> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// Who holds `group`'s reboot slot.
+    pub fn holder(&self, group: &str) -> Option<String> {
+        self.state.lock().unwrap().holders.get(group).cloned()
     }
 }

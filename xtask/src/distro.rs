@@ -69,7 +69,7 @@ const EXCLUDED_PREFIXES: &[&str] = &[
     "/usr/share/bug/",
 ];
 
-fn run_out(cmd: &mut Command) -> Result<String> {
+pub(crate) fn run_out(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -548,10 +548,16 @@ fn node_base(passwd: &str, group: &str) -> Result<rpm::Package> {
     Ok(b.build()?)
 }
 
-/// Copies treefiles/node.yaml into `dir` with a fixture-distro.repo pointing at `distro`;
+/// Copies treefiles/node.yaml into `dir` with a fixture-distro.repo pointing at `distro` and
+/// a hostforge-agent.repo pointing at `agent` (see [`crate::agent`]);
 /// returns the treefile's path.
-pub fn node_treefile(top: &Path, distro: &Path, dir: &Path) -> Result<PathBuf> {
-    distro_treefile(top, distro, dir, "node.yaml")
+pub fn node_treefile(top: &Path, distro: &Path, agent: &Path, dir: &Path) -> Result<PathBuf> {
+    let tf = distro_treefile(top, distro, dir, "node.yaml")?;
+    std::fs::write(
+        dir.join("hostforge-agent.repo"),
+        crate::agent::repo_section(agent),
+    )?;
+    Ok(tf)
 }
 
 /// Copies `treefiles/` (the treefiles and the files they add) into `dir` with a

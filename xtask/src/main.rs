@@ -1,6 +1,7 @@
 //! Chores: installing host packages, building fixtures, running the tests, the demo and the
 //! benchmarks. `cargo xtask help` lists them.
 
+mod agent;
 mod bench;
 mod distro;
 mod fixtures;
@@ -182,8 +183,10 @@ fn test(args: &[String]) -> Result<()> {
     if tier != Some("unit") {
         let fx = fixtures::build(&top())?;
         let distro = distro::build(&top())?;
+        let agent = agent::build(&top(), false)?;
         cmd.env("HOSTFORGE_FIXTURES", &fx)
-            .env("HOSTFORGE_DISTRO", &distro);
+            .env("HOSTFORGE_DISTRO", &distro)
+            .env("HOSTFORGE_AGENT_REPO", &agent);
     }
     run(&mut cmd)
 }
@@ -218,10 +221,11 @@ fn demo() -> Result<()> {
     let fx = fixtures::build(&top())?;
     let distro = distro::build(&top())?;
     let bin = build_release()?;
+    let agent = agent::build(&top(), true)?;
     let work = top().join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     let treefile = demo_dir(&fx, &work.join("treefiles"))?;
-    let node = distro::node_treefile(&top(), &distro, &work.join("treefiles"))?;
+    let node = distro::node_treefile(&top(), &distro, &agent, &work.join("treefiles"))?;
     let repo = work.join("repo");
     run(&mut bench::ostree_init(&repo))?;
     let compose = |tf: &Path, json: &str| {
@@ -284,6 +288,7 @@ fn main() -> Result<()> {
             deps()?;
             println!("{}", fixtures::build(&top())?.display());
             println!("{}", distro::build(&top())?.display());
+            println!("{}", agent::build(&top(), false)?.display());
             Ok(())
         }
         Some("test") => test(&args[1..]),
