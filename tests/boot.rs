@@ -261,8 +261,8 @@ fn wait_all(vm: &mut Vm, needles: &[&str]) {
 ///   into B and gives the lock back;
 /// - while the FleetLock server denies, D is staged and the node stays on B; after the grant
 ///   it reboots into D and gives the lock back;
-/// - E, signed by another key, is refused: the node stays on D, and `hostforge image status`
-///   reads the failure from the disk afterwards.
+/// - E, signed by another key, and F, not signed, are refused: the node stays on D, and
+///   `hostforge image status` reads the failure from the disk afterwards.
 #[test]
 fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
     let key = GpgKey::new("publisher");
@@ -313,27 +313,27 @@ fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
         .replace("ref: hostforge/${basearch}/node", &format!("ref: {r}"))
         .replace("add-files:\n", &format!("add-files:\n{add}"));
     assert!(node.contains("updates.conf") && node.contains(r), "{node}");
-    let compose = |variant: &str, signer: &GpgKey| -> String {
+    let compose = |variant: &str, signer: Option<&GpgKey>| -> String {
         let tfile = tf.join(format!("{variant}.yaml"));
         std::fs::write(
             &tfile,
             format!("{node}  - echo {variant} > /usr/share/hostforge-variant\n"),
         )
         .unwrap();
-        let out = hostforge_cmd()
-            .args(["compose", "tree", "--repo"])
+        let mut cmd = hostforge_cmd();
+        cmd.args(["compose", "tree", "--repo"])
             .arg(&served)
             .arg("--cachedir")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node/cache"))
-            .args(["--gpg-sign", &signer.id, "--gpg-homedir", signer.home_str()])
-            .arg(&tfile)
-            .output()
-            .unwrap();
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node/cache"));
+        if let Some(k) = signer {
+            cmd.args(["--gpg-sign", &k.id, "--gpg-homedir", k.home_str()]);
+        }
+        let out = cmd.arg(&tfile).output().unwrap();
         assert_ok(&out);
         ostree_at(&served, &["rev-parse", r]).trim().to_string()
     };
 
-    let a = compose("A", &key);
+    let a = compose("A", Some(&key));
     let img = dir.path().join("node.qcow2");
     let remote = format!("http://10.0.2.2:{}", http.port);
     assert_ok(
@@ -354,7 +354,7 @@ fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
     vm.wait_for(&format!("is at {a}, which is booted"), 300);
 
     // B: published, pulled, staged, lock taken, rebooted into, lock given back.
-    let b = compose("B", &key);
+    let b = compose("B", Some(&key));
     vm.wait_for(&format!("staged {b}"), 300);
     vm.wait_for(&format!("rebooting into {b} (strategy fleet_lock)"), 120);
     wait_all(
@@ -380,7 +380,7 @@ fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
 
     // D while the server denies: staged, no reboot; after the grant, rebooted into.
     lock.deny();
-    let d = compose("D", &key);
+    let d = compose("D", Some(&key));
     vm.wait_for(&format!("staged {d}"), 300);
     let mut waited = vm.wait_for("denied the reboot lock", 120);
     waited += &vm.wait_for("denied the reboot lock", 120);
@@ -401,12 +401,20 @@ fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
     assert_eq!(lock.holder("workers"), None);
 
     // E, signed by a stranger: refused, the node stays on D.
-    let e = compose("E", &stranger);
+    let e = compose("E", Some(&stranger));
     assert_ne!(e, d);
     let refused = vm.wait_for(&format!("failed; staying on {d}"), 300);
     assert!(
         refused.contains("public key not found"),
         "refused for another reason:\n{refused}"
+    );
+    // F, not signed at all (nor is the summary): refused as well.
+    let f = compose("F", None);
+    assert_ne!(f, e);
+    let refused = vm.wait_for("no signatures found", 300);
+    assert!(
+        refused.contains(&format!("failed; staying on {d}")),
+        "{refused}"
     );
     let (rebooted, _) = vm.until(20, |l| l.contains("rebooting into"));
     assert!(!rebooted, "rebooted after a refused update");

@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod distro;
 mod fixtures;
+mod follow;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "skopeo",
     "podman",
     "docker-registry",
+    // strip: the node's copy of the update agent.
+    "binutils",
 ];
 
 fn top() -> PathBuf {
@@ -226,30 +229,45 @@ fn demo() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     let treefile = demo_dir(&fx, &work.join("treefiles"))?;
     let node = distro::node_treefile(&top(), &distro, &agent, &work.join("treefiles"))?;
+    follow::quick_agent(&node)?;
+    let (gnupg, key, public) = follow::throwaway_key(&work)?;
     let repo = work.join("repo");
     run(&mut bench::ostree_init(&repo))?;
-    let compose = |tf: &Path, json: &str| {
-        run(Command::new(&bin)
-            .args(["compose", "tree", "--repo"])
+    let compose = |tf: &Path, json: &str, sign: bool| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["compose", "tree", "--repo"])
             .arg(&repo)
             .arg("--cachedir")
             .arg(work.join("cache"))
             .arg("--write-composejson-to")
-            .arg(work.join(json))
-            .arg(tf))
+            .arg(work.join(json));
+        if sign {
+            cmd.args(["--gpg-sign", &key, "--gpg-homedir"])
+                .arg(&gnupg)
+                .arg("--static-delta");
+        }
+        run(cmd.arg(tf))
     };
     eprintln!("== the synthetic fixture node");
-    compose(&treefile, "fixture.json")?;
+    compose(&treefile, "fixture.json", false)?;
     eprintln!("== again: nothing changed");
-    compose(&treefile, "fixture.json")?;
-    eprintln!("== the bootable node of the fixture distro (kernel, systemd, dracut initramfs)");
-    compose(&node, "node.json")?;
+    compose(&treefile, "fixture.json", false)?;
+    eprintln!(
+        "== the bootable node of the fixture distro (kernel, systemd, dracut initramfs, the \
+         update agent), signed with a throwaway key"
+    );
+    compose(&node, "node.json", true)?;
     for r in ["hostforge/x86_64/fixture", "hostforge/x86_64/node"] {
         run(Command::new("ostree")
             .arg(format!("--repo={}", repo.display()))
             .args(["log", r]))?;
     }
-    eprintln!("== a bootable qcow2 of the node (images/qemu.yaml)");
+    let server = follow::Server::start(&repo)?;
+    eprintln!(
+        "== a bootable qcow2 of the node (images/qemu.yaml), following the repo served at \
+         http://127.0.0.1:{} (10.0.2.2 from the guest) and trusting only that key",
+        server.1
+    );
     let disk = work.join("node.qcow2");
     run(Command::new(&bin)
         .args(["image", "build", "--repo"])
@@ -257,7 +275,32 @@ fn demo() -> Result<()> {
         .args(["--ref", "hostforge/x86_64/node", "--layout"])
         .arg(top().join("images/qemu.yaml"))
         .arg("-o")
-        .arg(&disk))?;
+        .arg(&disk)
+        .args(["--remote-url", &format!("http://10.0.2.2:{}", server.1)])
+        .arg("--remote-gpg-key")
+        .arg(&public))?;
+    eprintln!("== boot it (QEMU, TCG), publish a new commit, watch the node follow");
+    let first = rev_parse(&repo, "hostforge/x86_64/node")?;
+    let mut vm = follow::Node::boot(&disk, &work.join("node-console.log"))?;
+    vm.wait_for(&format!("hostforge-booted: {first}"), 600)?;
+    eprintln!("   node booted {first}");
+    let tf = std::fs::read_to_string(&node)?;
+    std::fs::write(
+        &node,
+        format!("{tf}  - echo 'published after the first boot' > /usr/share/hostforge-demo\n"),
+    )?;
+    compose(&node, "node.json", true)?;
+    let second = rev_parse(&repo, "hostforge/x86_64/node")?;
+    eprintln!("   published {second}");
+    vm.wait_for(&format!("hostforge-booted: {second}"), 900)?;
+    eprintln!("   node rebooted into {second} by itself");
+    drop(vm);
+    drop(server);
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&gnupg)
+        .args(["--kill", "gpg-agent"])
+        .status();
     eprintln!("== the debug toolbox image, as an OCI layout (treefiles/toolbox.yaml)");
     let oci = work.join("toolbox-oci");
     run(Command::new(&bin)
@@ -269,15 +312,27 @@ fn demo() -> Result<()> {
         .arg(work.join("cache")))?;
     eprintln!(
         "repo: {}\ncompose.json: {} and {}\ndisk image: {} (boot it: qemu-system-x86_64 -m 1024 \
-         -nographic -drive file={},if=virtio)\ntoolbox: {}",
+         -nographic -drive file={},if=virtio)\nits console while it followed the repo: {}\n\
+         toolbox: {}",
         repo.display(),
         work.join("fixture.json").display(),
         work.join("node.json").display(),
         disk.display(),
         disk.display(),
+        work.join("node-console.log").display(),
         oci.display()
     );
     Ok(())
+}
+
+fn rev_parse(repo: &Path, r: &str) -> Result<String> {
+    Ok(distro::run_out(
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["rev-parse", r]),
+    )?
+    .trim()
+    .to_string())
 }
 
 fn main() -> Result<()> {
