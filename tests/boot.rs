@@ -408,10 +408,10 @@ fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
         refused.contains("public key not found"),
         "refused for another reason:\n{refused}"
     );
-    // F, not signed at all (nor is the summary): refused as well.
+    // F, not signed at all: its summary has no signature either, and the node refuses it.
     let f = compose("F", None);
     assert_ne!(f, e);
-    let refused = vm.wait_for("no signatures found", 300);
+    let refused = vm.wait_for("no summary.sig found", 300);
     assert!(
         refused.contains(&format!("failed; staying on {d}")),
         "{refused}"

@@ -181,12 +181,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
     let repack = t.elapsed().as_secs_f64();
     let work = top.join("target/bench-node");
     let _ = std::fs::remove_dir_all(&work);
-    let treefile = crate::distro::node_treefile(
-        top,
-        &distro,
-        &crate::agent::build(top, true)?,
-        &work.join("tf"),
-    )?;
+    let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
     let repo = work.join("repo");
     timed("ostree init", &mut ostree_init(&repo))?;
     let json = work.join("compose.json");
@@ -243,12 +238,7 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
         .status();
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let treefile = crate::distro::node_treefile(
-        top,
-        &distro,
-        &crate::agent::build(top, true)?,
-        &work.join("tf"),
-    )?;
+    let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
     let repo = work.join("repo");
     timed("ostree init", &mut ostree_init(&repo))?;
     timed(
@@ -400,12 +390,7 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     let distro = crate::distro::build(top)?;
     let work = top.join("target/bench-delta");
     let _ = std::fs::remove_dir_all(&work);
-    let treefile = crate::distro::node_treefile(
-        top,
-        &distro,
-        &crate::agent::build(top, true)?,
-        &work.join("tf"),
-    )?;
+    let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
     let repo = work.join("repo");
     let cache = work.join("cache");
     timed("ostree init", &mut ostree_init(&repo))?;

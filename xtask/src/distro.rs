@@ -549,13 +549,15 @@ fn node_base(passwd: &str, group: &str) -> Result<rpm::Package> {
 }
 
 /// Copies treefiles/node.yaml into `dir` with a fixture-distro.repo pointing at `distro` and
-/// a hostforge-agent.repo pointing at `agent` (see [`crate::agent`]);
+/// a hostforge-agent.repo pointing at the agent package, built in release mode (see
+/// [`crate::agent`]);
 /// returns the treefile's path.
-pub fn node_treefile(top: &Path, distro: &Path, agent: &Path, dir: &Path) -> Result<PathBuf> {
+pub fn node_treefile(top: &Path, distro: &Path, dir: &Path) -> Result<PathBuf> {
+    let agent = crate::agent::build(top, true)?;
     let tf = distro_treefile(top, distro, dir, "node.yaml")?;
     std::fs::write(
         dir.join("hostforge-agent.repo"),
-        crate::agent::repo_section(agent),
+        crate::agent::repo_section(&agent),
     )?;
     Ok(tf)
 }

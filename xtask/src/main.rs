@@ -224,11 +224,10 @@ fn demo() -> Result<()> {
     let fx = fixtures::build(&top())?;
     let distro = distro::build(&top())?;
     let bin = build_release()?;
-    let agent = agent::build(&top(), true)?;
     let work = top().join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     let treefile = demo_dir(&fx, &work.join("treefiles"))?;
-    let node = distro::node_treefile(&top(), &distro, &agent, &work.join("treefiles"))?;
+    let node = distro::node_treefile(&top(), &distro, &work.join("treefiles"))?;
     follow::quick_agent(&node)?;
     let (gnupg, key, public) = follow::throwaway_key(&work)?;
     let repo = work.join("repo");
