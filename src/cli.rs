@@ -506,19 +506,16 @@ fn image_op(cmd: ImageCmd) -> Result<()> {
     if let ImageCmd::Deploy(a) = &cmd {
         crate::validate::ostree_ref("--ref", &a.treeref)?;
     }
+    // Only status reads what the node's update agent did last.
     let (deps, update) = match (&target.image, &target.sysroot, &cmd) {
         (Some(img), _, ImageCmd::Status(_)) => ops::status(img)?,
+        (Some(img), _, ImageCmd::Deploy(a)) => (ops::deploy(img, &a.repo, &a.treeref)?, None),
+        (Some(img), _, ImageCmd::Rollback(_)) => (ops::rollback(img)?, None),
+        (Some(img), _, ImageCmd::Pin(a)) => (ops::pin(img, a.index, !a.unpin)?, None),
         (None, Some(s), ImageCmd::Status(_)) => ops::live_status(s)?,
-        _ => (Vec::new(), None),
-    };
-    let deps = match (&target.image, &target.sysroot, &cmd) {
-        (_, _, ImageCmd::Status(_)) => deps,
-        (Some(img), _, ImageCmd::Deploy(a)) => ops::deploy(img, &a.repo, &a.treeref)?,
-        (Some(img), _, ImageCmd::Rollback(_)) => ops::rollback(img)?,
-        (Some(img), _, ImageCmd::Pin(a)) => ops::pin(img, a.index, !a.unpin)?,
-        (None, Some(s), ImageCmd::Deploy(a)) => ops::live_deploy(s, &a.repo, &a.treeref)?,
-        (None, Some(s), ImageCmd::Rollback(_)) => ops::live_rollback(s)?,
-        (None, Some(s), ImageCmd::Pin(a)) => ops::live_pin(s, a.index, !a.unpin)?,
+        (None, Some(s), ImageCmd::Deploy(a)) => (ops::live_deploy(s, &a.repo, &a.treeref)?, None),
+        (None, Some(s), ImageCmd::Rollback(_)) => (ops::live_rollback(s)?, None),
+        (None, Some(s), ImageCmd::Pin(a)) => (ops::live_pin(s, a.index, !a.unpin)?, None),
         _ => unreachable!("clap requires an image or --sysroot"),
     };
     print_deployments(&deps, update.as_ref(), json)

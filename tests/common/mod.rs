@@ -253,7 +253,7 @@ pub fn write_node_treefiles(tf_dir: &Path) {
 }
 
 /// Composes a node treefile into the shared test-node repo and cache; returns `r`'s commit.
-pub fn compose_node_treefile(repo: &Path, treefile: &Path, r: &str) -> String {
+fn compose_node_treefile(repo: &Path, treefile: &Path, r: &str) -> String {
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node");
     let out = hostforge_cmd()
         .args(["compose", "tree", "--repo"])
@@ -425,7 +425,7 @@ impl Vm {
     }
 
     /// Reads the console until a line satisfies `done` (true) or `secs` pass or QEMU exits
-    /// (false). Lines read are added to [`Vm::log`]; `since` collects them for the caller.
+    /// (false). Lines read are added to [`Vm::log`] and returned (the lines of this wait).
     pub fn until(&mut self, secs: u64, mut done: impl FnMut(&str) -> bool) -> (bool, String) {
         use std::time::{Duration, Instant};
         let deadline = Instant::now() + Duration::from_secs(secs);

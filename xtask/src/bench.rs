@@ -57,6 +57,17 @@ pub fn ostree_init(repo: &Path) -> Command {
     cmd
 }
 
+/// The commit `r` names in `repo`.
+pub fn rev_parse(repo: &Path, r: &str) -> Result<String> {
+    Ok(crate::distro::run_out(
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["rev-parse", r]),
+    )?
+    .trim()
+    .to_string())
+}
+
 /// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`.
 pub fn write_section(top: &Path, name: &str, body: &str) -> Result<()> {
     let path = top.join("docs/benchmarks.md");
@@ -398,15 +409,8 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
         "hostforge: compose A",
         &mut compose_cmd(bin, &repo, &cache, &treefile),
     )?;
-    let rev = |r: &str| -> Result<String> {
-        let out = Command::new("ostree")
-            .arg(format!("--repo={}", repo.display()))
-            .args(["rev-parse", r])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
     let r = "hostforge/x86_64/node";
-    let a = rev(r)?;
+    let a = rev_parse(&repo, r)?;
     let text = std::fs::read_to_string(&treefile)?
         .replace("  - strace\n", "")
         .replace("packages:\n", "packages:\n  - strace\n");
@@ -418,23 +422,13 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
         "hostforge: compose B --static-delta",
         compose_cmd(bin, &repo, &cache, &treefile).arg("--static-delta"),
     )?;
-    let b = rev(r)?;
+    let b = rev_parse(&repo, r)?;
     if a == b {
         bail!("B did not change the commit");
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut server = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1"])
-        .arg(port.to_string())
-        .arg("--directory")
-        .arg(&repo)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let server = crate::follow::Server::start(&repo)?;
+    let port = server.1;
     let pull = |name: &str, extra: &[&str]| -> Result<(f64, f64)> {
         let client = work.join(name);
         let ostree = |args: &[&str]| -> Result<String> {
@@ -462,8 +456,7 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     };
     let with = pull("node-with-delta", &[]);
     let without = pull("node-without-delta", &["--disable-static-deltas"]);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let ((delta_bytes, delta_secs), (object_bytes, object_secs)) = (with?, without?);
     let mib = |b: f64| b / (1024.0 * 1024.0);
     let body = format!(

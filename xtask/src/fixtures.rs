@@ -354,7 +354,8 @@ fn corrupt_payload(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn gen_key(home: &Path, uid: &str) -> Result<(String, String)> {
+/// A signing key made by gpg in batch mode in `home`: its armored public and secret parts.
+pub(crate) fn gen_key(home: &Path, uid: &str) -> Result<(String, String)> {
     std::fs::create_dir_all(home)?;
     let gpg = |args: &[&str]| -> Result<Vec<u8>> {
         let out = Command::new("gpg")

@@ -16,20 +16,14 @@ pub fn throwaway_key(dir: &Path) -> Result<(PathBuf, String, PathBuf)> {
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home)?;
     std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let gpg = |args: &[&str]| -> Result<String> {
-        crate::distro::run_out(Command::new("gpg").arg("--homedir").arg(&home).args(args))
-    };
-    gpg(&[
-        "--batch",
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "hostforge demo <demo@hostforge.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ])?;
-    let id = gpg(&["--with-colons", "--list-keys"])?
+    let (armored, _) = crate::fixtures::gen_key(&home, "hostforge demo <demo@hostforge.invalid>")?;
+    let listing = crate::distro::run_out(
+        Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--with-colons", "--list-keys"]),
+    )?;
+    let id = listing
         .lines()
         .find_map(|l| {
             l.strip_prefix("fpr:")
@@ -37,7 +31,7 @@ pub fn throwaway_key(dir: &Path) -> Result<(PathBuf, String, PathBuf)> {
         })
         .context("gpg listed no fingerprint")?;
     let public = dir.join("demo-key.asc");
-    std::fs::write(&public, gpg(&["--armor", "--export", &id])?)?;
+    std::fs::write(&public, armored)?;
     Ok((home, id, public))
 }
 

@@ -279,7 +279,7 @@ fn demo() -> Result<()> {
         .arg("--remote-gpg-key")
         .arg(&public))?;
     eprintln!("== boot it (QEMU, TCG), publish a new commit, watch the node follow");
-    let first = rev_parse(&repo, "hostforge/x86_64/node")?;
+    let first = bench::rev_parse(&repo, "hostforge/x86_64/node")?;
     let mut vm = follow::Node::boot(&disk, &work.join("node-console.log"))?;
     vm.wait_for(&format!("hostforge-booted: {first}"), 600)?;
     eprintln!("   node booted {first}");
@@ -289,7 +289,7 @@ fn demo() -> Result<()> {
         format!("{tf}  - echo 'published after the first boot' > /usr/share/hostforge-demo\n"),
     )?;
     compose(&node, "node.json", true)?;
-    let second = rev_parse(&repo, "hostforge/x86_64/node")?;
+    let second = bench::rev_parse(&repo, "hostforge/x86_64/node")?;
     eprintln!("   published {second}");
     vm.wait_for(&format!("hostforge-booted: {second}"), 900)?;
     eprintln!("   node rebooted into {second} by itself");
@@ -322,16 +322,6 @@ fn demo() -> Result<()> {
         oci.display()
     );
     Ok(())
-}
-
-fn rev_parse(repo: &Path, r: &str) -> Result<String> {
-    Ok(distro::run_out(
-        Command::new("ostree")
-            .arg(format!("--repo={}", repo.display()))
-            .args(["rev-parse", r]),
-    )?
-    .trim()
-    .to_string())
 }
 
 fn main() -> Result<()> {
