@@ -585,6 +585,14 @@ fn print_deployments(
         if let Some(t) = &u.target {
             println!("    target: {}", t.escape_debug());
         }
+        for r in &u.rollbacks {
+            println!(
+                "    rolled back from {} to {}: {}",
+                r.from.escape_debug(),
+                r.to.escape_debug(),
+                r.reason.escape_debug()
+            );
+        }
     }
     Ok(())
 }

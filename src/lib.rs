@@ -9,6 +9,7 @@ pub mod dracut;
 pub mod fsutil;
 #[cfg(test)]
 mod fuzz;
+pub mod grubenv;
 pub mod image;
 pub mod lockfile;
 pub mod ostreeutil;

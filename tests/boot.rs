@@ -205,30 +205,42 @@ fn ab_image_deploy_boot_rollback_boot() {
 }
 
 /// `images/metal.yaml`: one raw disk that boots through legacy BIOS and through UEFI (OVMF).
+/// Its default deployment is on trial with no boots left (as after failed boots), so each
+/// GRUB boots the previous deployment and records the fallback with `save_env`; the node
+/// then makes that deployment the default again: boot counting works with both firmwares.
 #[test]
 fn metal_image_boots_with_bios_and_with_uefi() {
     let (repo, commit) = composed_node();
+    let previous = composed_node_b();
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("metal.raw");
-    assert_ok(&image_build(
-        &repo,
-        "hostforge/x86_64/node",
-        "metal.yaml",
-        "raw",
-        &disk,
-        None,
-    ));
+    assert_ok(
+        &image_build_cmd(
+            &repo,
+            "hostforge/x86_64/node",
+            "metal.yaml",
+            "raw",
+            &disk,
+            None,
+        )
+        .args(["--previous", "hostforge/x86_64/node-b"])
+        .output()
+        .unwrap(),
+    );
+    // /boot follows the 1 MiB BIOS boot partition and the 127 MiB ESP (images/metal.yaml).
+    write_grubenv(&disk, 129 << 20, &trial_block(0));
     // The ESP holds GRUB as the removable-media loader.
     let esp = format!("{}@@{}", disk.display(), 2 << 20);
     let listing = run(Command::new("mdir").args(["-i", &esp, "::/EFI/BOOT"]));
     assert!(listing.contains("BOOTX64  EFI"), "{listing}");
-    let needle = format!("hostforge-booted: {commit}");
+    let needle = format!("rolled back from {commit} to {previous}");
     let drive = [
         "-drive".to_string(),
         format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
     ];
-    let (found, _) = qemu_serial_until(&drive, "metal-bios", |l| l.contains(&needle));
+    let (found, log) = qemu_serial_until(&drive, "metal-bios", |l| l.contains(&needle));
     assert!(found, "BIOS boot: see target/boot-logs/metal-bios.log");
+    assert!(log.contains(&format!("hostforge-booted: {previous}")));
     let mut uefi = vec!["-bios".to_string(), "/usr/share/ovmf/OVMF.fd".to_string()];
     uefi.extend(drive);
     let (found, log) = qemu_serial_until(&uefi, "metal-uefi", |l| l.contains(&needle));
@@ -237,6 +249,7 @@ fn metal_image_boots_with_bios_and_with_uefi() {
         log.contains("BdsDxe") || log.contains("UEFI"),
         "went through OVMF"
     );
+    assert!(log.contains(&format!("hostforge-booted: {previous}")));
     unlock_tree(dir.path());
 }
 
@@ -255,6 +268,146 @@ fn wait_all(vm: &mut Vm, needles: &[&str]) {
     );
 }
 
+/// A remote served over HTTP on 127.0.0.1 (QEMU's gateway, 10.0.2.2, in the guest), the
+/// node treefile as shipped plus `files` (this node's agent configuration, quicker timers,
+/// the agent's lines on the console), and the signed composes published there.
+struct Publisher {
+    dir: tempfile::TempDir,
+    served: std::path::PathBuf,
+    http: Daemon,
+    tf: std::path::PathBuf,
+    node: String,
+}
+
+const UPDATES_REF: &str = "hostforge/x86_64/updates";
+
+impl Publisher {
+    /// `files`: (name, destination, text, mode) added to the node.
+    fn new(files: &[(&str, &str, String, u32)]) -> Publisher {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let served = dir.path().join("served");
+        ostree_at(&served, &["init", "--mode=archive"]);
+        let http = Daemon::http(&served);
+        let tf = dir.path().join("tf");
+        write_node_treefiles(&tf);
+        let quick = [
+            (
+                "timer.conf",
+                "/etc/systemd/system/hostforge-update.timer.d/10-test.conf",
+                // An empty assignment resets every trigger of the timer, once, before the new ones.
+                "[Timer]\nOnBootSec=\nOnBootSec=3\nOnUnitInactiveSec=4\nRandomizedDelaySec=0\n\
+                 AccuracySec=1\n"
+                    .to_string(),
+                0o644,
+            ),
+            (
+                "service.conf",
+                "/etc/systemd/system/hostforge-update.service.d/10-test.conf",
+                "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n\
+                 ExecStartPost=/usr/bin/hostforge-update status\n"
+                    .to_string(),
+                0o644,
+            ),
+        ];
+        let mut add = String::new();
+        for (name, dest, text, mode) in files.iter().chain(quick.iter()) {
+            let p = tf.join("node").join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+            add.push_str(&format!("  - [node/{name}, {dest}]\n"));
+        }
+        let node = std::fs::read_to_string(tf.join("node.yaml"))
+            .unwrap()
+            .replace(
+                "ref: hostforge/${basearch}/node",
+                &format!("ref: {UPDATES_REF}"),
+            )
+            .replace("add-files:\n", &format!("add-files:\n{add}"));
+        assert!(
+            node.contains("updates.conf") && node.contains(UPDATES_REF),
+            "{node}"
+        );
+        Publisher {
+            dir,
+            served,
+            http,
+            tf,
+            node,
+        }
+    }
+
+    /// Composes the node as `variant` (in /usr/share/hostforge-variant), with `top` added to
+    /// the treefile's top level, signed by `signer`, into the served repo; returns the commit.
+    fn compose(&self, variant: &str, top: &str, signer: Option<&GpgKey>) -> String {
+        let tfile = self.tf.join(format!("{variant}.yaml"));
+        std::fs::write(
+            &tfile,
+            format!(
+                "{top}{}  - echo {variant} > /usr/share/hostforge-variant\n",
+                self.node
+            ),
+        )
+        .unwrap();
+        let mut cmd = hostforge_cmd();
+        cmd.args(["compose", "tree", "--repo"])
+            .arg(&self.served)
+            .arg("--cachedir")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node/cache"));
+        if let Some(k) = signer {
+            cmd.args(["--gpg-sign", &k.id, "--gpg-homedir", k.home_str()]);
+        }
+        let out = cmd.arg(&tfile).output().unwrap();
+        assert_ok(&out);
+        ostree_at(&self.served, &["rev-parse", UPDATES_REF])
+            .trim()
+            .to_string()
+    }
+
+    /// The qcow2 image of the current commit, following the remote, trusting `key`; and the
+    /// QEMU arguments that boot it with user networking.
+    fn image(&self, key: &GpgKey) -> (std::path::PathBuf, Vec<String>) {
+        let img = self.dir.path().join("node.qcow2");
+        let remote = format!("http://10.0.2.2:{}", self.http.port);
+        assert_ok(
+            &image_build_cmd(&self.served, UPDATES_REF, "qemu.yaml", "qcow2", &img, None)
+                .args(["--remote-url", &remote, "--remote-gpg-key"])
+                .arg(&key.public)
+                .output()
+                .unwrap(),
+        );
+        let args = vec![
+            "-drive".to_string(),
+            format!("file={},if=virtio,format=qcow2", img.display()),
+            "-nic".to_string(),
+            "user,model=virtio-net-pci".to_string(),
+        ];
+        (img, args)
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        unlock_tree(self.dir.path());
+    }
+}
+
+fn fleet_lock_conf(
+    lock: &FleetLockServer,
+    extra: &str,
+) -> (&'static str, &'static str, String, u32) {
+    (
+        "updates.conf",
+        "/etc/hostforge/updates.conf",
+        format!(
+            "[updates]\nstrategy = \"fleet_lock\"\n[updates.fleet_lock]\n\
+             base_url = \"http://10.0.2.2:{}\"\n[identity]\ngroup = \"workers\"\n{extra}",
+            lock.port
+        ),
+        0o644,
+    )
+}
+
 /// Issue 16's proof. A node built from a signed remote served over HTTP (QEMU's gateway,
 /// 10.0.2.2, is the host's loopback) runs the update agent with `fleet_lock`:
 /// - B is composed, signed and published; the agent pulls, stages, takes the lock, reboots
@@ -268,87 +421,11 @@ fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
     let key = GpgKey::new("publisher");
     let stranger = GpgKey::new("stranger");
     let lock = FleetLockServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let served = dir.path().join("served");
-    ostree_at(&served, &["init", "--mode=archive"]);
-    let http = Daemon::http(&served);
-    let r = "hostforge/x86_64/updates";
-
-    // node.yaml as shipped, plus this node's agent configuration and quicker timers.
-    let tf = dir.path().join("tf");
-    write_node_treefiles(&tf);
-    let files = [
-        (
-            "updates.conf",
-            "/etc/hostforge/updates.conf",
-            format!(
-                "[updates]\nstrategy = \"fleet_lock\"\n[updates.fleet_lock]\n\
-                 base_url = \"http://10.0.2.2:{}\"\n[identity]\ngroup = \"workers\"\n",
-                lock.port
-            ),
-        ),
-        (
-            "timer.conf",
-            "/etc/systemd/system/hostforge-update.timer.d/10-test.conf",
-            // An empty assignment resets every trigger of the timer, once, before the new ones.
-            "[Timer]\nOnBootSec=\nOnBootSec=3\nOnUnitInactiveSec=4\nRandomizedDelaySec=0\n\
-             AccuracySec=1\n"
-                .to_string(),
-        ),
-        (
-            "service.conf",
-            "/etc/systemd/system/hostforge-update.service.d/10-test.conf",
-            "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n\
-             ExecStartPost=/usr/bin/hostforge-update status\n"
-                .to_string(),
-        ),
-    ];
-    let mut add = String::new();
-    for (name, dest, text) in &files {
-        std::fs::write(tf.join("node").join(name), text).unwrap();
-        add.push_str(&format!("  - [node/{name}, {dest}]\n"));
-    }
-    let node = std::fs::read_to_string(tf.join("node.yaml"))
-        .unwrap()
-        .replace("ref: hostforge/${basearch}/node", &format!("ref: {r}"))
-        .replace("add-files:\n", &format!("add-files:\n{add}"));
-    assert!(node.contains("updates.conf") && node.contains(r), "{node}");
-    let compose = |variant: &str, signer: Option<&GpgKey>| -> String {
-        let tfile = tf.join(format!("{variant}.yaml"));
-        std::fs::write(
-            &tfile,
-            format!("{node}  - echo {variant} > /usr/share/hostforge-variant\n"),
-        )
-        .unwrap();
-        let mut cmd = hostforge_cmd();
-        cmd.args(["compose", "tree", "--repo"])
-            .arg(&served)
-            .arg("--cachedir")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-node/cache"));
-        if let Some(k) = signer {
-            cmd.args(["--gpg-sign", &k.id, "--gpg-homedir", k.home_str()]);
-        }
-        let out = cmd.arg(&tfile).output().unwrap();
-        assert_ok(&out);
-        ostree_at(&served, &["rev-parse", r]).trim().to_string()
-    };
+    let publisher = Publisher::new(&[fleet_lock_conf(&lock, "")]);
+    let compose = |variant: &str, signer: Option<&GpgKey>| publisher.compose(variant, "", signer);
 
     let a = compose("A", Some(&key));
-    let img = dir.path().join("node.qcow2");
-    let remote = format!("http://10.0.2.2:{}", http.port);
-    assert_ok(
-        &image_build_cmd(&served, r, "qemu.yaml", "qcow2", &img, None)
-            .args(["--remote-url", &remote, "--remote-gpg-key"])
-            .arg(&key.public)
-            .output()
-            .unwrap(),
-    );
-    let args = [
-        "-drive".to_string(),
-        format!("file={},if=virtio,format=qcow2", img.display()),
-        "-nic".to_string(),
-        "user,model=virtio-net-pci".to_string(),
-    ];
+    let (img, args) = publisher.image(&key);
     let mut vm = Vm::start(&args, "updates", true);
     vm.wait_for(&format!("hostforge-booted: {a}"), 600);
     vm.wait_for(&format!("is at {a}, which is booted"), 300);
@@ -431,5 +508,137 @@ fn nodes_follow_their_signed_remote_and_reboot_by_fleet_lock() {
             .contains("staying on"),
         "{st}"
     );
-    unlock_tree(dir.path());
+}
+
+/// How many lines of `text` start with `needle` (a line the node prints to the console
+/// directly, not its copy in the journal's console output).
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.starts_with(needle)).count()
+}
+
+/// Issue 17's proof. A node on B (fleet_lock strategy, two boot attempts, a health check
+/// that fails on variant C) follows its remote without anyone touching it:
+/// - C fails its health check on both of its boots; GRUB's counter runs out and boots B,
+///   which makes itself the default again, remembers C, gives the lock back, and stays on B
+///   across a reset; the agent does not install C again;
+/// - D's initramfs is garbage (dracut's compressor swapped for `cksum`): the kernel cannot
+///   unpack it, cannot mount the root and panics; it never reaches userspace, and GRUB's
+///   counter alone takes the node back to B;
+/// - E, good, is installed and ends its trial; `image status` reads both rollbacks offline.
+#[test]
+fn nodes_roll_back_by_themselves_when_an_update_fails() {
+    let key = GpgKey::new("publisher");
+    let lock = FleetLockServer::start();
+    let check = "#!/bin/sh\n\
+                 v=$(cat /usr/share/hostforge-variant)\n\
+                 if [ \"$v\" = C ]; then echo \"variant $v is broken on purpose\"; exit 1; fi\n\
+                 echo \"variant $v is healthy\"\n";
+    let publisher = Publisher::new(&[
+        fleet_lock_conf(&lock, "[rollback]\nboot_attempts = 2\n"),
+        (
+            "health-variant",
+            "/usr/lib/hostforge/health.d/50-variant",
+            check.to_string(),
+            0o755,
+        ),
+        // A check as a unit, in the node's own directory: boot-complete.target requires it.
+        (
+            "health-unit",
+            "/etc/hostforge/health.d/hostforge-test-unit.service",
+            "[Unit]\nDescription=a health check unit of the test\n[Service]\nType=oneshot\n\
+             ExecStart=/bin/echo health unit ran\nStandardOutput=journal+console\n"
+                .to_string(),
+            0o644,
+        ),
+    ]);
+    let b = publisher.compose("B", "", Some(&key));
+    let (img, args) = publisher.image(&key);
+    let mut vm = Vm::start(&args, "rollback", true);
+    wait_all(
+        &mut vm,
+        &[
+            &format!("hostforge-booted: {b}"),
+            "50-variant: variant B is healthy",
+            "health unit ran",
+            &format!("boot of {b} is good"),
+            &format!("is at {b}, which is booted"),
+        ],
+    );
+
+    // C: staged and put on trial; both boots fail the check; GRUB goes back to B.
+    let c = publisher.compose("C", "", Some(&key));
+    vm.wait_for(&format!("staged {c}"), 300);
+    let saga = vm.wait_for(
+        &format!(
+            "rolled back from {c} to {b}: health check 50-variant failed (exit status 1): \
+             variant C is broken on purpose"
+        ),
+        900,
+    );
+    assert_eq!(count(&saga, &format!("hostforge-booted: {c}")), 2, "{saga}");
+    assert!(saga.contains("(1 boot(s) left"), "{saga}");
+    assert!(saga.contains("(0 boot(s) left"), "{saga}");
+    assert!(
+        saga.contains("health check 50-variant failed (exit status 1): variant C is broken"),
+        "{saga}"
+    );
+    let after = saga
+        .rsplit(&format!("hostforge-booted: {c}"))
+        .next()
+        .unwrap();
+    assert!(after.contains(&format!("hostforge-booted: {b}")), "{saga}");
+    vm.wait_for("released the reboot lock", 120);
+    vm.wait_for("which failed on this node", 120);
+    assert_eq!(lock.holder("workers"), None, "{:?}", lock.calls());
+    let ops: Vec<String> = lock.calls().iter().map(|c| c.op.clone()).collect();
+    assert_eq!(ops, ["pre-reboot", "steady-state"], "{:?}", lock.calls());
+
+    // The reset button: B again, C not tried again.
+    vm.reset();
+    let again = vm.wait_for(&format!("boot of {b} is good"), 600);
+    assert!(again.contains(&format!("hostforge-booted: {b}")), "{again}");
+    let again = vm.wait_for("which failed on this node", 120);
+    assert!(!again.contains("staged"), "{again}");
+
+    // D: an initramfs the kernel cannot unpack; GRUB's counter alone goes back.
+    let d = publisher.compose("D", "initramfs-args: [--compress, cksum]\n", Some(&key));
+    vm.wait_for(&format!("rebooting into {d}"), 300);
+    let saga = vm.wait_for(&format!("rolled back from {d} to {b}"), 900);
+    assert!(!saga.contains(&format!("hostforge-booted: {d}")), "{saga}");
+    assert_eq!(
+        saga.matches("] Linux version ").count(),
+        3,
+        "two boots of D and one of B:\n{saga}"
+    );
+    assert!(saga.contains("Unable to mount root fs"), "{saga}");
+    assert!(
+        saga.contains("did not come up healthy in 2 boot(s)"),
+        "{saga}"
+    );
+    vm.wait_for("released the reboot lock", 120);
+
+    // E: good, installed normally, trial ended.
+    let e = publisher.compose("E", "", Some(&key));
+    vm.wait_for(&format!("rebooting into {e}"), 300);
+    wait_all(
+        &mut vm,
+        &[
+            &format!("hostforge-booted: {e}"),
+            &format!("boot of {e} is good; its trial is over"),
+            "released the reboot lock",
+        ],
+    );
+    assert_eq!(lock.holder("workers"), None);
+    drop(vm);
+
+    let st = image_status(&img);
+    assert_eq!(st["deployments"][0]["commit"], e.as_str(), "{st}");
+    assert_eq!(st["deployments"][1]["commit"], b.as_str(), "{st}");
+    let rb = st["update"]["rollbacks"].as_array().unwrap();
+    assert_eq!(rb.len(), 2, "{st}");
+    assert_eq!(rb[0]["from"], c.as_str());
+    assert_eq!(rb[1]["from"], d.as_str());
+    assert_eq!(rb[1]["to"], b.as_str());
+    assert_eq!(st["update"]["health"]["commit"], e.as_str(), "{st}");
+    assert_eq!(st["update"]["health"]["ok"], true, "{st}");
 }

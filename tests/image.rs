@@ -222,8 +222,17 @@ fn live_sysroot_deploy_prune_pin_rollback() {
     assert_eq!(st[0], (b.clone(), false));
     assert_eq!(st[1], (a.clone(), false));
     assert_eq!(st[2], (b.clone(), true));
-    // Rollback swaps default and rollback, entries and GRUB menu together.
+    // Rollback swaps default and rollback, entries and GRUB menu together, and ends a
+    // boot-counting trial the update agent left (the choice is made by hand).
+    let grubenv = sysroot.join("boot/grub/grubenv");
+    let empty = std::fs::read_to_string(&grubenv).unwrap();
+    assert!(
+        empty.starts_with("# GRUB Environment Block\n#") && empty.len() == 1024,
+        "images start with an empty environment block: {empty:?}"
+    );
+    std::fs::write(&grubenv, trial_block(2)).unwrap();
     hf(&["rollback"]);
+    assert_settled(&std::fs::read_to_string(&grubenv).unwrap());
     assert_eq!(commits()[..2], [a.clone(), b.clone()]);
     assert_eq!(first_menu_commit(), a);
     let loader = std::fs::read_link(sysroot.join("boot/loader")).unwrap();
@@ -250,6 +259,53 @@ fn live_sysroot_deploy_prune_pin_rollback() {
         .env("OSTREE_GRUB2_EXEC", &script));
     assert_eq!(commits()[0], b);
     assert_eq!(first_menu_commit(), b);
+    unlock_tree(dir.path());
+}
+
+fn assert_settled(block: &str) {
+    assert_eq!(block.len(), 1024);
+    assert!(
+        block.starts_with("# GRUB Environment Block\nboot_success=1\n#"),
+        "the trial is not over: {block:?}"
+    );
+}
+
+/// `image rollback` on an image ends the boot-counting trial in its /boot, so GRUB boots
+/// the deployment chosen by hand (and nothing counts down to undo it).
+#[test]
+fn offline_rollback_ends_a_boot_counting_trial() {
+    let (repo, a) = composed_node();
+    let b = composed_node_b();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.raw");
+    assert_ok(
+        &image_build_cmd(
+            &repo,
+            "hostforge/x86_64/node-b",
+            "qemu.yaml",
+            "raw",
+            &img,
+            None,
+        )
+        .args(["--previous", "hostforge/x86_64/node"])
+        .output()
+        .unwrap(),
+    );
+    // /boot is the filesystem at 2 MiB (images/qemu.yaml).
+    let boot = 2u64 << 20;
+    write_grubenv(&img, boot, &trial_block(2));
+    let read = || read_grubenv(&img, boot);
+    let st = image_status(&img);
+    assert_eq!(st["deployments"][0]["commit"], b.as_str());
+    assert_ok(
+        &hostforge_cmd()
+            .args(["image", "rollback"])
+            .arg(&img)
+            .output()
+            .unwrap(),
+    );
+    assert_settled(&read());
+    assert_eq!(image_status(&img)["deployments"][0]["commit"], a.as_str());
     unlock_tree(dir.path());
 }
 

@@ -415,7 +415,7 @@ fn deploy_commits(plan: &Plan, pulled: &Pulled) -> Result<()> {
         }
     }
     if layout.uses_grub() {
-        grub::link_config(&sysroot_dir.join("boot"))?;
+        grub::populate_grub_dir(&sysroot_dir.join("boot"))?;
     }
     Ok(())
 }

@@ -71,6 +71,7 @@ pub fn render_config(entries_dir: &Path, prefix: &str) -> Result<String> {
          set timeout=1\nset default=0\n\
          serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n",
     );
+    cfg.push_str(&crate::grubenv::counting_menu());
     // Every word from an entry goes through grub_word: a `;`, `$` or quote in the kernel
     // arguments stays an argument and never becomes GRUB script.
     let gw = crate::validate::grub_word;
@@ -210,14 +211,31 @@ pub fn write_config(boot: &Path, separate_boot: bool) -> Result<()> {
     Ok(())
 }
 
-/// `boot/grub/grub.cfg` for people and tools that look there: a link to the live config.
-pub fn link_config(boot: &Path) -> Result<()> {
+/// `boot/grub`: `grub.cfg` for people and tools that look there (a link to the live config),
+/// and `grubenv`, the environment block the menu's boot counting reads and writes (GRUB
+/// cannot create it, so every image starts with an empty one).
+pub fn populate_grub_dir(boot: &Path) -> Result<()> {
     let dir = boot.join("grub");
     std::fs::create_dir_all(&dir)?;
     let link = dir.join("grub.cfg");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink("../loader/grub.cfg", &link)?;
-    Ok(())
+    crate::grubenv::Env::default().write(&dir.join("grubenv"))
+}
+
+/// Ends any boot-counting trial in the environment block of `boot` (a rollback chose the
+/// default by hand); a /boot without a block (an older image) is left as it is.
+pub fn settle_boot_counting(boot: &Path) -> Result<()> {
+    let path = boot.join("grub/grubenv");
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut env = crate::grubenv::Env::read(&path)?;
+    if env.get("boot_success").is_none() && env.get("boot_counter").is_none() {
+        return Ok(());
+    }
+    env.settle()?;
+    env.write(&path)
 }
 
 /// What GRUB runs first, built into core.img / the EFI binary: find the /boot filesystem,
@@ -242,6 +260,7 @@ const MODULES: &[&str] = &[
     "test",
     "serial",
     "terminal",
+    "loadenv",
 ];
 
 /// BIOS GRUB's core.img, finding its config on partition `boot_part` (1-based, GPT).

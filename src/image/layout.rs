@@ -334,14 +334,15 @@ mod tests {
         let base =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/qemu.yaml"))
                 .unwrap();
-        assert!(base.contains("kargs: [console=ttyS0, rw]\n"));
+        let kargs = "kargs: [console=ttyS0, rw, panic=10, rd.shell=0, rd.emergency=reboot]";
+        assert!(base.contains(&format!("{kargs}\n")));
         for (bad, field) in [
             ("[\"console=ttyS0\\ninitrd /evil\"]", "kargs"),
             ("[\"console=ttyS0; reboot\"]", "kargs"),
             ("[\"x=$(id)\"]", "kargs"),
             ("[\"quiet 'x\"]", "kargs"),
         ] {
-            let text = base.replace("kargs: [console=ttyS0, rw]", &format!("kargs: {bad}"));
+            let text = base.replace(kargs, &format!("kargs: {bad}"));
             std::fs::write(&p, text).unwrap();
             let e = format!("{:#}", Layout::load(&p).unwrap_err());
             assert!(e.contains(field), "{bad:?}: {e}");

@@ -343,6 +343,31 @@ pub struct UpdateState {
     /// Whether the node held its group's FleetLock reboot lock.
     #[serde(default)]
     pub lock_held: bool,
+    /// The node's automatic rollbacks, oldest first: `from` is never installed again.
+    #[serde(default)]
+    pub rollbacks: Vec<AutoRollback>,
+    /// The last health verdict.
+    #[serde(default)]
+    pub health: Option<HealthVerdict>,
+}
+
+/// A rollback the node made by itself after `from` failed to come up healthy.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AutoRollback {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+/// What the node's health checks said of a boot of `commit`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HealthVerdict {
+    pub commit: String,
+    pub ok: bool,
+    pub message: String,
+    pub at: u64,
 }
 
 /// The agent's state file for the default deployment's stateroot, if there is one; a
@@ -361,6 +386,8 @@ fn update_state(files: &dyn SysrootFiles, deps: &[Deployment]) -> Option<UpdateS
             target: None,
             message: format!("/var/lib/hostforge/updates.json does not parse: {e}"),
             lock_held: false,
+            rollbacks: Vec::new(),
+            health: None,
         }),
     )
 }
@@ -455,6 +482,8 @@ pub fn rollback(img: &Path) -> Result<Vec<Deployment>> {
     }
     let (label, uuid) = fs_identity(&o.boot_fs)?;
     grub::write_config(&o.boot_dir, true)?;
+    // The choice is made by hand: a boot-counting trial would undo it.
+    grub::settle_boot_counting(&o.boot_dir)?;
     let _ = std::fs::remove_dir_all(o.boot_dir.join("lost+found"));
     let epoch = crate::ostreeutil::source_date_epoch()?;
     mkfs_ext4(
@@ -686,6 +715,7 @@ pub fn live_deploy(sysroot: &Path, repo: &Path, r: &str) -> Result<Vec<Deploymen
 pub fn live_rollback(sysroot: &Path) -> Result<Vec<Deployment>> {
     let live = Live::open(sysroot)?;
     live.edit(rollback_in)?;
+    grub::settle_boot_counting(&sysroot.join("boot"))?;
     live.deployments()
 }
 

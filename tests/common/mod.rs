@@ -373,6 +373,9 @@ pub struct Vm {
     /// Everything the console printed so far.
     pub log: String,
     name: String,
+    /// QEMU's monitor socket (in `_monitor_dir`), for [`Vm::reset`].
+    monitor: PathBuf,
+    _monitor_dir: tempfile::TempDir,
 }
 
 impl Vm {
@@ -397,6 +400,10 @@ impl Vm {
         if !reboot {
             cmd.arg("-no-reboot");
         }
+        let monitor_dir = tempfile::tempdir().unwrap();
+        let monitor = monitor_dir.path().join("monitor.sock");
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()));
         let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
@@ -406,12 +413,17 @@ impl Vm {
             .expect("starting qemu-system-x86_64 (cargo xtask deps installs it)");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        // The console also goes to target/boot-logs/NAME.live.log as it comes, to follow a
+        // long boot test while it runs (`tail -f`).
+        let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boot-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut live = std::fs::File::create(logs.join(format!("{name}.live.log"))).unwrap();
         std::thread::spawn(move || {
+            use std::io::Write;
             for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                if tx
-                    .send(String::from_utf8_lossy(&line).into_owned())
-                    .is_err()
-                {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                let _ = writeln!(live, "{line}");
+                if tx.send(line).is_err() {
                     break;
                 }
             }
@@ -421,7 +433,24 @@ impl Vm {
             rx,
             log: String::new(),
             name: name.to_string(),
+            monitor,
+            _monitor_dir: monitor_dir,
         }
+    }
+
+    /// Presses the reset button (QEMU's `system_reset`): the guest restarts at once, with
+    /// nothing shut down or synced.
+    pub fn reset(&mut self) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)
+            .expect("connecting to QEMU's monitor");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut banner = [0u8; 256];
+        let _ = s.read(&mut banner);
+        s.write_all(b"system_reset\n").unwrap();
+        let _ = s.read(&mut banner);
+        self.log.push_str("[test: system_reset]\n");
     }
 
     /// Reads the console until a line satisfies `done` (true) or `secs` pass or QEMU exits
@@ -566,6 +595,38 @@ pub fn extract_sysroot(img: &Path, dir: &Path) {
         .arg("-R")
         .arg(format!("rdump / {}", dir.join("boot").display()))
         .arg(at(2)));
+}
+
+/// A GRUB environment block with `boot_success=0` and `boot_counter=counter`: an update on
+/// trial, as the update agent leaves it.
+pub fn trial_block(counter: i32) -> String {
+    format!(
+        "{:#<1024}",
+        format!("# GRUB Environment Block\nboot_success=0\nboot_counter={counter}\n")
+    )
+}
+
+/// Replaces `/grub/grubenv` of the /boot filesystem at `offset` bytes into the raw image.
+pub fn write_grubenv(img: &Path, offset: u64, block: &str) {
+    let fs = format!("{}?offset={offset}", img.display());
+    let local = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(local.path(), block).unwrap();
+    run(Command::new("debugfs")
+        .args(["-w", "-R", "rm /grub/grubenv"])
+        .arg(&fs));
+    run(Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} /grub/grubenv", local.path().display()))
+        .arg(&fs));
+    assert_eq!(read_grubenv(img, offset), block);
+}
+
+/// `/grub/grubenv` of the /boot filesystem at `offset` bytes into the raw image.
+pub fn read_grubenv(img: &Path, offset: u64) -> String {
+    let fs = format!("{}?offset={offset}", img.display());
+    run(Command::new("debugfs")
+        .args(["-R", "cat /grub/grubenv"])
+        .arg(&fs))
 }
 
 pub fn image_status(img: &Path) -> serde_json::Value {

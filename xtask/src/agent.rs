@@ -14,8 +14,8 @@ const SERVICE: &str = "[Unit]
 Description=hostforge update agent: pull the remote ref, stage it, reboot by strategy
 ConditionKernelCommandLine=ostree
 Wants=network-online.target
-# The reboot lock goes back once the boot got this far (a good boot).
-After=network-online.target multi-user.target
+# After this boot's verdict: a check never runs during a boot still on trial.
+After=network-online.target multi-user.target hostforge-boot-complete.service
 
 [Service]
 Type=oneshot
@@ -33,6 +33,46 @@ RandomizedDelaySec=2min
 
 [Install]
 WantedBy=timers.target
+";
+
+const HEALTH: &str = "[Unit]
+Description=hostforge health checks (/usr/lib/hostforge/health.d, /etc/hostforge/health.d)
+Documentation=file:///usr/share/hostforge/updates.conf.example
+ConditionKernelCommandLine=ostree
+# The boot is judged once the system is up; boot-complete.target requires this unit.
+After=multi-user.target
+Before=boot-complete.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/hostforge-update health
+TimeoutStartSec=15min
+StandardOutput=journal+console
+StandardError=journal+console
+";
+
+const BOOT_COMPLETE: &str = "[Unit]
+Description=hostforge: judge this boot (end its trial, reboot, or go back)
+ConditionKernelCommandLine=ostree
+Wants=boot-complete.target network-online.target
+# Explicitly after multi-user.target, which wants this unit: a target is otherwise ordered
+# after what it wants, and the health checks (after multi-user.target) would make a cycle.
+After=multi-user.target boot-complete.target network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/hostforge-update boot-complete
+StandardOutput=journal+console
+StandardError=journal+console
+";
+
+/// systemd runs generators with three directories; the agent does the work.
+const GENERATOR: &str = "#!/bin/sh
+# Health check units in /usr/lib/hostforge/health.d and /etc/hostforge/health.d become
+# required by boot-complete.target (see hostforge-update generate).
+exec /usr/bin/hostforge-update generate \"$@\"
 ";
 
 const EXAMPLE: &str = "# /etc/hostforge/updates.conf: how this node updates (hostforge-update).
@@ -58,6 +98,15 @@ group = \"default\"
 
 # [remote]
 # refspec: default, the booted deployment's origin (REMOTE:REF)
+
+[rollback]
+# A staged update is on trial: GRUB boots it at most this many times (1 to 9) without a
+# good verdict, then goes back to the previous deployment, which becomes the default again;
+# the failed commit is never installed again (a newer one is). A boot is good when every
+# health check passes: executables and *.service units in /usr/lib/hostforge/health.d and
+# /etc/hostforge/health.d (a name in /etc replaces the same name in /usr/lib; a link to
+# /dev/null turns it off). A failed check reboots while the counter lasts.
+boot_attempts = 3
 ";
 
 /// Builds the agent with cargo (`release` or the dev profile), packages it and writes the
@@ -86,6 +135,9 @@ pub fn build(top: &Path, release: bool) -> Result<PathBuf> {
         &binary[..],
         SERVICE.as_bytes(),
         TIMER.as_bytes(),
+        HEALTH.as_bytes(),
+        BOOT_COMPLETE.as_bytes(),
+        GENERATOR.as_bytes(),
         EXAMPLE.as_bytes(),
     ] {
         h.update(part);
@@ -111,12 +163,36 @@ pub fn build(top: &Path, release: bool) -> Result<PathBuf> {
         binary,
         FileOptions::new("/usr/bin/hostforge-update").mode(FileMode::regular(0o755)),
     )?;
+    const UNITS: &str = "/usr/lib/systemd/system";
     for (path, text) in [
-        ("/usr/lib/systemd/system/hostforge-update.service", SERVICE),
-        ("/usr/lib/systemd/system/hostforge-update.timer", TIMER),
-        ("/usr/share/hostforge/updates.conf.example", EXAMPLE),
+        (format!("{UNITS}/hostforge-update.service"), SERVICE),
+        (format!("{UNITS}/hostforge-update.timer"), TIMER),
+        (format!("{UNITS}/hostforge-health.service"), HEALTH),
+        (
+            format!("{UNITS}/hostforge-boot-complete.service"),
+            BOOT_COMPLETE,
+        ),
+        (
+            "/usr/share/hostforge/updates.conf.example".to_string(),
+            EXAMPLE,
+        ),
     ] {
         b.with_file_contents(text, FileOptions::new(path).mode(FileMode::regular(0o644)))?;
+    }
+    b.with_file_contents(
+        GENERATOR,
+        FileOptions::new("/usr/lib/systemd/system-generators/hostforge-health-generator")
+            .mode(FileMode::regular(0o755)),
+    )?;
+    // Enabled by the package itself: installing the agent turns automatic rollback on.
+    for (dir, unit) in [
+        ("boot-complete.target.requires", "hostforge-health.service"),
+        ("multi-user.target.wants", "hostforge-boot-complete.service"),
+    ] {
+        b.with_symlink(FileOptions::symlink(
+            format!("{UNITS}/{dir}/{unit}"),
+            format!("../{unit}"),
+        ))?;
     }
     let pkg = b.build()?;
     pkg.write_file(out.join("hostforge-update.rpm"))?;

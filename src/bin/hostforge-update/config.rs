@@ -14,6 +14,14 @@ struct File {
     identity: Identity,
     #[serde(default)]
     remote: RemoteSection,
+    #[serde(default)]
+    rollback: RollbackSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackSection {
+    boot_attempts: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,7 +114,12 @@ pub struct Config {
     pub group: String,
     pub node_id: Option<String>,
     pub refspec: Option<String>,
+    /// Boots a new deployment gets to come up healthy before GRUB goes back to the previous.
+    pub boot_attempts: u8,
 }
+
+/// Boots a new deployment gets by default (greenboot's default too).
+pub const DEFAULT_BOOT_ATTEMPTS: u8 = 3;
 
 const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
@@ -206,11 +219,18 @@ impl Config {
                 bail!("{origin}: remote.refspec {r:?} is not REMOTE:REF");
             }
         }
+        let max = i64::from(crate::grubenv::MAX_ATTEMPTS);
+        let boot_attempts = match f.rollback.boot_attempts {
+            None => DEFAULT_BOOT_ATTEMPTS,
+            Some(n) if (1..=max).contains(&n) => n as u8,
+            Some(n) => bail!("{origin}: rollback.boot_attempts {n} is not between 1 and {max}"),
+        };
         Ok(Config {
             strategy,
             group,
             node_id: f.identity.node_id,
             refspec: f.remote.refspec,
+            boot_attempts,
         })
     }
 
@@ -236,6 +256,9 @@ mod tests {
         assert_eq!(c.strategy, Strategy::Immediate);
         assert_eq!(c.group, "default");
         assert_eq!(c.refspec, None);
+        assert_eq!(c.boot_attempts, DEFAULT_BOOT_ATTEMPTS);
+        let c = Config::parse("[rollback]\nboot_attempts = 2\n", "t").unwrap();
+        assert_eq!(c.boot_attempts, 2);
     }
 
     #[test]
@@ -291,6 +314,8 @@ mod tests {
             ("[identity]\nnode_id = \"x\\ny\"\n", "identity.node_id"),
             ("[remote]\nrefspec = \"noremote\"\n", "remote.refspec"),
             ("[updates]\nstrategi = \"immediate\"\n", "strategi"),
+            ("[rollback]\nboot_attempts = 0\n", "rollback.boot_attempts"),
+            ("[rollback]\nboot_attempts = 10\n", "rollback.boot_attempts"),
         ] {
             let e = format!("{:#}", Config::parse(text, "updates.conf").unwrap_err());
             assert!(e.contains(needle), "{text:?}: {e}");
