@@ -441,15 +441,14 @@ impl Vm {
     /// Presses the reset button (QEMU's `system_reset`): the guest restarts at once, with
     /// nothing shut down or synced.
     pub fn reset(&mut self) {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let mut s = std::os::unix::net::UnixStream::connect(&self.monitor)
             .expect("connecting to QEMU's monitor");
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
             .unwrap();
-        let mut banner = [0u8; 256];
-        let _ = s.read(&mut banner);
+        until_prompt(&mut s);
         s.write_all(b"system_reset\n").unwrap();
-        let _ = s.read(&mut banner);
+        until_prompt(&mut s);
         self.log.push_str("[test: system_reset]\n");
     }
 
@@ -498,6 +497,28 @@ impl Vm {
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(logs.join(format!("{}.log", self.name)), &self.log).unwrap();
     }
+}
+
+/// Reads QEMU's monitor until it shows its prompt (it echoes a command character by
+/// character; a connection closed before the line is read drops the command).
+fn until_prompt(s: &mut std::os::unix::net::UnixStream) {
+    use std::io::Read;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    for _ in 0..30 {
+        if seen.ends_with(b"(qemu) ") {
+            return;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => seen.extend_from_slice(&buf[..k]),
+            Err(_) => continue,
+        }
+    }
+    panic!(
+        "QEMU's monitor did not answer: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
 }
 
 impl Drop for Vm {
