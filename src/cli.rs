@@ -1,7 +1,7 @@
 //! The command line: one enum per noun, doc comments as help text.
 
 use crate::compose;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -26,6 +26,9 @@ pub enum Command {
     /// Build bootable disk images from commits
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Install a commit onto a disk: partitions, filesystems, deployment, boot loader and
+    /// the first-boot config
+    Install(InstallArgs),
     /// Build debug toolbox container images
     #[command(subcommand)]
     Toolbox(ToolboxCmd),
@@ -184,6 +187,10 @@ pub struct ImageBuildArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// The first-boot config, a provisioning spec (its network, root-password-hash,
+    /// ssh-keys, kargs and timezone), so somebody can log in to the image
+    #[arg(long, value_name = "SPEC")]
+    pub first_boot: Option<PathBuf>,
     /// The image file to write (replaced only when complete)
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
@@ -240,6 +247,86 @@ impl RemoteArgs {
             crate::validate::openpgp_public_key("--remote-gpg-key", key)
                 .with_context(|| p.display().to_string())?;
         }
+        Ok(Some(remote))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["repo", "url"])))]
+pub struct InstallArgs {
+    /// The disk to install onto (a block device, or a raw file standing for one); everything
+    /// on it is replaced
+    #[arg(long, value_name = "DEV")]
+    pub device: PathBuf,
+    /// Disk layout (images/*.yaml); the last partition grows to fill the disk
+    #[arg(long, value_name = "FILE")]
+    pub layout: PathBuf,
+    /// A local ostree repo holding the ref
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The ostree repo to pull from over the network (http:// or https://); signatures are
+    /// verified with --gpg-key, and the node follows this remote for updates
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The ref to install
+    #[arg(long = "ref", value_name = "REF")]
+    pub treeref: String,
+    /// The GPG public key (armored or binary) the commits and summary must be signed with;
+    /// the node keeps trusting it for its updates
+    #[arg(long, value_name = "FILE")]
+    pub gpg_key: Option<PathBuf>,
+    /// Install from --url without verifying signatures (instead of --gpg-key)
+    #[arg(long, conflicts_with = "gpg_key")]
+    pub no_gpg_verify: bool,
+    /// The URL the node follows for updates, when it reaches the repo by another address
+    /// than the installer (default: --url)
+    #[arg(long, value_name = "URL")]
+    pub remote_url: Option<String>,
+    /// Name of that remote on the node
+    #[arg(long, value_name = "NAME", default_value = "hostforge")]
+    pub remote_name: String,
+    /// The first-boot config, a provisioning spec (its network, root-password-hash,
+    /// ssh-keys, kargs and timezone)
+    #[arg(long, value_name = "SPEC")]
+    pub config: Option<PathBuf>,
+    /// Scratch space for the sysroot (default: /dev/shm)
+    #[arg(long, value_name = "DIR")]
+    pub tmpdir: Option<PathBuf>,
+    /// Print nothing but errors and the device
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl InstallArgs {
+    /// The remote the installed node follows: `--remote-url` or `--url`, with `--gpg-key`;
+    /// `None` for a local `--repo` without `--remote-url`.
+    fn remote(&self) -> Result<Option<crate::image::sysroot::Remote>> {
+        let Some(url) = self.remote_url.as_ref().or(self.url.as_ref()) else {
+            if self.gpg_key.is_some() || self.no_gpg_verify {
+                bail!("--gpg-key and --no-gpg-verify are for --url or --remote-url");
+            }
+            return Ok(None);
+        };
+        let gpg_key = match (&self.gpg_key, self.no_gpg_verify) {
+            (Some(p), _) => {
+                let key = std::fs::read(p)
+                    .with_context(|| format!("reading --gpg-key {}", p.display()))?;
+                crate::validate::openpgp_public_key("--gpg-key", &key)
+                    .with_context(|| p.display().to_string())?;
+                Some(key)
+            }
+            (None, true) => None,
+            (None, false) => bail!(
+                "--url needs --gpg-key FILE, the public key the commits are signed with \
+                 (or --no-gpg-verify to install and follow an unverified remote)"
+            ),
+        };
+        let remote = crate::image::sysroot::Remote {
+            name: self.remote_name.clone(),
+            url: url.clone(),
+            gpg_key,
+        };
+        remote.validate()?;
         Ok(Some(remote))
     }
 }
@@ -381,6 +468,8 @@ pub fn run() -> Result<()> {
             op,
             ImageCmd::Build(_)
         ))?),
+        // The sysroot of an install is a scratch copy bound for the disk, as a build's.
+        Command::Install(_) => Some(crate::image::grub::OstreeEnv::set_up(true)?),
         _ => None,
     };
     dispatch(cli)
@@ -393,6 +482,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Provision(a) => provision(a),
         Command::Image(ImageCmd::Build(a)) => image_build(a),
         Command::Image(op) => image_op(op),
+        Command::Install(a) => install(a),
         Command::Toolbox(ToolboxCmd::Build(a)) => toolbox_build(a),
         Command::GrubMkconfig(a) => crate::image::grub::mkconfig(&a.output),
         Command::Dracut(DracutCmd::Emit(a)) => {
@@ -473,8 +563,13 @@ fn image_build(a: ImageBuildArgs) -> Result<()> {
     if let Some(p) = &a.previous {
         crate::validate::ostree_ref("--previous", p)?;
     }
+    let first_boot = a
+        .first_boot
+        .as_deref()
+        .map(crate::provision::Spec::load)
+        .transpose()?;
     crate::image::build(&crate::image::BuildRequest {
-        repo: &a.repo,
+        source: crate::image::Source::Repo(&a.repo),
         treeref: &a.treeref,
         previous: a.previous.as_deref(),
         layout: &a.layout,
@@ -487,9 +582,48 @@ fn image_build(a: ImageBuildArgs) -> Result<()> {
         quiet: a.quiet,
         tmpdir: a.tmpdir.as_deref(),
         out: &a.output,
+        device: false,
         remote: a.remote.remote()?,
+        first_boot: first_boot.as_ref(),
     })?;
     println!("{}", a.output.display());
+    Ok(())
+}
+
+fn install(a: InstallArgs) -> Result<()> {
+    crate::validate::ostree_ref("--ref", &a.treeref)?;
+    let remote = a.remote()?;
+    let source = match (&a.repo, &a.url) {
+        (Some(repo), _) => crate::image::Source::Repo(repo),
+        (None, Some(url)) => {
+            crate::validate::http_url("--url", url)?;
+            crate::image::Source::Url(url)
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let config = a
+        .config
+        .as_deref()
+        .map(crate::provision::Spec::load)
+        .transpose()?;
+    crate::image::build(&crate::image::BuildRequest {
+        source,
+        treeref: &a.treeref,
+        previous: None,
+        layout: &a.layout,
+        format: None,
+        compress: false,
+        // Every node gets its own disk, partition and filesystem IDs.
+        random_uuids: true,
+        quiet: a.quiet,
+        tmpdir: a.tmpdir.as_deref(),
+        out: &a.device,
+        device: true,
+        remote,
+        first_boot: config.as_ref(),
+    })
+    .with_context(|| format!("installing {} onto {}", a.treeref, a.device.display()))?;
+    println!("{}", a.device.display());
     Ok(())
 }
 

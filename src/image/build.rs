@@ -27,8 +27,18 @@ use std::thread::JoinHandle;
 
 const MIB: u64 = 1 << 20;
 
+/// Where the commits come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A local repo (a compose's `--repo`).
+    Repo(&'a Path),
+    /// A repo over the network, pulled through [`BuildRequest::remote`] (which must be set:
+    /// its name and trusted key verify the pull) from this URL.
+    Url(&'a str),
+}
+
 pub struct BuildRequest<'a> {
-    pub repo: &'a Path,
+    pub source: Source<'a>,
     pub treeref: &'a str,
     pub previous: Option<&'a str>,
     pub layout: &'a Path,
@@ -41,9 +51,18 @@ pub struct BuildRequest<'a> {
     pub quiet: bool,
     /// Scratch space for the staging sysroot (default: see [`super::scratch::scratch_dir`]).
     pub tmpdir: Option<&'a Path>,
+    /// The image file to write, or with `device` the disk to install onto.
     pub out: &'a Path,
+    /// `out` is a disk (a block device, or an existing raw file standing for one) written in
+    /// place: its size is the disk's, `format` and `compress` do not apply, and its partition
+    /// table is wiped before anything else is written, so a failed install leaves no
+    /// bootable half-OS.
+    pub device: bool,
     /// The remote the node follows for updates (deployments' origins say `NAME:REF`).
     pub remote: Option<sysroot::Remote>,
+    /// Hostname, root's password and keys, network and kernel arguments for the node's
+    /// first boot (the provisioning spec's fields; see [`super::firstboot`]).
+    pub first_boot: Option<&'a crate::provision::Spec>,
 }
 
 /// Builds the image; see the module docs.
@@ -104,7 +123,6 @@ struct Plan<'a> {
     req: &'a BuildRequest<'a>,
     layout: Layout,
     format: Format,
-    epoch: u64,
     disk_bytes: u64,
     placed: Vec<Placed>,
     /// Dropped on an error: the workspace goes with it.
@@ -201,29 +219,69 @@ fn prepare<'a>(req: &'a BuildRequest<'a>) -> Result<((Plan<'a>, GrubImagesJob), 
         layout.randomize_ids()?;
     }
     let format = req.format.unwrap_or(layout.format);
-    let repo = ostreeutil::open_existing(req.repo)?;
-    let commit = ostreeutil::resolve(&repo, req.treeref)?
-        .ok_or_else(|| anyhow!("ref {} is not in {}", req.treeref, req.repo.display()))?;
-    if let Some(prev) = req.previous {
-        ostreeutil::resolve(&repo, prev)?
-            .ok_or_else(|| anyhow!("--previous {prev} is not in {}", req.repo.display()))?;
-    }
-    let epoch = ostreeutil::commit_epoch(&repo, &commit)?;
-    let disk_bytes = layout::parse_size(&layout.size)?;
+    let detail = match req.source {
+        Source::Repo(path) => {
+            let repo = ostreeutil::open_existing(path)?;
+            let commit = ostreeutil::resolve(&repo, req.treeref)?
+                .ok_or_else(|| anyhow!("ref {} is not in {}", req.treeref, path.display()))?;
+            if let Some(prev) = req.previous {
+                ostreeutil::resolve(&repo, prev)?
+                    .ok_or_else(|| anyhow!("--previous {prev} is not in {}", path.display()))?;
+            }
+            commit
+        }
+        Source::Url(url) => {
+            if req.remote.is_none() {
+                bail!("pulling from {url} needs the remote (its name and trusted key)");
+            }
+            format!("{} from {url}", req.treeref)
+        }
+    };
+    let layout_bytes = layout::parse_size(&layout.size)?;
+    let (disk_bytes, work) = if req.device {
+        let bytes = device_bytes(req.out)?;
+        if bytes < layout_bytes {
+            bail!(
+                "{} is too small: {} MiB, and layout {} needs at least {} MiB (its size)",
+                req.out.display(),
+                bytes / MIB,
+                req.layout.display(),
+                layout_bytes / MIB
+            );
+        }
+        let work = Workspace::claim_for_device(req.out, req.tmpdir)?;
+        (bytes - bytes % MIB, work)
+    } else {
+        let work = Workspace::claim(req.out, "hostforge-tmp", layout_bytes, req.tmpdir)
+            .with_context(|| format!("-o {}", req.out.display()))?;
+        (layout_bytes, work)
+    };
     let placed = place(&layout, disk_bytes)?;
-    let work = Workspace::claim(req.out, "hostforge-tmp", disk_bytes, req.tmpdir)
-        .with_context(|| format!("-o {}", req.out.display()))?;
     let plan = Plan {
         req,
         layout,
         format,
-        epoch,
         disk_bytes,
         placed,
         work,
     };
     let grub = start_grub_images(&plan);
-    Ok(((plan, grub), commit))
+    Ok(((plan, grub), detail))
+}
+
+/// The size of a disk: a block device's (seeking to its end), or a raw file's.
+fn device_bytes(dev: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = std::fs::metadata(dev).with_context(|| format!("{}", dev.display()))?;
+    use std::os::unix::fs::FileTypeExt;
+    if !(meta.file_type().is_block_device() || meta.is_file()) {
+        bail!(
+            "{}: not a disk (a block device, or a raw file to install into)",
+            dev.display()
+        );
+    }
+    let mut f = std::fs::File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+    Ok(f.seek(SeekFrom::End(0))?)
 }
 
 fn start_grub_images(plan: &Plan) -> GrubImagesJob {
@@ -258,6 +316,8 @@ struct Pulled {
     sysroot: ostree::Sysroot,
     new: String,
     previous: Option<String>,
+    /// The new commit's time: every time in the filesystems.
+    epoch: u64,
 }
 
 fn pull(plan: &Plan) -> Result<(Pulled, String)> {
@@ -274,8 +334,35 @@ fn pull(plan: &Plan) -> Result<(Pulled, String)> {
     if let Some(remote) = remote {
         sysroot::add_remote(&srepo, remote)?;
     }
+    let mut refs: Vec<&str> = plan.req.previous.into_iter().collect();
+    refs.push(plan.req.treeref);
+    if let (Source::Url(url), Some(remote)) = (plan.req.source, remote) {
+        let other_url = (url != remote.url).then_some(url);
+        let (mut commits, fetched) =
+            sysroot::pull_url(&srepo, &remote.name, other_url, &refs, plan.req.quiet)?;
+        let new = commits.pop().expect("one per ref");
+        let epoch = ostreeutil::commit_epoch(&srepo, &new)?;
+        let detail = format!(
+            "{new}, {} objects, {:.1} MiB fetched",
+            fetched.objects,
+            fetched.bytes as f64 / MIB as f64
+        );
+        let previous = commits.pop();
+        return Ok((
+            Pulled {
+                sysroot,
+                new,
+                previous,
+                epoch,
+            },
+            detail,
+        ));
+    }
+    let Source::Repo(repo) = plan.req.source else {
+        unreachable!("checked in prepare")
+    };
     let pull = |r: &str| -> Result<String> {
-        let commit = sysroot::pull_into(&srepo, plan.req.repo, r)?;
+        let commit = sysroot::pull_into(&srepo, repo, r)?;
         if let Some(remote) = remote {
             // The ref `ostree admin upgrade` compares the remote's against.
             srepo
@@ -295,11 +382,13 @@ fn pull(plan: &Plan) -> Result<(Pulled, String)> {
     };
     let new = pull(plan.req.treeref)?;
     let detail = new.clone();
+    let epoch = ostreeutil::commit_epoch(&srepo, &new)?;
     Ok((
         Pulled {
             sysroot,
             new,
             previous,
+            epoch,
         },
         detail,
     ))
@@ -310,25 +399,40 @@ struct Disk {
     path: PathBuf,
     file: std::fs::File,
     root_fs: Option<ext2fs::Fs>,
+    epoch: u64,
 }
 
 fn deploy(plan: &Plan, pulled: &Pulled) -> Result<(Disk, String)> {
     let req = plan.req;
     let layout = &plan.layout;
-    // A raw image without compression is the output itself: make it beside OUT.
-    let path = if plan.format == Format::Raw && !req.compress {
-        plan.work.staging.join("disk.raw")
+    let epoch = pulled.epoch;
+    let (path, file) = if req.device {
+        let path = req.out.to_path_buf();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        wipe_partition_tables(&mut file, plan.disk_bytes)
+            .with_context(|| format!("wiping the partition tables of {}", path.display()))?;
+        (path, file)
     } else {
-        plan.work.scratch.join("disk.raw")
+        // A raw image without compression is the output itself: make it beside OUT.
+        let path = if plan.format == Format::Raw && !req.compress {
+            plan.work.staging.join("disk.raw")
+        } else {
+            plan.work.scratch.join("disk.raw")
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        file.set_len(plan.disk_bytes)?;
+        (path, file)
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.set_len(plan.disk_bytes)?;
     let sysroot_dir = plan.sysroot_dir();
     let root = plan.root();
     let osname = &layout.ostree.osname;
@@ -342,7 +446,7 @@ fn deploy(plan: &Plan, pulled: &Pulled) -> Result<(Disk, String)> {
                 plan.bytes(root),
                 &plan.label(root),
                 plan.uuid(root),
-                plan.epoch,
+                epoch,
             )?;
             let stamps = fs::dir_stamps(&sysroot_dir.join(OBJECTS))?;
             root_fs
@@ -367,6 +471,7 @@ fn deploy(plan: &Plan, pulled: &Pulled) -> Result<(Disk, String)> {
         path,
         file,
         root_fs: Some(root_fs),
+        epoch,
     };
     Ok((disk, osname.clone()))
 }
@@ -379,6 +484,9 @@ fn deploy_commits(plan: &Plan, pulled: &Pulled) -> Result<()> {
     let osname = &layout.ostree.osname;
     let mut kargs = vec![format!("root=UUID={}", plan.uuid(plan.root()))];
     kargs.extend(layout.kargs.iter().cloned());
+    if let Some(spec) = req.first_boot {
+        kargs.extend(spec.kargs.iter().cloned());
+    }
     let sysroot = &pulled.sysroot;
     // Deployments follow the remote when there is one: `ostree admin upgrade` on the node
     // pulls `REMOTE:REF`.
@@ -405,13 +513,25 @@ fn deploy_commits(plan: &Plan, pulled: &Pulled) -> Result<()> {
         sysroot::Keep::All,
     )?;
     let sysroot_dir = plan.sysroot_dir();
+    let dirs: Vec<PathBuf> = sysroot
+        .deployments()
+        .iter()
+        .map(|d| sysroot_dir.join(sysroot.deployment_dirpath(d).as_str()))
+        .collect();
     if let Some(b) = plan.index_of("/boot") {
-        for dep in sysroot.deployments() {
-            let dir = sysroot_dir.join(sysroot.deployment_dirpath(&dep).as_str());
+        for dir in &dirs {
             let fstab = dir.join("etc/fstab");
             let mut text = std::fs::read_to_string(&fstab).unwrap_or_default();
             text.push_str(&format!("UUID={} /boot ext4 defaults 0 2\n", plan.uuid(b)));
             std::fs::write(&fstab, text).with_context(|| format!("writing {}", fstab.display()))?;
+        }
+    }
+    if let Some(spec) = req.first_boot {
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let var = sysroot_dir.join("ostree/deploy").join(osname).join("var");
+        let done = super::firstboot::apply(&dirs, &var, spec).context("the first-boot config")?;
+        if !req.quiet {
+            eprintln!("first boot: {done}");
         }
     }
     if layout.uses_grub() {
@@ -426,6 +546,7 @@ fn filesystems(plan: &Plan, disk: &mut Disk) -> Result<((), String)> {
     let sysroot_dir = plan.sysroot_dir();
     let boot_tree = plan.boot_tree();
     let boot = plan.index_of("/boot");
+    let epoch = disk.epoch;
     if boot.is_some() {
         std::fs::rename(sysroot_dir.join("boot"), &boot_tree)?;
         std::fs::create_dir(sysroot_dir.join("boot"))?;
@@ -444,7 +565,7 @@ fn filesystems(plan: &Plan, disk: &mut Disk) -> Result<((), String)> {
                     plan.bytes(b),
                     &plan.label(b),
                     plan.uuid(b),
-                    plan.epoch,
+                    epoch,
                 )
             })
         });
@@ -457,7 +578,7 @@ fn filesystems(plan: &Plan, disk: &mut Disk) -> Result<((), String)> {
             &disk.path,
             plan.offset(root),
             &plan.label(root),
-            plan.epoch,
+            epoch,
         )?;
         if let Some(h) = boot_fs {
             h.join()
@@ -472,6 +593,7 @@ fn filesystems(plan: &Plan, disk: &mut Disk) -> Result<((), String)> {
 /// The ESP with GRUB's EFI binary, BIOS GRUB's core.img and boot code, and the GPT.
 fn bootloader(plan: &Plan, grub_images: GrubImagesJob, disk: &mut Disk) -> Result<((), String)> {
     let images = grub_images.wait()?;
+    let epoch = disk.epoch;
     let layout = &plan.layout;
     let mut done = Vec::new();
     for (i, p) in layout.partitions.iter().enumerate() {
@@ -487,7 +609,7 @@ fn bootloader(plan: &Plan, grub_images: GrubImagesJob, disk: &mut Disk) -> Resul
                     p.uuid.as_deref().unwrap_or_default(),
                     efi,
                     &plan.work.scratch,
-                    plan.epoch,
+                    epoch,
                 )?;
                 done.push("ESP");
             }
@@ -539,9 +661,15 @@ fn gpt_partitions(plan: &Plan) -> Vec<gpt::Partition> {
         .collect()
 }
 
-/// The image in its format, renamed over the output (the trees are freed meanwhile).
+/// The image in its format, renamed over the output (the trees are freed meanwhile); a disk
+/// was written in place and synced by `bootloader`.
 fn output(plan: &Plan, pulled: Pulled, disk: Disk) -> Result<((), String)> {
     let req = plan.req;
+    if req.device {
+        drop(disk);
+        drop(pulled);
+        return Ok(((), format!("installed on {}", req.out.display())));
+    }
     let Disk {
         path: raw, file, ..
     } = disk;
@@ -596,6 +724,19 @@ fn output(plan: &Plan, pulled: Pulled, disk: Disk) -> Result<((), String)> {
     std::fs::rename(&image, req.out)
         .with_context(|| format!("moving the image to {}", req.out.display()))?;
     Ok(((), format!("{:?}", plan.format).to_lowercase()))
+}
+
+/// Zeroes the first and last MiB of a disk (the protective MBR with any boot code, both
+/// GPTs) and syncs: from here until the new GPT is written last, the disk boots nothing.
+fn wipe_partition_tables(disk: &mut std::fs::File, bytes: u64) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let zeros = vec![0u8; MIB as usize];
+    for at in [0, bytes.saturating_sub(MIB)] {
+        disk.seek(SeekFrom::Start(at))?;
+        disk.write_all(&zeros)?;
+    }
+    disk.sync_all()?;
+    Ok(())
 }
 
 /// Partition positions, MiB-aligned, the last `rest` one filling the disk.

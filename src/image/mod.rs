@@ -5,7 +5,8 @@
 //!
 //! | module | responsibility |
 //! |---|---|
-//! | [`mod@build`] | `image build` as a list of named, timed steps |
+//! | [`mod@build`] | `image build` and `install` as a list of named, timed steps |
+//! | [`firstboot`] | the first-boot config (host name, root's password and keys, network) |
 //! | [`ops`] | `status`, `deploy`, `rollback`, `pin` on image files and live sysroots |
 //! | [`sysroot`] | pulling commits into a sysroot; the one deploy everything uses |
 //! | [`filesystems`] | ext4 (through `ext2fs`, times pinned by `ext4`) and the ESP |
@@ -17,6 +18,7 @@ pub mod build;
 mod ext2fs;
 mod ext4;
 pub mod filesystems;
+pub mod firstboot;
 pub mod gpt;
 pub mod grub;
 pub mod layout;
@@ -24,4 +26,4 @@ pub mod ops;
 pub mod scratch;
 pub mod sysroot;
 
-pub use build::{build, BuildRequest};
+pub use build::{build, BuildRequest, Source};

@@ -55,6 +55,29 @@ impl Workspace {
         })
     }
 
+    /// Claims the workspace for an install onto the disk `device`, which is written in
+    /// place: only scratch space (for the sysroot), in `tmpdir` when given, else on the tmpfs
+    /// (an installer's memory), else in the temporary directory; `staging` lies inside it.
+    pub fn claim_for_device(device: &Path, tmpdir: Option<&Path>) -> Result<Self> {
+        sweep_scratch(Path::new(SHM));
+        let base = match tmpdir {
+            Some(d) => d.to_path_buf(),
+            None if Path::new(SHM).is_dir() => PathBuf::from(SHM),
+            None => std::env::temp_dir(),
+        };
+        let scratch = base.join(scratch_name(device).context("naming the scratch directory")?);
+        let lock = claim_scratch(&scratch)
+            .with_context(|| format!("another install onto {} is running", device.display()))?;
+        let staging = scratch.join("staging");
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("creating {}", staging.display()))?;
+        Ok(Workspace {
+            staging,
+            scratch,
+            lock: Some(lock),
+        })
+    }
+
     /// Removes the scratch directory (then releases its lock) and the staging directory.
     pub fn close(mut self) -> Result<()> {
         self.remove()
@@ -135,14 +158,19 @@ pub fn scratch_dir(out: &Path, disk_bytes: u64) -> Option<PathBuf> {
     if free < 2 * disk_bytes || avail_mem < 2 * disk_bytes {
         return None;
     }
+    Some(base.join(scratch_name(out)?))
+}
+
+/// The scratch directory's name for the output (or disk) `out`: the same for every run on
+/// it, so runs exclude each other and a killed run's directory is found.
+fn scratch_name(out: &Path) -> Option<String> {
     let key = std::path::absolute(out).ok()?;
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
     sha2::Digest::update(&mut h, key.as_os_str().as_encoded_bytes());
-    let name = format!(
+    Some(format!(
         "{SCRATCH_PREFIX}{}",
         &hex::encode(sha2::Digest::finalize(h))[..16]
-    );
-    Some(base.join(name))
+    ))
 }
 
 pub const SHM: &str = "/dev/shm";

@@ -25,6 +25,71 @@ pub fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<St
     Ok(commit)
 }
 
+/// What a network pull moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fetched {
+    pub bytes: u64,
+    pub objects: u64,
+}
+
+/// Pulls `refs` over the network through `remote` (already in the sysroot's repo, with its
+/// signature checks), from `url` when given instead of the remote's own URL (an installer may
+/// reach the repo by another address than the node will). Each ref is also set locally so
+/// deploy's cleanup keeps it; returns the commits and what was fetched. Progress goes to
+/// stderr every few seconds unless `quiet`.
+pub fn pull_url(
+    sysroot_repo: &ostree::Repo,
+    remote: &str,
+    url: Option<&str>,
+    refs: &[&str],
+    quiet: bool,
+) -> Result<(Vec<String>, Fetched)> {
+    use ostree::glib;
+    use ostree::prelude::ToVariant;
+    let opts = glib::VariantDict::new(None);
+    opts.insert_value("refs", &refs.to_variant());
+    if let Some(url) = url {
+        opts.insert("override-url", url);
+    }
+    let progress = ostree::AsyncProgress::new();
+    let last = std::cell::Cell::new(std::time::Instant::now());
+    if !quiet {
+        progress.connect_changed(move |p| {
+            if last.get().elapsed() < std::time::Duration::from_secs(3) {
+                return;
+            }
+            last.set(std::time::Instant::now());
+            let (done, wanted) = (p.uint("fetched"), p.uint("requested"));
+            let bytes = p.uint64("bytes-transferred");
+            eprintln!(
+                "pulling: {done}/{wanted} objects, {:.1} MiB",
+                bytes as f64 / (1 << 20) as f64
+            );
+        });
+    }
+    let source = url.unwrap_or(remote);
+    sysroot_repo
+        .pull_with_options(remote, &opts.end(), Some(&progress), gio::Cancellable::NONE)
+        .map_err(|e| anyhow!("pulling {} from {source}: {e}", refs.join(", ")))?;
+    let fetched = Fetched {
+        bytes: progress.uint64("bytes-transferred"),
+        objects: u64::from(progress.uint("fetched")),
+    };
+    progress.finish();
+    let mut commits = Vec::new();
+    for r in refs {
+        let commit = sysroot_repo
+            .resolve_rev(&format!("{remote}:{r}"), false)?
+            .ok_or_else(|| anyhow!("{remote}:{r} did not resolve after the pull"))?
+            .to_string();
+        sysroot_repo
+            .set_ref_immediate(None, r, Some(&commit), gio::Cancellable::NONE)
+            .with_context(|| format!("setting ref {r} in the sysroot repo"))?;
+        commits.push(commit);
+    }
+    Ok((commits, fetched))
+}
+
 /// The remote a node follows for updates: written into the sysroot repo's config with
 /// `gpg-verify` (and `gpg-verify-summary`) on when a trusted key is given, the key imported
 /// where ostree reads a remote's keys (`/ostree/repo/NAME.trustedkeys.gpg`).
