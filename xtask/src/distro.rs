@@ -43,6 +43,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "zstd",
     "cpio",
     "procps",
+    // Its `login` applet is the node's login program (no PAM stack to set up).
+    "busybox",
     "strace",
     "tcpdump",
     "iproute2",
@@ -495,7 +497,9 @@ fn node_base(passwd: &str, group: &str) -> Result<rpm::Package> {
         .filter_map(|l| l.split(':').next())
         .map(|u| {
             if u == "root" {
-                "root::19000:0:99999:7:::\n".to_string()
+                // Locked: a first-boot config (`install --config`, `image build
+                // --first-boot`) gives root a password hash or SSH keys.
+                "root:!:19000:0:99999:7:::\n".to_string()
             } else {
                 format!("{u}:*:19000:0:99999:7:::\n")
             }
@@ -506,13 +510,26 @@ fn node_base(passwd: &str, group: &str) -> Result<rpm::Package> {
         .filter_map(|l| l.split(':').next())
         .map(|g| format!("{g}:*::\n"))
         .collect();
+    // The passwords live in shadow and gshadow: `x` in the master files' password field,
+    // as `shadowconfig on` leaves them (login programs refuse an account whose field is `*`).
+    let shadowed = |text: &str| -> String {
+        text.lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(':').collect();
+                if f.len() > 1 {
+                    f[1] = "x";
+                }
+                f.join(":") + "\n"
+            })
+            .collect()
+    };
     let etc = |p: &str| FileOptions::new(p).config().noreplace();
     b.with_file_contents(
-        passwd.to_string(),
+        shadowed(passwd),
         etc("/etc/passwd").mode(FileMode::regular(0o644)),
     )?;
     b.with_file_contents(
-        group.to_string(),
+        shadowed(group),
         etc("/etc/group").mode(FileMode::regular(0o644)),
     )?;
     b.with_file_contents(
