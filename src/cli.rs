@@ -585,7 +585,8 @@ fn image_build(a: ImageBuildArgs) -> Result<()> {
         device: false,
         remote: a.remote.remote()?,
         first_boot: first_boot.as_ref(),
-    })?;
+    })
+    .context("image build")?;
     println!("{}", a.output.display());
     Ok(())
 }

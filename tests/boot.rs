@@ -642,3 +642,102 @@ fn nodes_roll_back_by_themselves_when_an_update_fails() {
     assert_eq!(st["update"]["health"]["commit"], e.as_str(), "{st}");
     assert_eq!(st["update"]["health"]["ok"], true, "{st}");
 }
+
+/// `openssl passwd -6 -salt hfsalt letmein`: the first-boot config's root password.
+const ROOT_HASH: &str =
+    "$6$hfsalt$H/9RMoTj02hUdFVo.u/CceURmy0pQY/MdWLBtMHyhySU0WiP6RwNeFQK.Zj438B38vQ4oVHGZPXMgo8sZyZqm0";
+const ROOT_PASSWORD: &str = "letmein";
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostforgeInstallTestKey0000 test@installer";
+
+/// `hostforge install` onto a blank disk from a signed remote over HTTP, with a first-boot
+/// config, then the disk boots by itself through BIOS and through UEFI: the serial console
+/// shows the installed commit, root logs in with the config's password, and the host name,
+/// root's SSH key and the kernel arguments are the config's; the node follows the remote it
+/// was installed from (its agent finds that commit up to date).
+#[test]
+fn installs_onto_a_blank_disk_and_boots_with_its_first_boot_config() {
+    let key = GpgKey::new("install");
+    let p = Publisher::new(&[]);
+    let commit = p.compose("installed", "", Some(&key));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("first-boot.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "root-password-hash: \"{ROOT_HASH}\"\nssh-keys: [\"{SSH_KEY}\"]\n\
+             network: {{hostname: worker-7}}\nkargs: [hostforge.test=first-boot]\n"
+        ),
+    )
+    .unwrap();
+    let disk = dir.path().join("blank.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(5 << 30)
+        .unwrap();
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/metal.yaml");
+    let out = hostforge_cmd()
+        .args(["install", "--device"])
+        .arg(&disk)
+        .arg("--layout")
+        .arg(&layout)
+        .args(["--url", &format!("http://127.0.0.1:{}", p.http.port)])
+        .args(["--remote-url", &format!("http://10.0.2.2:{}", p.http.port)])
+        .arg("--gpg-key")
+        .arg(&key.public)
+        .args(["--ref", UPDATES_REF, "--config"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("objects") && err.contains("MiB fetched"),
+        "{err}"
+    );
+    let status = image_status(&disk);
+    let dep = &status["deployments"][0];
+    assert_eq!(dep["commit"], commit.as_str());
+    assert_eq!(dep["refspec"], format!("hostforge:{UPDATES_REF}").as_str());
+    assert!(dep["kargs"]
+        .as_str()
+        .unwrap()
+        .contains("hostforge.test=first-boot"));
+
+    let drive = vec![
+        "-drive".to_string(),
+        format!("file={},if=virtio,format=raw", disk.display()),
+        "-nic".to_string(),
+        "user,model=virtio-net-pci".to_string(),
+    ];
+    let mut vm = Vm::start(&drive, "install-bios", false);
+    wait_all(
+        &mut vm,
+        &[
+            &format!("hostforge-booted: {commit}"),
+            &format!("is at {commit}, which is booted"),
+        ],
+    );
+    let shown = vm.login_and_run(
+        "root",
+        ROOT_PASSWORD,
+        "cat /proc/sys/kernel/hostname /root/.ssh/authorized_keys /proc/cmdline",
+    );
+    assert!(shown.contains("\nworker-7"), "{shown}");
+    assert!(shown.contains(&format!("\n{SSH_KEY}")), "{shown}");
+    assert!(shown.contains("hostforge.test=first-boot"), "{shown}");
+    drop(vm);
+
+    let mut uefi = vec!["-bios".to_string(), "/usr/share/ovmf/OVMF.fd".to_string()];
+    uefi.extend(drive);
+    let mut vm = Vm::start(&uefi, "install-uefi", false);
+    let log = vm.wait_for(&format!("hostforge-booted: {commit}"), 600);
+    assert!(
+        log.contains("BdsDxe") || log.contains("UEFI"),
+        "went through OVMF"
+    );
+    let shown = vm.login_and_run("root", ROOT_PASSWORD, "cat /proc/sys/kernel/hostname");
+    assert!(shown.contains("\nworker-7"), "{shown}");
+    drop(vm);
+    unlock_tree(dir.path());
+}

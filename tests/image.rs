@@ -642,3 +642,154 @@ fn image_nodes_follow_a_signed_remote() {
     );
     unlock_tree(dir.path());
 }
+
+/// `hostforge install`'s failures are named and safe: a disk smaller than the layout, an
+/// unreachable URL and a commit signed by a key the installer does not trust are refused
+/// before the disk is touched; an install that dies once it started writing leaves no
+/// partition table (nothing boots a half-written OS); then a good install from the signed
+/// remote carries its first-boot config. (The boot tier boots such a disk.)
+#[test]
+fn install_fails_clearly_and_never_leaves_half_an_os() {
+    let (repo, commit) = composed_node();
+    let key = GpgKey::new("installer");
+    let stranger = GpgKey::new("stranger");
+    let dir = tempfile::tempdir().unwrap();
+    let r = "hostforge/x86_64/node";
+    let served = dir.path().join("served");
+    ostree_at(&served, &["init", "--mode=archive"]);
+    ostree_at(&served, &["pull-local", repo.to_str().unwrap(), &commit]);
+    ostree_at(&served, &["refs", &format!("--create={r}"), &commit]);
+    let sign = |k: &GpgKey| {
+        let home = format!("--gpg-homedir={}", k.home_str());
+        ostree_at(&served, &["gpg-sign", &home, &commit, &k.id]);
+        ostree_at(
+            &served,
+            &["summary", "-u", &format!("--gpg-sign={}", k.id), &home],
+        );
+    };
+    sign(&stranger);
+    let http = Daemon::http(&served);
+    let url = format!("http://127.0.0.1:{}", http.port);
+    let spec = dir.path().join("first-boot.yaml");
+    std::fs::write(
+        &spec,
+        "ssh-keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIInstallTest]\n\
+         network: {hostname: rack3-node9, bootproto: static, device: eth0, ip: 10.0.2.15, \
+         netmask: 24, gateway: 10.0.2.2}\n",
+    )
+    .unwrap();
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/metal.yaml");
+    let install = |disk: &Path, url: &str, env: &[(&str, &str)]| {
+        let mut cmd = hostforge_cmd();
+        cmd.args(["install", "--device"])
+            .arg(disk)
+            .arg("--layout")
+            .arg(&layout)
+            .args(["--url", url, "--ref", r, "--gpg-key"])
+            .arg(&key.public)
+            .arg("--config")
+            .arg(&spec);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // A disk with something on it, recognizable at both ends.
+    let disk = dir.path().join("disk.raw");
+    let old = |disk: &Path| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(disk)
+            .unwrap();
+        f.set_len(5 << 30).unwrap();
+        f.write_all_at(b"an old OS", 512).unwrap();
+        f.write_all_at(b"an old OS", (5 << 30) - 512).unwrap();
+    };
+    let ends = |disk: &Path| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(disk).unwrap();
+        let mut a = [0u8; 9];
+        let mut b = [0u8; 9];
+        f.read_exact_at(&mut a, 512).unwrap();
+        f.read_exact_at(&mut b, (5 << 30) - 512).unwrap();
+        (a.to_vec(), b.to_vec())
+    };
+    let untouched = (b"an old OS".to_vec(), b"an old OS".to_vec());
+    old(&disk);
+
+    let small = dir.path().join("small.raw");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    assert_fails_with(
+        &install(&small, &url, &[]),
+        &[
+            "small.raw is too small: 1024 MiB",
+            "needs at least 4096 MiB",
+        ],
+    );
+
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    assert_fails_with(&install(&disk, &nobody, &[]), &[&nobody, "pulling"]);
+    assert_eq!(ends(&disk), untouched);
+
+    let o = install(&disk, &url, &[]);
+    assert!(!o.status.success(), "installed what a stranger signed");
+    let e = stderr(&o).to_lowercase();
+    assert!(e.contains("gpg") || e.contains("signature"), "{e}");
+    assert_eq!(ends(&disk), untouched);
+
+    sign(&key);
+    let o = install(&disk, &url, &[("HOSTFORGE_FAULT", "gpt")]);
+    assert!(!o.status.success());
+    let (head, tail) = ends(&disk);
+    assert_ne!(
+        &head[..8],
+        b"EFI PART",
+        "a primary GPT after a failed install"
+    );
+    assert_ne!(head, untouched.0, "the old partition table survived");
+    assert_ne!(tail, untouched.1, "the old backup GPT survived");
+    assert!(
+        !hostforge_cmd()
+            .args(["image", "status"])
+            .arg(&disk)
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "a half-installed disk has deployments to show"
+    );
+
+    let o = install(&disk, &url, &[]);
+    assert_ok(&o);
+    let st = image_status(&disk);
+    assert_eq!(st["deployments"][0]["commit"], commit.as_str());
+    assert_eq!(st["deployments"][0]["refspec"], format!("hostforge:{r}"));
+    // The root filesystem follows bios-boot, the ESP and /boot (1 + 127 + 512 MiB).
+    let cat = |path: &str| {
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("cat {path}"))
+            .arg(format!("{}?offset={}", disk.display(), 641u64 << 20)))
+    };
+    let dep = format!("/ostree/deploy/node/deploy/{commit}.0");
+    assert_eq!(cat(&format!("{dep}/etc/hostname")), "rack3-node9\n");
+    assert!(cat(&format!("{dep}/etc/shadow")).starts_with("root:!:"));
+    assert_eq!(
+        cat("/ostree/deploy/node/var/roothome/.ssh/authorized_keys"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIInstallTest\n"
+    );
+    let net = cat(&format!(
+        "{dep}/etc/systemd/network/10-hostforge-first-boot.network"
+    ));
+    assert!(
+        net.contains("Name=eth0") && net.contains("Address=10.0.2.15/24"),
+        "{net}"
+    );
+    unlock_tree(dir.path());
+}

@@ -113,7 +113,7 @@ fn build_steps(req: &BuildRequest) -> Result<()> {
 /// with its name.
 fn step<T>(progress: &Progress, name: &str, f: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
     let t = Timer::start();
-    let (value, detail) = f().with_context(|| format!("image build, step {name}"))?;
+    let (value, detail) = f().with_context(|| format!("step {name}"))?;
     progress.step_done(name, t.secs(), &detail);
     Ok(value)
 }
@@ -337,9 +337,8 @@ fn pull(plan: &Plan) -> Result<(Pulled, String)> {
     let mut refs: Vec<&str> = plan.req.previous.into_iter().collect();
     refs.push(plan.req.treeref);
     if let (Source::Url(url), Some(remote)) = (plan.req.source, remote) {
-        let other_url = (url != remote.url).then_some(url);
         let (mut commits, fetched) =
-            sysroot::pull_url(&srepo, &remote.name, other_url, &refs, plan.req.quiet)?;
+            sysroot::pull_url(&srepo, &remote.name, Some(url), &refs, plan.req.quiet)?;
         let new = commits.pop().expect("one per ref");
         let epoch = ostreeutil::commit_epoch(&srepo, &new)?;
         let detail = format!(
@@ -626,6 +625,9 @@ fn bootloader(plan: &Plan, grub_images: GrubImagesJob, disk: &mut Disk) -> Resul
             _ => {}
         }
     }
+    // The partition table goes last: a run that dies before this leaves a disk that boots
+    // nothing (an install wiped the old tables first).
+    process::fault_point("gpt");
     gpt::write(
         &mut disk.file,
         plan.disk_bytes / gpt::SECTOR,

@@ -70,7 +70,14 @@ pub fn pull_url(
     let source = url.unwrap_or(remote);
     sysroot_repo
         .pull_with_options(remote, &opts.end(), Some(&progress), gio::Cancellable::NONE)
-        .map_err(|e| anyhow!("pulling {} from {source}: {e}", refs.join(", ")))?;
+        .map_err(|e| {
+            let why = e.to_string();
+            let hint = match why.contains("ignature") || why.contains("GPG") {
+                true => "\nrefused: not signed by a key the remote trusts (the --gpg-key given)",
+                false => "",
+            };
+            anyhow!("pulling {} from {source}: {why}{hint}", refs.join(", "))
+        })?;
     let fetched = Fetched {
         bytes: progress.uint64("bytes-transferred"),
         objects: u64::from(progress.uint("fetched")),

@@ -376,12 +376,14 @@ pub struct Vm {
     /// QEMU's monitor socket (in `_monitor_dir`), for [`Vm::reset`].
     monitor: PathBuf,
     _monitor_dir: tempfile::TempDir,
+    /// The serial console's input (QEMU's stdin), for [`Vm::type_line`].
+    stdin: std::process::ChildStdin,
 }
 
 impl Vm {
     /// Starts the guest with `args` added; `reboot` lets a guest reboot (else QEMU exits).
     pub fn start(args: &[String], name: &str, reboot: bool) -> Vm {
-        use std::io::{BufRead, BufReader};
+        use std::io::BufReader;
         use std::process::Stdio;
         let accel = std::env::var("HOSTFORGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -406,12 +408,13 @@ impl Vm {
             .arg(format!("unix:{},server=on,wait=off", monitor.display()));
         let mut child = cmd
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting qemu-system-x86_64 (cargo xtask deps installs it)");
         let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         // The console also goes to target/boot-logs/NAME.live.log as it comes, to follow a
         // long boot test while it runs (`tail -f`).
@@ -419,12 +422,29 @@ impl Vm {
         std::fs::create_dir_all(&logs).unwrap();
         let mut live = std::fs::File::create(logs.join(format!("{name}.live.log"))).unwrap();
         std::thread::spawn(move || {
-            use std::io::Write;
-            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                let line = String::from_utf8_lossy(&line).into_owned();
-                let _ = writeln!(live, "{line}");
-                if tx.send(line).is_err() {
+            use std::io::{Read, Write};
+            let mut out = BufReader::new(stdout);
+            let mut pending: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
                     break;
+                }
+                pending.extend_from_slice(&buf[..n]);
+                // Whole lines go on; so does a prompt that waits for input without a newline.
+                let mut lines = Vec::new();
+                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                    lines.push(pending.drain(..=i).take(i).collect::<Vec<u8>>());
+                }
+                if is_prompt(&pending) {
+                    lines.push(std::mem::take(&mut pending));
+                }
+                for line in lines {
+                    let line = String::from_utf8_lossy(&line).into_owned();
+                    let _ = writeln!(live, "{line}");
+                    if tx.send(line).is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -435,7 +455,33 @@ impl Vm {
             name: name.to_string(),
             monitor,
             _monitor_dir: monitor_dir,
+            stdin,
         }
+    }
+
+    /// Types `text` and Enter on the serial console.
+    pub fn type_line(&mut self, text: &str) {
+        use std::io::Write;
+        self.stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .and_then(|_| self.stdin.flush())
+            .expect("typing on the serial console");
+        self.log.push_str(&format!("[test typed: {text}]\n"));
+    }
+
+    /// Logs in on the serial console as `user` with `password` and runs `command` in the
+    /// shell; returns what it printed (the lines up to a marker echoed after it).
+    pub fn login_and_run(&mut self, user: &str, password: &str, command: &str) -> String {
+        // Enter makes getty show its prompt again, whether or not it was read already.
+        self.type_line("");
+        self.wait_for("login: ", 600);
+        self.type_line(user);
+        self.wait_for("Password: ", 60);
+        self.type_line(password);
+        self.wait_for("# ", 60);
+        // The marker as typed (echoed by the terminal) differs from what the shell prints.
+        self.type_line(&format!("{command}; echo END-OF-$((6*7))"));
+        self.wait_for("END-OF-42", 60)
     }
 
     /// Presses the reset button (QEMU's `system_reset`): the guest restarts at once, with
@@ -497,6 +543,14 @@ impl Vm {
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(logs.join(format!("{}.log", self.name)), &self.log).unwrap();
     }
+}
+
+/// A console line still waiting for its newline that is a prompt for input: login's, its
+/// password's, a root shell's.
+fn is_prompt(pending: &[u8]) -> bool {
+    [&b"login: "[..], b"Password: ", b"# "]
+        .iter()
+        .any(|p| pending.ends_with(p))
 }
 
 /// Reads QEMU's monitor until it shows its prompt (it echoes a command character by
