@@ -268,8 +268,19 @@ fn demo() -> Result<()> {
         server.1
     );
     let disk = work.join("node.qcow2");
+    // Somebody can log in: root's password comes from the first-boot config.
+    let first_boot = work.join("first-boot.yaml");
+    std::fs::write(
+        &first_boot,
+        format!(
+            "# `openssl passwd -6 {DEMO_PASSWORD}`\nroot-password-hash: \"{DEMO_HASH}\"\n\
+             network: {{hostname: hostforge-demo}}\n"
+        ),
+    )?;
     run(Command::new(&bin)
-        .args(["image", "build", "--repo"])
+        .args(["image", "build", "--first-boot"])
+        .arg(&first_boot)
+        .arg("--repo")
         .arg(&repo)
         .args(["--ref", "hostforge/x86_64/node", "--layout"])
         .arg(top().join("images/qemu.yaml"))
@@ -311,18 +322,25 @@ fn demo() -> Result<()> {
         .arg(work.join("cache")))?;
     eprintln!(
         "repo: {}\ncompose.json: {} and {}\ndisk image: {} (boot it: qemu-system-x86_64 -m 1024 \
-         -nographic -drive file={},if=virtio)\nits console while it followed the repo: {}\n\
+         -nographic -drive file={},if=virtio; log in on the console as root, password \
+         {DEMO_PASSWORD}, set by {})\nits console while it followed the repo: {}\n\
          toolbox: {}",
         repo.display(),
         work.join("fixture.json").display(),
         work.join("node.json").display(),
         disk.display(),
         disk.display(),
+        first_boot.display(),
         work.join("node-console.log").display(),
         oci.display()
     );
     Ok(())
 }
+
+/// The demo node's root password, and its hash (`openssl passwd -6 -salt hostforgedemo`).
+const DEMO_PASSWORD: &str = "hostforge";
+const DEMO_HASH: &str =
+    "$6$hostforgedemo$8dbB5YaUH4GBEvyyK3gr3OZ2eR.cRTr7geHSelQ982lb1IQM3bmYeB/JKKwvHFiilMQN5RLlwRd83hRDvVPj..";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
