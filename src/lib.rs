@@ -11,6 +11,7 @@ pub mod fsutil;
 mod fuzz;
 pub mod grubenv;
 pub mod image;
+pub mod installer;
 pub mod lockfile;
 pub mod ostreeutil;
 pub mod pkgcache;

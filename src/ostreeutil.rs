@@ -218,6 +218,30 @@ pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &std::path::Path) -> Re
     Ok(())
 }
 
+/// Checks out the directory `subpath` of `commit` into the new directory `dest`.
+pub fn checkout_subpath(
+    repo: &ostree::Repo,
+    commit: &str,
+    subpath: &str,
+    dest: &std::path::Path,
+) -> Result<()> {
+    const AT_FDCWD: i32 = -100;
+    let opts = ostree::RepoCheckoutAtOptions {
+        mode: ostree::RepoCheckoutMode::None,
+        subpath: Some(subpath.into()),
+        ..Default::default()
+    };
+    repo.checkout_at(
+        Some(&opts),
+        AT_FDCWD,
+        dest,
+        commit,
+        ostree::gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("checking out {subpath} of {commit} to {}", dest.display()))?;
+    Ok(())
+}
+
 /// Seconds since the epoch for everything hostforge stamps (commit times, filesystem times):
 /// `SOURCE_DATE_EPOCH` when set, for reproducible output, else now.
 pub fn source_date_epoch() -> Result<u64> {

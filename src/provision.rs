@@ -110,6 +110,11 @@ pub struct Spec {
     pub lang: String,
     pub keyboard: String,
     pub timezone: String,
+    /// Who installs: `anaconda` (the kickstart) or `hostforge` (hostforge's live installer,
+    /// an initramfs `provision` builds; the boot files then start it).
+    pub installer: String,
+    /// The disk layout hostforge's installer uses: `metal` or `qemu` (images/*.yaml).
+    pub layout: String,
 }
 
 impl Default for Spec {
@@ -134,6 +139,8 @@ impl Default for Spec {
             lang: "en_US.UTF-8".into(),
             keyboard: "us".into(),
             timezone: "Etc/UTC".into(),
+            installer: "anaconda".into(),
+            layout: "metal".into(),
         }
     }
 }
@@ -243,6 +250,23 @@ impl Spec {
             "_/+-",
             "Etc/UTC or Europe/Berlin",
         )?;
+        let layouts: Vec<&str> = crate::image::layout::BUILTIN.iter().map(|b| b.0).collect();
+        if !layouts.contains(&self.layout.as_str()) {
+            bail!(
+                "layout {:?}: use one of {}",
+                self.layout,
+                layouts.join(", ")
+            );
+        }
+        match self.installer.as_str() {
+            "anaconda" => {}
+            "hostforge" => {
+                if self.disk.is_none() {
+                    bail!("installer hostforge needs disk (e.g. vda): it installs onto one disk");
+                }
+            }
+            other => bail!("installer {other:?}: use anaconda or hostforge"),
+        }
         Ok(())
     }
 }
@@ -322,6 +346,22 @@ pub fn render_all(
     treeref: &str,
     commit: &str,
 ) -> Result<Vec<(String, String)>> {
+    if spec.installer == "hostforge" {
+        // hostforge's live installer: the arguments say what to install where; it brings the
+        // network up with DHCP itself. Every value was checked for one kernel argument.
+        let disk = spec.disk.as_deref().expect("validated");
+        let mut args = vec![
+            format!("hostforge.inst.url={url}"),
+            format!("hostforge.inst.ref={treeref}"),
+            format!("hostforge.inst.device=/dev/{disk}"),
+            format!("hostforge.inst.layout={}", spec.layout),
+        ];
+        args.extend(spec.kargs.iter().cloned());
+        let cmdline = args.join(" ");
+        // Foreman learns that the host is built (and boots it from its disk from then on).
+        let foreman = format!("{cmdline} hostforge.inst.done-url=<%= foreman_url('built') %>");
+        return render_files(spec, url, treeref, commit, &cmdline, &cmdline, &foreman);
+    }
     let ks = ks_url(url, spec);
     let mut extra: Vec<String> = vec!["ip=dhcp".into()];
     if spec.network.bootproto == "static" {
@@ -344,7 +384,29 @@ pub fn render_all(
     extra.extend(spec.kargs.iter().cloned());
     let cmdline_no_ks = extra.join(" ");
     let cmdline = format!("inst.ks={ks} {cmdline_no_ks}");
+    let foreman = format!("inst.ks=<%= foreman_url('provision') %> {cmdline_no_ks}");
+    render_files(
+        spec,
+        url,
+        treeref,
+        commit,
+        &cmdline,
+        &cmdline_no_ks,
+        &foreman,
+    )
+}
 
+/// Renders every template with the installer's kernel command line (`cmdline`), the same
+/// without the kickstart (`cmdline_no_ks`) and Foreman's (`foreman_cmdline`, ERB in it).
+fn render_files(
+    spec: &Spec,
+    url: &str,
+    treeref: &str,
+    commit: &str,
+    cmdline: &str,
+    cmdline_no_ks: &str,
+    foreman_cmdline: &str,
+) -> Result<Vec<(String, String)>> {
     let mut env = Environment::new();
     env.set_keep_trailing_newline(true);
     // Foreman renders its templates with ERB: a literal `<%` must reach it as `<%%`.
@@ -372,8 +434,10 @@ pub fn render_all(
         url => url,
         ref => treeref,
         commit => commit,
-        cmdline => &cmdline,
-        cmdline_no_ks => &cmdline_no_ks,
+        cmdline => cmdline,
+        cmdline_no_ks => cmdline_no_ks,
+        foreman_cmdline => foreman_cmdline,
+        installer => &spec.installer,
     };
     let render = |t: &str| -> Result<String> {
         env.get_template(t)?
@@ -405,6 +469,12 @@ pub fn render_all(
 pub fn provision(req: &Request) -> Result<Vec<PathBuf>> {
     let spec = &req.spec;
     spec.validate()?;
+    if spec.installer == "hostforge" && spec.gpg && spec.gpg_key_binary.is_none() {
+        bail!(
+            "installer hostforge verifies what it pulls with the key it carries: give gpg-key \
+             (or gpg: false to install unverified)"
+        );
+    }
     crate::validate::http_url("--url", req.url)?;
     crate::validate::ostree_ref("--ref", req.treeref)?;
     let repo = ostreeutil::open_existing(req.repo)?;
@@ -424,9 +494,13 @@ pub fn provision(req: &Request) -> Result<Vec<PathBuf>> {
             req.repo.display()
         )
     })?;
-    // A summary lets `ostree remote refs` and installers list what the URL serves.
-    repo.regenerate_summary(None, ostree::gio::Cancellable::NONE)
-        .context("regenerating the repo summary")?;
+    // A summary lets `ostree remote refs` and installers list what the URL serves. A compose
+    // writes (and signs) one; it is made here only when missing, since a new one would drop
+    // the signature nodes and installers verify.
+    if !req.repo.join("summary").exists() {
+        repo.regenerate_summary(None, ostree::gio::Cancellable::NONE)
+            .context("regenerating the repo summary")?;
+    }
 
     let kvers = ostreeutil::list_commit_dir(&repo, &commit, "usr/lib/modules")?;
     let kver = match kvers.as_slice() {
@@ -472,7 +546,38 @@ pub fn provision(req: &Request) -> Result<Vec<PathBuf>> {
                     req.treeref
                 )
             })?;
-    write("tftp/initramfs.img", &initramfs)?;
+    // UEFI clients netboot GRUB, which reads tftp/grub.cfg (BIOS clients: boot.ipxe or
+    // PXELINUX).
+    let grub_efi = staging.join("tftp/grubx64.efi");
+    crate::image::grub::efi_netboot(&grub_efi)?;
+    if spec.installer == "hostforge" {
+        // The boot files start hostforge's installer, carrying the key and the first-boot
+        // config (the spec itself, without the key's path).
+        let mut config = spec.clone();
+        config.gpg_key = None;
+        let config = serde_yaml::to_string(&config).context("writing the first-boot config")?;
+        let path = staging.join("tftp/initramfs.img");
+        crate::installer::build(&crate::installer::Request {
+            repo: &repo,
+            commit: &commit,
+            kver: &kver,
+            gpg_key: if spec.gpg {
+                spec.gpg_key_binary.as_deref()
+            } else {
+                None
+            },
+            config: Some(&config),
+            out: &path,
+        })?;
+    } else {
+        write("tftp/initramfs.img", &initramfs)?;
+    }
+    for f in ["tftp/grubx64.efi", "tftp/initramfs.img"] {
+        let f = out.join(f);
+        if !written.contains(&f) {
+            written.push(f);
+        }
+    }
     if std::fs::symlink_metadata(out).is_ok() {
         let old = out.with_extension("hostforge-old");
         let _ = std::fs::remove_dir_all(&old);
@@ -496,6 +601,49 @@ mod tests {
         Spec {
             ssh_keys: vec!["ssh-ed25519 AAAAC3 test@host".into()],
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hostforge_installer_needs_a_disk_and_a_known_layout() {
+        let s = Spec {
+            installer: "hostforge".into(),
+            ..spec()
+        };
+        assert!(format!("{:#}", s.validate().unwrap_err()).contains("needs disk"));
+        let s = Spec {
+            disk: Some("vda".into()),
+            layout: "laptop".into(),
+            ..s
+        };
+        assert!(format!("{:#}", s.validate().unwrap_err()).contains("layout \"laptop\""));
+        let s = Spec {
+            installer: "kickstart".into(),
+            layout: "metal".into(),
+            ..s
+        };
+        assert!(format!("{:#}", s.validate().unwrap_err()).contains("anaconda or hostforge"));
+    }
+
+    /// The installer's scripts are valid shell (dracut sources them with bash, busybox's sh
+    /// runs the DHCP hook).
+    #[test]
+    fn installer_scripts_parse() {
+        for f in [
+            "module-setup.sh",
+            "parse-hostforge-inst.sh",
+            "hostforge-installer.sh",
+            "udhcpc.script",
+        ] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("dracut/installer")
+                .join(f);
+            let st = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&p)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{f}");
         }
     }
 
@@ -738,7 +886,20 @@ mod golden {
             macs: vec!["52:54:00:12:34:56".into(), "52:54:00:AB:CD:EF".into()],
             ..Default::default()
         };
-        vec![("minimal", minimal), ("full", full)]
+        // hostforge's live installer boots instead of Anaconda.
+        let installer = Spec {
+            installer: "hostforge".into(),
+            disk: Some("vda".into()),
+            layout: "qemu".into(),
+            kargs: vec!["console=ttyS0".into()],
+            ..minimal.clone()
+        };
+        // The last one is the fullest: the smuggling tests start from it.
+        vec![
+            ("minimal", minimal),
+            ("installer", installer),
+            ("full", full),
+        ]
     }
 
     fn golden_dir() -> PathBuf {

@@ -741,3 +741,103 @@ fn installs_onto_a_blank_disk_and_boots_with_its_first_boot_config() {
     drop(vm);
     unlock_tree(dir.path());
 }
+
+/// Bare metal from nothing: `provision` with `installer: hostforge` renders the boot files
+/// and builds the live installer (the commit's kernel, an initramfs with hostforge in it);
+/// a machine with a blank disk netboots it (iPXE from QEMU's NIC ROM over user-net TFTP),
+/// the installer takes a DHCP lease, pulls the signed commit from the repo served on
+/// 127.0.0.1 (10.0.2.2 for the guest), installs it with the spec as first-boot config and
+/// reboots; the disk then boots the node, on which root logs in with the spec's password.
+#[test]
+fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
+    let key = GpgKey::new("pxe");
+    let p = Publisher::new(&[]);
+    let commit = p.compose("pxe", "", Some(&key));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&key.public, dir.path().join("publisher.asc")).unwrap();
+    let spec = dir.path().join("spec.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: rack1\ninstaller: hostforge\ndisk: vda\nlayout: metal\n\
+             gpg-key: publisher.asc\nroot-password-hash: \"{ROOT_HASH}\"\n\
+             ssh-keys: [\"{SSH_KEY}\"]\nnetwork: {{hostname: pxe-node-1}}\n\
+             kargs: [console=ttyS0]\n"
+        ),
+    )
+    .unwrap();
+    let url = format!("http://10.0.2.2:{}", p.http.port);
+    let out = dir.path().join("out");
+    let o = hostforge_cmd()
+        .args(["provision", "--repo"])
+        .arg(&p.served)
+        .args(["--ref", UPDATES_REF, "--url", &url, "--out"])
+        .arg(&out)
+        .arg("--spec")
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let ipxe = std::fs::read_to_string(out.join("tftp/boot.ipxe")).unwrap();
+    for arg in [
+        format!("hostforge.inst.url={url}"),
+        format!("hostforge.inst.ref={UPDATES_REF}"),
+        "hostforge.inst.device=/dev/vda".to_string(),
+    ] {
+        assert!(ipxe.contains(&arg), "{ipxe}");
+    }
+    let foreman = std::fs::read_to_string(out.join("foreman/iPXE.erb")).unwrap();
+    assert!(
+        foreman.contains("hostforge.inst.done-url=<%= foreman_url('built') %>"),
+        "{foreman}"
+    );
+
+    // BIOS: the NIC's iPXE runs boot.ipxe; UEFI (OVMF): its network boot loads GRUB
+    // (grubx64.efi), which reads grub.cfg. The disk comes first in the boot order: blank, it
+    // boots nothing and the firmware goes on to the network; installed, it boots the node.
+    let tftp = out.join("tftp");
+    let bios = ["-boot", "order=cn"].map(String::from).to_vec();
+    let uefi = ["-bios", "/usr/share/ovmf/OVMF.fd"]
+        .map(String::from)
+        .to_vec();
+    for (name, firmware, bootfile) in [
+        ("pxe-install-bios", bios, "boot.ipxe"),
+        ("pxe-install-uefi", uefi, "grubx64.efi"),
+    ] {
+        let disk = dir.path().join(format!("{name}.raw"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(5 << 30)
+            .unwrap();
+        let mut args = firmware;
+        args.extend([
+            "-m".to_string(),
+            "2048".to_string(),
+            "-drive".to_string(),
+            format!("file={},if=none,id=d0,format=raw", disk.display()),
+            "-device".to_string(),
+            "virtio-blk-pci,drive=d0,bootindex=1".to_string(),
+            "-netdev".to_string(),
+            format!("user,id=n0,tftp={},bootfile={bootfile}", tftp.display()),
+            "-device".to_string(),
+            "virtio-net-pci,netdev=n0,bootindex=2".to_string(),
+        ]);
+        let mut vm = Vm::start(&args, name, true);
+        vm.wait_for("hostforge-installer: network up on", 600);
+        let log = vm.wait_for(
+            &format!("hostforge-installer: installed {UPDATES_REF} on /dev/vda; rebooting"),
+            1200,
+        );
+        assert!(log.contains("pulling: "), "{name}: no progress shown");
+        vm.wait_for(&format!("hostforge-booted: {commit}"), 600);
+        let shown = vm.login_and_run(
+            "root",
+            ROOT_PASSWORD,
+            "cat /proc/sys/kernel/hostname /root/.ssh/authorized_keys",
+        );
+        assert!(shown.contains("\npxe-node-1"), "{name}: {shown}");
+        assert!(shown.contains(&format!("\n{SSH_KEY}")), "{name}: {shown}");
+        drop(vm);
+    }
+    unlock_tree(dir.path());
+}

@@ -359,6 +359,26 @@ fn mkimage(p: &Platform, staging: &Path, find_root: &str, separate_boot: bool) -
     Ok(out)
 }
 
+/// GRUB as a UEFI network boot program (the DHCP boot file for UEFI clients): it reads
+/// `grub.cfg` from the TFTP server it was loaded from, and loads kernel and initramfs from there.
+pub fn efi_netboot(out: &Path) -> Result<()> {
+    process::run(
+        Command::new("grub-mkimage")
+            .args(["-O", EFI.format, "-d", EFI.dir, "-o"])
+            .arg(out)
+            .args(["-p", "(tftp)/"])
+            .args(["efinet", "net", "tftp", "efi_gop", "all_video"])
+            .args(["normal", "configfile", "linux", "echo", "test"]),
+    )
+    .with_context(|| {
+        format!(
+            "building GRUB's netboot image (apt-get install {})",
+            EFI.package
+        )
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

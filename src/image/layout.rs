@@ -140,10 +140,31 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(n * mult)
 }
 
+/// The layouts in `images/`, compiled in: `--layout metal` works without the source tree,
+/// and the live installer carries them.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("metal", include_str!("../../images/metal.yaml")),
+    ("qemu", include_str!("../../images/qemu.yaml")),
+];
+
 impl Layout {
+    /// Loads the layout file `path`, or one of [`BUILTIN`] by name (`metal`, `qemu`) when no
+    /// such file exists.
     pub fn load(path: &Path) -> Result<Layout> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading layout {}", path.display()))?;
+        let builtin = BUILTIN
+            .iter()
+            .find(|(name, _)| Path::new(name) == path)
+            .filter(|_| !path.exists());
+        let text = match builtin {
+            Some((_, text)) => text.to_string(),
+            None => std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "reading layout {} (or name one of hostforge's: {})",
+                    path.display(),
+                    BUILTIN.iter().map(|b| b.0).collect::<Vec<_>>().join(", ")
+                )
+            })?,
+        };
         let layout: Layout = crate::treefile::yaml_from_str(path, &text)?;
         layout
             .validate()

@@ -55,7 +55,7 @@ pub fn pull_url(
     let last = std::cell::Cell::new(std::time::Instant::now());
     if !quiet {
         progress.connect_changed(move |p| {
-            if last.get().elapsed() < std::time::Duration::from_secs(3) {
+            if last.get().elapsed() < std::time::Duration::from_secs(5) {
                 return;
             }
             last.set(std::time::Instant::now());

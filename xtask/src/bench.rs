@@ -478,3 +478,105 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     println!("{body}");
     Ok(())
 }
+
+/// `cargo xtask bench install`: `hostforge install` of the signed node from its repo served
+/// over HTTP on loopback onto a blank raw disk (images/metal.yaml), against the baseline of
+/// the same pull alone (`ostree pull` of the ref into an empty bare repo, signatures checked
+/// the same way): what partitioning, deploying, the filesystems and the boot loader add.
+pub fn install(top: &Path, bin: &Path) -> Result<()> {
+    let distro = crate::distro::build(top)?;
+    let work = top.join("target/bench-install");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
+    let (gnupg, key, public) = crate::follow::throwaway_key(&work)?;
+    let repo = work.join("repo");
+    timed("ostree init", &mut ostree_init(&repo))?;
+    timed(
+        "hostforge: compose the signed node",
+        compose_cmd(bin, &repo, &work.join("cache"), &treefile)
+            .args(["--gpg-sign", &key, "--gpg-homedir"])
+            .arg(&gnupg),
+    )?;
+    let r = "hostforge/x86_64/node";
+    let server = crate::follow::Server::start(&repo)?;
+    let url = format!("http://127.0.0.1:{}", server.1);
+
+    let client = work.join("pulled");
+    let ostree = |args: &[&str]| -> Result<String> {
+        let out = Command::new("ostree")
+            .arg(format!("--repo={}", client.display()))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("ostree {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    ostree(&["init", "--mode=bare"])?;
+    ostree(&[
+        "remote",
+        "add",
+        "--set=gpg-verify-summary=true",
+        "origin",
+        &url,
+    ])?;
+    ostree(&[
+        "remote",
+        "gpg-import",
+        "origin",
+        "-k",
+        public.to_str().context("key path")?,
+    ])?;
+    let t = Instant::now();
+    let out = ostree(&["pull", "origin", r])?;
+    let pull_secs = t.elapsed().as_secs_f64();
+    let pull_bytes = pulled_bytes(&out)?;
+    eprintln!("{:<40} {pull_secs:>8.2}s  {}", "ostree pull", out.trim());
+
+    let disk = work.join("disk.raw");
+    std::fs::File::create(&disk)?.set_len(8 << 30)?;
+    let (install_secs, err) = timed_output(
+        "hostforge install",
+        Command::new(bin)
+            .args(["install", "--device"])
+            .arg(&disk)
+            .arg("--layout")
+            .arg(top.join("images/metal.yaml"))
+            .args(["--url", &url, "--ref", r, "--gpg-key"])
+            .arg(&public),
+    )?;
+    drop(server);
+    let fetched = err
+        .lines()
+        .find(|l| l.starts_with("pull ") && l.contains("MiB fetched"))
+        .and_then(|l| l.split(", ").last())
+        .and_then(|f| f.strip_suffix(" MiB fetched"))
+        .and_then(|f| f.parse::<f64>().ok())
+        .with_context(|| format!("no fetched figure in {err:?}"))?;
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    let body = format!(
+        "## install (a blank disk from a signed remote over HTTP)\n\n\
+         `hostforge install --url` of the signed `treefiles/node.yaml` commit onto a blank 8 GiB \
+         raw disk with `images/metal.yaml` (GPT, BIOS and UEFI GRUB, ext4 /boot and /), the \
+         repo served over HTTP on loopback; the baseline is the same pull alone into an empty \
+         bare repo, signatures checked alike.\n\n\
+         | | MiB fetched | seconds |\n|---|---:|---:|\n\
+         | `hostforge install` (pull, deploy, filesystems, boot loader) | {fetched:.1} | \
+         {install_secs:.2} |\n\
+         | `ostree pull` alone (the baseline) | {:.1} | {pull_secs:.2} |\n\n\
+         Steps of the install: {}\n\n\
+         Not measured yet: the same install by the live PXE installer under QEMU TCG (the live \
+         installer is not built yet).\n",
+        mib(pull_bytes),
+        step_split(&err),
+    );
+    write_section(top, "install", &body)?;
+    println!("{body}");
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&gnupg)
+        .args(["--kill", "gpg-agent"])
+        .status();
+    Ok(())
+}

@@ -383,12 +383,17 @@ fn main() -> Result<()> {
                 let bin = build_release()?;
                 bench::delta(&top(), &bin)
             }
-            _ => bail!("usage: cargo xtask bench compose|node|image|delta"),
+            Some("install") => {
+                deps()?;
+                let bin = build_release()?;
+                bench::install(&top(), &bin)
+            }
+            _ => bail!("usage: cargo xtask bench compose|node|image|delta|install"),
         },
         _ => {
             eprintln!(
                 "usage: cargo xtask <deps|fixtures|test [--tier unit|compose|image|boot|net]|\
-                 boot-test|demo|bench compose|node|image>"
+                 boot-test|demo|bench compose|node|image|delta|install>"
             );
             Ok(())
         }
