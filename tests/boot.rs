@@ -800,16 +800,10 @@ fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
     let uefi = ["-bios", "/usr/share/ovmf/OVMF.fd"]
         .map(String::from)
         .to_vec();
-    for (name, firmware, bootfile) in [
-        ("pxe-install-bios", bios, "boot.ipxe"),
-        ("pxe-install-uefi", uefi, "grubx64.efi"),
-    ] {
+    let machine = |name: &str, firmware: &[String], bootfile: &str, size: u64| {
         let disk = dir.path().join(format!("{name}.raw"));
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(5 << 30)
-            .unwrap();
-        let mut args = firmware;
+        std::fs::File::create(&disk).unwrap().set_len(size).unwrap();
+        let mut args = firmware.to_vec();
         args.extend([
             "-m".to_string(),
             "2048".to_string(),
@@ -822,6 +816,73 @@ fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
             "-device".to_string(),
             "virtio-net-pci,netdev=n0,bootindex=2".to_string(),
         ]);
+        (disk, args)
+    };
+
+    // Failures are shown on the console with their reason and leave the disk as it was: a
+    // repo whose summary a key the installer does not carry signed, and a disk smaller than
+    // the layout.
+    let stranger = GpgKey::new("stranger");
+    let forged = dir.path().join("forged");
+    ostree_at(&forged, &["init", "--mode=archive"]);
+    ostree_at(
+        &forged,
+        &["pull-local", p.served.to_str().unwrap(), &commit],
+    );
+    ostree_at(
+        &forged,
+        &["refs", &format!("--create={UPDATES_REF}"), &commit],
+    );
+    let home = format!("--gpg-homedir={}", stranger.home_str());
+    ostree_at(&forged, &["gpg-sign", &home, &commit, &stranger.id]);
+    ostree_at(
+        &forged,
+        &[
+            "summary",
+            "-u",
+            &format!("--gpg-sign={}", stranger.id),
+            &home,
+        ],
+    );
+    let forged_http = Daemon::http(&forged);
+    let forged_url = format!("http://10.0.2.2:{}", forged_http.port);
+    std::fs::write(tftp.join("forged.ipxe"), ipxe.replace(&url, &forged_url)).unwrap();
+    for (name, bootfile, size, reason) in [
+        (
+            "pxe-install-forged",
+            "forged.ipxe",
+            5u64 << 30,
+            "not signed by a key",
+        ),
+        (
+            "pxe-install-small",
+            "boot.ipxe",
+            1 << 30,
+            "is too small: 1024 MiB",
+        ),
+    ] {
+        let (disk, args) = machine(name, &bios, bootfile, size);
+        let mut vm = Vm::start(&args, name, false);
+        let log = vm.wait_for("hostforge-installer: FAILED", 600);
+        assert!(
+            log.contains(reason),
+            "{name}: {reason:?} not on the console"
+        );
+        drop(vm);
+        let mut head = vec![0u8; 1 << 20];
+        use std::io::Read;
+        std::fs::File::open(&disk)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert!(head.iter().all(|b| *b == 0), "{name}: the disk was written");
+    }
+
+    for (name, firmware, bootfile) in [
+        ("pxe-install-bios", &bios, "boot.ipxe"),
+        ("pxe-install-uefi", &uefi, "grubx64.efi"),
+    ] {
+        let (_disk, args) = machine(name, firmware, bootfile, 5 << 30);
         let mut vm = Vm::start(&args, name, true);
         vm.wait_for("hostforge-installer: network up on", 600);
         let log = vm.wait_for(
