@@ -546,6 +546,7 @@ pub fn install(top: &Path, bin: &Path) -> Result<()> {
             .args(["--url", &url, "--ref", r, "--gpg-key"])
             .arg(&public),
     )?;
+    let (tcg_secs, tcg_install, tcg_fetched) = live_install(bin, &work, &repo, &public, server.1)?;
     drop(server);
     let fetched = err
         .lines()
@@ -564,10 +565,16 @@ pub fn install(top: &Path, bin: &Path) -> Result<()> {
          | | MiB fetched | seconds |\n|---|---:|---:|\n\
          | `hostforge install` (pull, deploy, filesystems, boot loader) | {fetched:.1} | \
          {install_secs:.2} |\n\
-         | `ostree pull` alone (the baseline) | {:.1} | {pull_secs:.2} |\n\n\
-         Steps of the install: {}\n\n\
-         Not measured yet: the same install by the live PXE installer under QEMU TCG (the live \
-         installer is not built yet).\n",
+         | `ostree pull` alone (the baseline) | {:.1} | {pull_secs:.2} |\n\
+         | the live installer in QEMU (TCG, one vCPU), `hostforge install` alone | \
+         {tcg_fetched:.1} | {tcg_install:.2} |\n\
+         | the same, from power-on (iPXE, TFTP, installer boot, DHCP) to power-off | | \
+         {tcg_secs:.2} |\n\n\
+         Steps of the install on this machine: {}\n\n\
+         The live installer netboots what `provision` made with `installer: hostforge` (the \
+         commit's kernel, the installer initramfs with the release hostforge) from QEMU's \
+         user-net TFTP and pulls over HTTP through QEMU's gateway; TCG emulates the CPU, so \
+         its figures are several times a real machine's.\n",
         mib(pull_bytes),
         step_split(&err),
     );
@@ -579,4 +586,105 @@ pub fn install(top: &Path, bin: &Path) -> Result<()> {
         .args(["--kill", "gpg-agent"])
         .status();
     Ok(())
+}
+
+/// The live installer from `provision` (installer: hostforge) netbooted by QEMU (TCG) onto a
+/// blank disk, powering off when done: (seconds from power-on to power-off, seconds of
+/// `hostforge install` as it reports, MiB it fetched).
+fn live_install(
+    bin: &Path,
+    work: &Path,
+    repo: &Path,
+    public: &Path,
+    port: u16,
+) -> Result<(f64, f64, f64)> {
+    let pxe = work.join("pxe");
+    std::fs::create_dir_all(&pxe)?;
+    std::fs::copy(public, pxe.join("publisher.asc"))?;
+    std::fs::write(
+        pxe.join("spec.yaml"),
+        "installer: hostforge\ndisk: vda\nlayout: metal\ngpg-key: publisher.asc\n\
+         ssh-keys: [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBench bench@hostforge\"]\n\
+         kargs: [console=ttyS0, hostforge.inst.poweroff]\n",
+    )?;
+    let out = pxe.join("out");
+    timed(
+        "hostforge provision (builds the installer)",
+        Command::new(bin)
+            .args(["provision", "--repo"])
+            .arg(repo)
+            .args(["--ref", "hostforge/x86_64/node", "--url"])
+            .arg(format!("http://10.0.2.2:{port}"))
+            .arg("--spec")
+            .arg(pxe.join("spec.yaml"))
+            .arg("--out")
+            .arg(&out),
+    )?;
+    let disk = pxe.join("blank.raw");
+    std::fs::File::create(&disk)?.set_len(8 << 30)?;
+    let console = pxe.join("console.log");
+    let t = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-boot", "order=cn", "-drive"])
+        .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
+        .args(["-device", "virtio-blk-pci,drive=d0,bootindex=1", "-netdev"])
+        .arg(format!(
+            "user,id=n0,tftp={},bootfile=boot.ipxe",
+            out.join("tftp").display()
+        ))
+        .args(["-device", "virtio-net-pci,netdev=n0,bootindex=2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&console)?)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let status = loop {
+        if let Some(st) = qemu.try_wait()? {
+            break Some(st);
+        }
+        if t.elapsed().as_secs() > 1800 {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let log = String::from_utf8_lossy(&std::fs::read(&console)?).into_owned();
+    if status.is_none() || !log.contains("hostforge-installer: installed") {
+        bail!(
+            "the live installer did not finish within 30 minutes; its console is {}",
+            console.display()
+        );
+    }
+    let figure = |prefix: &str| -> Option<String> {
+        log.lines()
+            .map(str::trim_end)
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_string)
+    };
+    let total = figure("total ")
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
+        .context("no total on the installer's console")?;
+    let fetched = figure("pull ")
+        .and_then(|l| l.rsplit(", ").next().map(str::to_string))
+        .and_then(|f| f.strip_suffix(" MiB fetched").map(str::to_string))
+        .and_then(|f| f.parse::<f64>().ok())
+        .context("no fetched figure on the installer's console")?;
+    eprintln!(
+        "{:<40} {secs:>8.2}s",
+        "live installer (TCG), power-on to off"
+    );
+    Ok((secs, total, fetched))
 }
