@@ -867,18 +867,42 @@ fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
         assert!(head.iter().all(|b| *b == 0), "{name}: the disk was written");
     }
 
-    for (name, firmware, bootfile) in [
-        ("pxe-install-bios", &bios, "boot.ipxe"),
-        ("pxe-install-uefi", &uefi, "grubx64.efi"),
+    // BIOS reboots into what it installed; on UEFI the operator asked for a power-off
+    // (hostforge.inst.poweroff added to GRUB's netboot entry), and the disk boots after.
+    let grub_cfg = tftp.join("grub.cfg");
+    let cfg = std::fs::read_to_string(&grub_cfg).unwrap();
+    let linux = cfg
+        .lines()
+        .find(|l| l.trim_start().starts_with("linux "))
+        .unwrap();
+    let cfg = cfg.replace(linux, &format!("{linux} hostforge.inst.poweroff"));
+    std::fs::write(&grub_cfg, cfg).unwrap();
+    for (name, firmware, bootfile, then) in [
+        ("pxe-install-bios", &bios, "boot.ipxe", "rebooting into it"),
+        ("pxe-install-uefi", &uefi, "grubx64.efi", "powering off"),
     ] {
-        let (_disk, args) = machine(name, firmware, bootfile, 5 << 30);
+        let (disk, args) = machine(name, firmware, bootfile, 5 << 30);
         let mut vm = Vm::start(&args, name, true);
         vm.wait_for("hostforge-installer: network up on", 600);
         let log = vm.wait_for(
-            &format!("hostforge-installer: installed {UPDATES_REF} on /dev/vda; rebooting"),
+            &format!("hostforge-installer: installed {UPDATES_REF} on /dev/vda; {then}"),
             1200,
         );
         assert!(log.contains("pulling: "), "{name}: no progress shown");
+        if then == "powering off" {
+            vm.until(120, |_| false);
+            assert!(
+                vm.exited_within(10),
+                "{name}: the machine did not power off"
+            );
+            let disk_only = vec![
+                firmware[0].clone(),
+                firmware[1].clone(),
+                "-drive".to_string(),
+                format!("file={},if=virtio,format=raw", disk.display()),
+            ];
+            vm = Vm::start(&disk_only, &format!("{name}-disk"), false);
+        }
         vm.wait_for(&format!("hostforge-booted: {commit}"), 600);
         let shown = vm.login_and_run(
             "root",

@@ -459,6 +459,17 @@ impl Vm {
         }
     }
 
+    /// Whether QEMU has exited (the guest powered off), waiting up to `secs` for it.
+    pub fn exited_within(&mut self, secs: u64) -> bool {
+        for _ in 0..secs * 10 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
     /// Types `text` and Enter on the serial console.
     pub fn type_line(&mut self, text: &str) {
         use std::io::Write;
