@@ -201,21 +201,8 @@ pub fn pull_local(into: &ostree::Repo, from: &std::path::Path, commits: &[String
 /// Checks out `commit` into the new directory `dest` with real ownership and modes, sharing
 /// inodes with the repo's objects where the repo mode allows (bare, bare-user as root).
 pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &std::path::Path) -> Result<()> {
-    /// `AT_FDCWD`: `dest` resolves against the working directory, or is absolute.
-    const AT_FDCWD: i32 = -100;
-    let opts = ostree::RepoCheckoutAtOptions {
-        mode: ostree::RepoCheckoutMode::None,
-        ..Default::default()
-    };
-    repo.checkout_at(
-        Some(&opts),
-        AT_FDCWD,
-        dest,
-        commit,
-        ostree::gio::Cancellable::NONE,
-    )
-    .with_context(|| format!("checking out {commit} to {}", dest.display()))?;
-    Ok(())
+    checkout_at(repo, commit, None, dest)
+        .with_context(|| format!("checking out {commit} to {}", dest.display()))
 }
 
 /// Checks out the directory `subpath` of `commit` into the new directory `dest`.
@@ -225,10 +212,21 @@ pub fn checkout_subpath(
     subpath: &str,
     dest: &std::path::Path,
 ) -> Result<()> {
+    checkout_at(repo, commit, Some(subpath), dest)
+        .with_context(|| format!("checking out {subpath} of {commit} to {}", dest.display()))
+}
+
+fn checkout_at(
+    repo: &ostree::Repo,
+    commit: &str,
+    subpath: Option<&str>,
+    dest: &std::path::Path,
+) -> Result<()> {
+    /// `AT_FDCWD`: `dest` resolves against the working directory, or is absolute.
     const AT_FDCWD: i32 = -100;
     let opts = ostree::RepoCheckoutAtOptions {
         mode: ostree::RepoCheckoutMode::None,
-        subpath: Some(subpath.into()),
+        subpath: subpath.map(Into::into),
         ..Default::default()
     };
     repo.checkout_at(
@@ -237,8 +235,7 @@ pub fn checkout_subpath(
         dest,
         commit,
         ostree::gio::Cancellable::NONE,
-    )
-    .with_context(|| format!("checking out {subpath} of {commit} to {}", dest.display()))?;
+    )?;
     Ok(())
 }
 

@@ -373,6 +373,18 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `ostree --repo=REPO ARGS`'s output; its stderr in the error.
+fn ostree_in(repo: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("ostree {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Bytes a `REMOTE: N KiB transferred` line of `ostree pull` reports.
 fn pulled_bytes(out: &str) -> Result<f64> {
     let line = out
@@ -431,16 +443,7 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     let port = server.1;
     let pull = |name: &str, extra: &[&str]| -> Result<(f64, f64)> {
         let client = work.join(name);
-        let ostree = |args: &[&str]| -> Result<String> {
-            let out = Command::new("ostree")
-                .arg(format!("--repo={}", client.display()))
-                .args(args)
-                .output()?;
-            if !out.status.success() {
-                bail!("ostree {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
+        let ostree = |args: &[&str]| ostree_in(&client, args);
         ostree(&["init", "--mode=bare"])?;
         let url = format!("http://127.0.0.1:{port}");
         ostree(&["remote", "add", "--no-gpg-verify", "origin", &url])?;
@@ -503,16 +506,7 @@ pub fn install(top: &Path, bin: &Path) -> Result<()> {
     let url = format!("http://127.0.0.1:{}", server.1);
 
     let client = work.join("pulled");
-    let ostree = |args: &[&str]| -> Result<String> {
-        let out = Command::new("ostree")
-            .arg(format!("--repo={}", client.display()))
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("ostree {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let ostree = |args: &[&str]| ostree_in(&client, args);
     ostree(&["init", "--mode=bare"])?;
     ostree(&[
         "remote",
