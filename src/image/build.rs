@@ -334,53 +334,49 @@ fn pull(plan: &Plan) -> Result<(Pulled, String)> {
     if let Some(remote) = remote {
         sysroot::add_remote(&srepo, remote)?;
     }
-    let mut refs: Vec<&str> = plan.req.previous.into_iter().collect();
-    refs.push(plan.req.treeref);
-    if let (Source::Url(url), Some(remote)) = (plan.req.source, remote) {
-        let (mut commits, fetched) =
-            sysroot::pull_url(&srepo, &remote.name, Some(url), &refs, plan.req.quiet)?;
-        let new = commits.pop().expect("one per ref");
-        let epoch = ostreeutil::commit_epoch(&srepo, &new)?;
-        let detail = format!(
-            "{new}, {} objects, {:.1} MiB fetched",
-            fetched.objects,
-            fetched.bytes as f64 / MIB as f64
-        );
-        let previous = commits.pop();
-        return Ok((
-            Pulled {
-                sysroot,
-                new,
-                previous,
-                epoch,
-            },
-            detail,
-        ));
-    }
-    let Source::Repo(repo) = plan.req.source else {
-        unreachable!("checked in prepare")
-    };
-    let pull = |r: &str| -> Result<String> {
-        let commit = sysroot::pull_into(&srepo, repo, r)?;
-        if let Some(remote) = remote {
-            // The ref `ostree admin upgrade` compares the remote's against.
-            srepo
-                .set_ref_immediate(
-                    Some(&remote.name),
-                    r,
-                    Some(&commit),
-                    ostree::gio::Cancellable::NONE,
-                )
-                .with_context(|| format!("setting ref {}:{r} in the sysroot repo", remote.name))?;
+    let (new, previous, detail) = match (plan.req.source, remote) {
+        (Source::Url(url), Some(remote)) => {
+            let mut refs: Vec<&str> = plan.req.previous.into_iter().collect();
+            refs.push(plan.req.treeref);
+            let (mut commits, fetched) =
+                sysroot::pull_url(&srepo, &remote.name, Some(url), &refs, plan.req.quiet)?;
+            let new = commits.pop().expect("one per ref");
+            let detail = format!(
+                "{new}, {} objects, {:.1} MiB fetched",
+                fetched.objects,
+                fetched.bytes as f64 / MIB as f64
+            );
+            (new, commits.pop(), detail)
         }
-        Ok(commit)
+        (Source::Url(url), None) => {
+            bail!("pulling from {url} needs the remote (its name and trusted key)")
+        }
+        (Source::Repo(repo), _) => {
+            let pull = |r: &str| -> Result<String> {
+                let commit = sysroot::pull_into(&srepo, repo, r)?;
+                if let Some(remote) = remote {
+                    // The ref `ostree admin upgrade` compares the remote's against.
+                    srepo
+                        .set_ref_immediate(
+                            Some(&remote.name),
+                            r,
+                            Some(&commit),
+                            ostree::gio::Cancellable::NONE,
+                        )
+                        .with_context(|| {
+                            format!("setting ref {}:{r} in the sysroot repo", remote.name)
+                        })?;
+                }
+                Ok(commit)
+            };
+            let previous = match plan.req.previous {
+                Some(prev) => Some(pull(prev)?),
+                None => None,
+            };
+            let new = pull(plan.req.treeref)?;
+            (new.clone(), previous, new)
+        }
     };
-    let previous = match plan.req.previous {
-        Some(prev) => Some(pull(prev)?),
-        None => None,
-    };
-    let new = pull(plan.req.treeref)?;
-    let detail = new.clone();
     let epoch = ostreeutil::commit_epoch(&srepo, &new)?;
     Ok((
         Pulled {

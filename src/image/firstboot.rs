@@ -17,6 +17,7 @@ pub const NETWORK_FILE: &str = "etc/systemd/network/10-hostforge-first-boot.netw
 /// stateroot's shared `/var` at `var` (root's home); returns what it set, for the step line.
 pub fn apply(deployments: &[&Path], var: &Path, spec: &Spec) -> Result<String> {
     let mut done = Vec::new();
+    let network = network_file(&spec.network)?;
     for dep in deployments {
         let etc = dep.join("etc");
         if let Some(h) = &spec.network.hostname {
@@ -25,8 +26,8 @@ pub fn apply(deployments: &[&Path], var: &Path, spec: &Spec) -> Result<String> {
         // Without a hash root's password is locked, as the spec says: a fixture tree's empty
         // password must not survive into a node someone can reach.
         set_root_password(&etc.join("shadow"), spec.root_password_hash.as_deref())?;
-        if let Some(text) = network_file(&spec.network)? {
-            write(&dep.join(NETWORK_FILE), &text, 0o644)?;
+        if let Some(text) = &network {
+            write(&dep.join(NETWORK_FILE), text, 0o644)?;
         }
         if spec.timezone != "Etc/UTC" {
             let zone = dep.join("usr/share/zoneinfo").join(&spec.timezone);
@@ -64,7 +65,7 @@ pub fn apply(deployments: &[&Path], var: &Path, spec: &Spec) -> Result<String> {
         write(&ssh.join("authorized_keys"), &keys, 0o600)?;
         done.push(format!("{} ssh key(s)", spec.ssh_keys.len()));
     }
-    if network_file(&spec.network)?.is_some() {
+    if network.is_some() {
         done.push("network".to_string());
     }
     Ok(done.join(", "))

@@ -66,8 +66,12 @@ impl Workspace {
             None => std::env::temp_dir(),
         };
         let scratch = base.join(scratch_name(device).context("naming the scratch directory")?);
-        let lock = claim_scratch(&scratch)
-            .with_context(|| format!("another install onto {} is running", device.display()))?;
+        let lock = claim_scratch(&scratch).with_context(|| {
+            format!(
+                "claiming scratch space to install onto {}",
+                device.display()
+            )
+        })?;
         let staging = scratch.join("staging");
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("creating {}", staging.display()))?;
