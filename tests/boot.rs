@@ -836,7 +836,19 @@ fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
     let forged_http = Daemon::http(&forged);
     let forged_url = format!("http://10.0.2.2:{}", forged_http.port);
     std::fs::write(tftp.join("forged.ipxe"), ipxe.replace(&url, &forged_url)).unwrap();
+    // Nothing listens on this port: the guest's connection is refused.
+    let nobody = format!("http://10.0.2.2:{}", free_port());
+    std::fs::write(tftp.join("nobody.ipxe"), ipxe.replace(&url, &nobody)).unwrap();
+    // hostforge install's error names the pull and the URL (the "installing" line says the
+    // URL too, but not this).
+    let unreachable = format!("pulling {UPDATES_REF} from {nobody}: ");
     for (name, bootfile, size, reason) in [
+        (
+            "pxe-install-unreachable",
+            "nobody.ipxe",
+            5u64 << 30,
+            unreachable.as_str(),
+        ),
         (
             "pxe-install-forged",
             "forged.ipxe",
@@ -867,19 +879,53 @@ fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
         assert!(head.iter().all(|b| *b == 0), "{name}: the disk was written");
     }
 
-    // BIOS reboots into what it installed; on UEFI the operator asked for a power-off
-    // (hostforge.inst.poweroff added to GRUB's netboot entry), and the disk boots after.
+    // BIOS reboots into what it installed with the installer's built-in config. On UEFI the
+    // operator's GRUB entry adds a power-off, a first-boot config fetched over HTTP (another
+    // hostname) and a URL to report to once installed (as Foreman's "built"), and the disk
+    // boots after.
+    let configs = dir.path().join("configs");
+    std::fs::create_dir(&configs).unwrap();
+    std::fs::write(
+        configs.join("node-2.yaml"),
+        format!(
+            "root-password-hash: \"{ROOT_HASH}\"\nssh-keys: [\"{SSH_KEY}\"]\n\
+             network: {{hostname: pxe-node-2}}\n"
+        ),
+    )
+    .unwrap();
+    let configs_http = Daemon::http(&configs);
+    let reports = Reports::listen();
     let grub_cfg = tftp.join("grub.cfg");
     let cfg = std::fs::read_to_string(&grub_cfg).unwrap();
     let linux = cfg
         .lines()
         .find(|l| l.trim_start().starts_with("linux "))
         .unwrap();
-    let cfg = cfg.replace(linux, &format!("{linux} hostforge.inst.poweroff"));
+    let cfg = cfg.replace(
+        linux,
+        &format!(
+            "{linux} hostforge.inst.poweroff \
+             hostforge.inst.config=http://10.0.2.2:{}/node-2.yaml \
+             hostforge.inst.done-url=http://10.0.2.2:{}/built/pxe-node-2",
+            configs_http.port, reports.port
+        ),
+    );
     std::fs::write(&grub_cfg, cfg).unwrap();
-    for (name, firmware, bootfile, then) in [
-        ("pxe-install-bios", &bios, "boot.ipxe", "rebooting into it"),
-        ("pxe-install-uefi", &uefi, "grubx64.efi", "powering off"),
+    for (name, firmware, bootfile, then, hostname) in [
+        (
+            "pxe-install-bios",
+            &bios,
+            "boot.ipxe",
+            "rebooting into it",
+            "pxe-node-1",
+        ),
+        (
+            "pxe-install-uefi",
+            &uefi,
+            "grubx64.efi",
+            "powering off",
+            "pxe-node-2",
+        ),
     ] {
         let (disk, args) = machine(name, firmware, bootfile, 5 << 30);
         let mut vm = Vm::start(&args, name, true);
@@ -895,6 +941,11 @@ fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
                 vm.exited_within(10),
                 "{name}: the machine did not power off"
             );
+            assert_eq!(
+                reports.paths(),
+                ["/built/pxe-node-2"],
+                "{name}: the done URL was not fetched once"
+            );
             let disk_only = vec![
                 firmware[0].clone(),
                 firmware[1].clone(),
@@ -909,7 +960,7 @@ fn a_blank_machine_netboots_the_installer_and_boots_what_it_installed() {
             ROOT_PASSWORD,
             "cat /proc/sys/kernel/hostname /root/.ssh/authorized_keys",
         );
-        assert!(shown.contains("\npxe-node-1"), "{name}: {shown}");
+        assert!(shown.contains(&format!("\n{hostname}")), "{name}: {shown}");
         assert!(shown.contains(&format!("\n{SSH_KEY}")), "{name}: {shown}");
         drop(vm);
     }

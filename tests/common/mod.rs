@@ -1049,3 +1049,51 @@ impl FleetLockServer {
         self.state.lock().unwrap().holders.get(group).cloned()
     }
 }
+
+/// An HTTP endpoint on loopback that answers every request with 200 and remembers the paths
+/// asked for (a stand-in for nothing: it is the receiving end of a callback URL, such as
+/// Foreman's "built", whose only job is to be called).
+pub struct Reports {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Reports {
+    pub fn listen() -> Reports {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // Drain the headers, then answer.
+                let mut header = String::new();
+                while reader
+                    .read_line(&mut header)
+                    .map(|n| n > 2)
+                    .unwrap_or(false)
+                {
+                    header.clear();
+                }
+                if let Some(path) = line.split_whitespace().nth(1) {
+                    record.lock().unwrap().push(path.to_string());
+                }
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        Reports { port, seen }
+    }
+
+    /// The paths requested so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
