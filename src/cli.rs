@@ -433,6 +433,10 @@ pub struct TreeArgs {
     /// regenerated summary), so nodes on that commit download one delta
     #[arg(long)]
     pub static_delta: bool,
+    /// Run dracut even when the initramfs kept in the cachedir was built from the same kernel,
+    /// dracut, configuration and files
+    #[arg(long)]
+    pub rebuild_initramfs: bool,
     /// Do not label the files with the tree's SELinux policy, even if the treefile asks for it
     #[arg(long)]
     pub disable_selinux: bool,
@@ -526,6 +530,7 @@ fn compose_tree(a: TreeArgs) -> Result<()> {
         gpg_sign: a.gpg_sign,
         gpg_homedir: a.gpg_homedir,
         static_delta: a.static_delta,
+        rebuild_initramfs: a.rebuild_initramfs,
     };
     let json = opts.json;
     let doc = compose::compose_tree(opts)?;

@@ -793,3 +793,102 @@ fn install_fails_clearly_and_never_leaves_half_an_os() {
     );
     unlock_tree(dir.path());
 }
+
+/// A node recompose reuses the initramfs kept from an earlier dracut run while nothing dracut
+/// reads changed (a file added under /usr/share), and that image is byte for byte what dracut
+/// builds anew (`--rebuild-initramfs`); a file added where dracut takes a whole directory
+/// (`/usr/lib/modprobe.d/*.conf`) makes dracut run again, and the new initramfs has it.
+#[test]
+fn node_recompose_reuses_the_initramfs_until_an_input_changes() {
+    let (_, node) = composed_node();
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let tf_dir = dir.path().join("tf");
+    write_node_treefiles(&tf_dir);
+    let repo = dir.path().join("repo");
+    ostree_at(&repo, &["init", "--mode=archive"]);
+    let (shared, _) = composed_node();
+    ostree_at(&repo, &["pull-local", shared.to_str().unwrap(), &node]);
+    let base = std::fs::read_to_string(tf_dir.join("node.yaml")).unwrap();
+    let compose = |name: &str, postprocess: &str, flags: &[&str]| {
+        let tf = tf_dir.join(format!("{name}.yaml"));
+        let text = base.replace(
+            "ref: hostforge/${basearch}/node",
+            &format!("ref: test/{name}"),
+        );
+        std::fs::write(&tf, format!("{text}  - {postprocess}\n")).unwrap();
+        let o = hostforge_cmd()
+            .args(["compose", "tree", "--repo"])
+            .arg(&repo)
+            .arg("--cachedir")
+            .arg(top.join("target/test-node/cache"))
+            .args(flags)
+            .arg(&tf)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        let line = said
+            .lines()
+            .find(|l| l.contains("initramfs") && l.contains("kernel "))
+            .unwrap_or_else(|| panic!("no initramfs step line in {said}"))
+            .to_string();
+        let kver = ostree_at(
+            &repo,
+            &[
+                "show",
+                "--print-metadata-key=ostree.linux",
+                &format!("test/{name}"),
+            ],
+        );
+        let kver = kver.trim().trim_matches('\'').to_string();
+        let image = Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args([
+                "cat",
+                &format!("test/{name}"),
+                &format!("/usr/lib/modules/{kver}/initramfs.img"),
+            ])
+            .output()
+            .unwrap();
+        assert!(image.status.success());
+        (line, image.stdout)
+    };
+    // Whatever the cache held, this leaves an initramfs of these inputs kept.
+    compose("seed", "echo seed > /usr/share/hostforge-x", &[]);
+    let (said, reused) = compose("share", "echo x > /usr/share/hostforge-x", &[]);
+    assert!(said.contains("initramfs reused"), "{said}");
+    let (said, fresh) = compose(
+        "share-fresh",
+        "echo x > /usr/share/hostforge-x",
+        &["--rebuild-initramfs"],
+    );
+    assert!(
+        said.contains("initramfs built by dracut (--rebuild-initramfs)"),
+        "{said}"
+    );
+    assert!(
+        reused == fresh,
+        "the reused initramfs differs from a fresh one"
+    );
+
+    let (said, changed) = compose(
+        "modprobe",
+        "mkdir -p /usr/lib/modprobe.d && \
+         echo 'options loop max_loop=9' > /usr/lib/modprobe.d/hostforge-test.conf",
+        &[],
+    );
+    assert!(
+        said.contains("initramfs built by dracut (/usr/lib") && said.contains(" changed)"),
+        "{said}"
+    );
+    assert!(changed != fresh);
+    let img = dir.path().join("modprobe.img");
+    std::fs::write(&img, &changed).unwrap();
+    let listing = run(Command::new("lsinitrd").arg(&img));
+    assert!(
+        listing.contains("usr/lib/modprobe.d/hostforge-test.conf"),
+        "{listing}"
+    );
+}

@@ -53,10 +53,41 @@ fn adopt(root: &Path, kver: &str, boot_name: &str, dest: &str) -> Result<()> {
     Ok(())
 }
 
-/// Places the kernel and builds the initramfs; returns the kernel version, or None for a
-/// tree without a kernel.
-pub fn prepare(root: &Path, tf: &Treefile, work: &Path) -> Result<Option<String>> {
+/// Whether a kept initramfs may be reused (see [`super::initramfs`]).
+pub enum Reuse<'a> {
+    Allowed(&'a super::initramfs::Cache),
+    /// `--rebuild-initramfs`: dracut runs (and what it builds is kept for next time).
+    Rebuild(&'a super::initramfs::Cache),
+}
+
+impl Reuse<'_> {
+    fn cache(&self) -> &super::initramfs::Cache {
+        match self {
+            Reuse::Allowed(c) | Reuse::Rebuild(c) => c,
+        }
+    }
+}
+
+/// What became of the initramfs.
+pub enum Initramfs {
+    /// `no-initramfs: true`.
+    None,
+    /// dracut ran, for this reason (no kept image, or what changed).
+    Built { why: String },
+    /// A kept image whose inputs are all as this tree has them.
+    Reused,
+}
+
+/// Places the kernel and builds (or reuses) the initramfs; returns the kernel version, or
+/// None for a tree without a kernel.
+pub fn prepare(
+    root: &Path,
+    tf: &Treefile,
+    work: &Path,
+    reuse: Reuse,
+) -> Result<Option<(String, Initramfs)>> {
     let kvers = find_kernels(root)?;
+    let mut initramfs = Initramfs::None;
     let kver = match kvers.as_slice() {
         [] => return Ok(None),
         [one] => one.clone(),
@@ -121,35 +152,66 @@ pub fn prepare(root: &Path, tf: &Treefile, work: &Path) -> Result<Option<String>
         };
         let modules_d = root.join("usr/lib/dracut/modules.d");
         dracut::Module::default().write(&modules_d)?;
-        let out = work.join("initramfs-out");
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&out)?;
-        // dracut works in /var/tmp; the layout step empties /var afterwards.
-        std::fs::create_dir_all(root.join("var/tmp"))?;
-        let mut cmd = scripts::sandbox(root, false);
-        cmd.args(["--tmpfs", "/var/tmp", "--bind"])
-            .arg(&out)
-            .arg("/tmp/hostforge-out")
-            .arg("--")
-            .arg(&dracut_bin)
-            .args([
-                "--no-hostonly",
-                "--reproducible",
-                "--add",
-                "ostree",
-                "--kver",
-                &kver,
-            ])
-            .args(tf.doc.initramfs_args.iter().flatten())
-            .args(["--force", "/tmp/hostforge-out/initramfs.img"]);
-        process::run(&mut cmd).with_context(|| {
-            format!("building the initramfs for kernel {kver} with the tree's dracut")
-        })?;
+        let mut args: Vec<String> = [
+            "--no-hostonly",
+            "--reproducible",
+            "--add",
+            "ostree",
+            "--kver",
+            &kver,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(tf.doc.initramfs_args.iter().flatten().cloned());
+        let key = super::initramfs::key(root, &kver, &dracut_bin, &args)?;
         let img = moddir.join("initramfs.img");
         if std::fs::symlink_metadata(&img).is_ok() {
             std::fs::remove_file(&img)?;
         }
-        std::fs::copy(out.join("initramfs.img"), &img)?;
+        let kept = match reuse {
+            Reuse::Allowed(cache) => cache.lookup(&key, root)?,
+            Reuse::Rebuild(_) => Err("--rebuild-initramfs".to_string()),
+        };
+        match kept {
+            Ok(kept) => {
+                std::fs::copy(&kept, &img)?;
+                initramfs = Initramfs::Reused;
+            }
+            Err(why) => {
+                let out = work.join("initramfs-out");
+                let stage = work.join("initramfs-stage");
+                for d in [&out, &stage] {
+                    let _ = std::fs::remove_dir_all(d);
+                    std::fs::create_dir_all(d)?;
+                }
+                // dracut works in /var/tmp (the layout step empties /var afterwards); --keep
+                // leaves its staging directory there, which says what it took from the tree.
+                std::fs::create_dir_all(root.join("var/tmp"))?;
+                let mut cmd = scripts::sandbox(root, false);
+                cmd.arg("--bind")
+                    .arg(&stage)
+                    .arg("/var/tmp")
+                    .arg("--bind")
+                    .arg(&out)
+                    .arg("/tmp/hostforge-out")
+                    .arg("--")
+                    .arg(&dracut_bin)
+                    .args(&args)
+                    .args(["--keep", "--force", "/tmp/hostforge-out/initramfs.img"]);
+                process::run(&mut cmd).with_context(|| {
+                    format!("building the initramfs for kernel {kver} with the tree's dracut")
+                })?;
+                let built = out.join("initramfs.img");
+                let manifest = super::initramfs::manifest_of_staging(
+                    root,
+                    &super::initramfs::staging_dir(&stage)?,
+                )?;
+                reuse.cache().keep(&key, &built, manifest)?;
+                std::fs::remove_dir_all(&stage)?;
+                std::fs::copy(&built, &img)?;
+                initramfs = Initramfs::Built { why };
+            }
+        }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644))?;
     }
@@ -165,5 +227,5 @@ pub fn prepare(root: &Path, tf: &Treefile, work: &Path) -> Result<Option<String>
             )?;
         }
     }
-    Ok(Some(kver))
+    Ok(Some((kver, initramfs)))
 }

@@ -3,6 +3,7 @@
 //! steps returned, and returns its own typed result; none reaches back into an earlier one.
 //! The ref moves only in the last step, after every object is written.
 
+mod initramfs;
 mod kernel;
 mod postprocess;
 mod scripts;
@@ -55,6 +56,8 @@ pub struct Options {
     pub gpg_homedir: Option<PathBuf>,
     /// `--static-delta`: after the ref moves, a static delta from its previous commit.
     pub static_delta: bool,
+    /// `--rebuild-initramfs`: run dracut even when a kept initramfs has the same inputs.
+    pub rebuild_initramfs: bool,
 }
 
 #[derive(Default)]
@@ -1239,13 +1242,24 @@ fn initramfs(env: &Env) -> Result<(Option<String>, String)> {
     if env.tf.container() {
         return Ok((None, "container: no kernel handling".into()));
     }
-    let kver = kernel::prepare(&env.root(), &env.tf, &env.work)?;
-    let detail = match &kver {
-        Some(k) if env.tf.doc.no_initramfs == Some(true) => format!("kernel {k}, no initramfs"),
-        Some(k) => format!("kernel {k}"),
+    let cache = initramfs::Cache::new(&env.opts.cachedir);
+    let reuse = if env.opts.rebuild_initramfs {
+        kernel::Reuse::Rebuild(&cache)
+    } else {
+        kernel::Reuse::Allowed(&cache)
+    };
+    let prepared = kernel::prepare(&env.root(), &env.tf, &env.work, reuse)?;
+    let detail = match &prepared {
+        Some((k, kernel::Initramfs::None)) => format!("kernel {k}, no initramfs"),
+        Some((k, kernel::Initramfs::Built { why })) => {
+            format!("kernel {k}, initramfs built by dracut ({why})")
+        }
+        Some((k, kernel::Initramfs::Reused)) => {
+            format!("kernel {k}, initramfs reused: nothing dracut reads changed")
+        }
         None => "no kernel in the tree".to_string(),
     };
-    Ok((kver, detail))
+    Ok((prepared.map(|(k, _)| k), detail))
 }
 
 /// Returns the owners of files not owned by root, by committed path.

@@ -112,6 +112,12 @@ boot_attempts = 3
 /// Builds the agent with cargo (`release` or the dev profile), packages it and writes the
 /// repository metadata; returns the repository's directory.
 pub fn build(top: &Path, release: bool) -> Result<PathBuf> {
+    build_variant(top, release, None)
+}
+
+/// Like [`build`]; with `note`, a changed build of the same package (the note appended to its
+/// example configuration, its own release and repository), as a package update looks.
+pub fn build_variant(top: &Path, release: bool, note: Option<&str>) -> Result<PathBuf> {
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
         .current_dir(top)
@@ -122,7 +128,11 @@ pub fn build(top: &Path, release: bool) -> Result<PathBuf> {
     crate::distro::run_out(&mut cargo)?;
     let profile = if release { "release" } else { "debug" };
     let bin = top.join("target").join(profile).join("hostforge-update");
-    let out = top.join("fixtures/out/agent").join(profile);
+    let out = top.join("fixtures/out/agent").join(match note {
+        Some(_) => format!("{profile}-changed"),
+        None => profile.to_string(),
+    });
+    let example = format!("{EXAMPLE}{}", note.unwrap_or_default());
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     let stripped = out.join("hostforge-update.stripped");
@@ -138,7 +148,7 @@ pub fn build(top: &Path, release: bool) -> Result<PathBuf> {
         HEALTH.as_bytes(),
         BOOT_COMPLETE.as_bytes(),
         GENERATOR.as_bytes(),
-        EXAMPLE.as_bytes(),
+        example.as_bytes(),
     ] {
         h.update(part);
     }
@@ -174,7 +184,7 @@ pub fn build(top: &Path, release: bool) -> Result<PathBuf> {
         ),
         (
             "/usr/share/hostforge/updates.conf.example".to_string(),
-            EXAMPLE,
+            example.as_str(),
         ),
     ] {
         b.with_file_contents(text, FileOptions::new(path).mode(FileMode::regular(0o644)))?;

@@ -38,6 +38,17 @@ fn step_split(stderr: &str) -> String {
         .join(", ")
 }
 
+/// A step's seconds in a compose.json document.
+fn step_secs(doc: &str, step: &str) -> f64 {
+    let seconds = doc.split("\"seconds\"").nth(1).unwrap_or_default();
+    seconds
+        .split(&format!("\"{step}\": "))
+        .nth(1)
+        .and_then(|r| r.split([',', '\n', '}']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// `hostforge compose tree -q` of `treefile` into `repo` with `cache`.
 fn compose_cmd(bin: &Path, repo: &Path, cache: &Path, treefile: &Path) -> Command {
     let mut cmd = Command::new(bin);
@@ -203,16 +214,66 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
             .arg(&json),
     )?;
     let doc = std::fs::read_to_string(&json)?;
-    let seconds = doc.split("\"seconds\"").nth(1).unwrap_or_default();
-    let secs = |step: &str| -> f64 {
-        seconds
-            .split(&format!("\"{step}\": "))
-            .nth(1)
-            .and_then(|r| r.split([',', '\n', '}']).next())
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(f64::NAN)
+    let secs = |step: &str| step_secs(&doc, step);
+    // Recomposes: nothing changed; one non-kernel package updated (the agent, rebuilt with a
+    // changed file), with the kept initramfs and, as the baseline, with dracut run anyway.
+    let unchanged = timed(
+        "hostforge: recompose, nothing changed",
+        &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile),
+    )?;
+    let tf_dir = treefile.parent().unwrap();
+    let update = |n: u32| -> Result<()> {
+        let agent = crate::agent::build_variant(
+            top,
+            true,
+            Some(&format!("# bench: update {n} of this package\n")),
+        )?;
+        std::fs::write(
+            tf_dir.join("hostforge-agent.repo"),
+            crate::agent::repo_section(&agent),
+        )?;
+        Ok(())
     };
+    let recompose = |label: &str, extra: &[&str]| -> Result<(f64, String)> {
+        // Not quiet: the initramfs step's line says whether it was reused.
+        let (secs, out) = timed_output(
+            label,
+            Command::new(bin)
+                .args(["compose", "tree", "--repo"])
+                .arg(&repo)
+                .arg("--cachedir")
+                .arg(work.join("cache"))
+                .arg(&treefile)
+                .args(extra)
+                .arg("--write-composejson-to")
+                .arg(&json),
+        )?;
+        if extra.is_empty() && !out.contains("initramfs reused") {
+            bail!("{label}: the initramfs was not reused:\n{out}");
+        }
+        let initramfs = step_secs(&std::fs::read_to_string(&json)?, "initramfs");
+        Ok((secs, format!("{initramfs:.1}")))
+    };
+    update(1)?;
+    let (reused, reused_step) = recompose("hostforge: one package changed", &[])?;
+    update(2)?;
+    let (rebuilt, rebuilt_step) = recompose(
+        "hostforge: one package changed, --rebuild-initramfs",
+        &["--rebuild-initramfs"],
+    )?;
     let pkgs = std::fs::read_dir(distro.join("Packages"))?.count();
+    let recompose_table = format!(
+        "| recompose | seconds | ratio | target |\n|---|---:|---:|---|\n\
+         | nothing changed | {unchanged:.2} | {:.3}× cold | |\n\
+         | one package changed (hostforge-update rebuilt), initramfs reused | {reused:.1} | \
+         {:.2}× cold | ≤ 0.15× |\n\
+         | the same with `--rebuild-initramfs` (dracut runs: the baseline) | {rebuilt:.1} | \
+         {:.2}× cold | |\n\n\
+         The initramfs step took {reused_step} s reused and {rebuilt_step} s with dracut.\n",
+        unchanged / compose,
+        reused / compose,
+        rebuilt / compose,
+    );
     let body = format!(
         "## node (fixture distro, bootable commit)\n\n\
          {pkgs} RPMs repacked from Debian 12; `nproc` = {cpus}. Debian package download by apt is \
@@ -223,6 +284,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
          | of which: fetch + import | {fetch:.1} |\n\
          | of which: initramfs (depmod + dracut in bubblewrap) | {initramfs:.1} |\n\
          | of which: commit (into the cache, copy into the archive repo) | {commit:.1} |\n\n\
+         {recompose_table}\n\
          The QEMU boot to `hostforge-booted:` (TCG) takes about 40 s more in `tests/boot.rs`.\n",
         cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
         fetch = secs("fetch"),
