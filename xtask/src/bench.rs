@@ -521,8 +521,21 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     };
     let with = pull("node-with-delta", &[]);
     let without = pull("node-without-delta", &["--disable-static-deltas"]);
+    // What a node without A would fetch: all of B, into an empty repo.
+    let full = (|| -> Result<f64> {
+        let client = work.join("node-from-nothing");
+        ostree_in(&client, &["init", "--mode=bare"])?;
+        let url = format!("http://127.0.0.1:{port}");
+        ostree_in(
+            &client,
+            &["remote", "add", "--no-gpg-verify", "origin", &url],
+        )?;
+        let out = ostree_in(&client, &["pull", "origin", r])?;
+        pulled_bytes(&out)
+    })();
     drop(server);
     let ((delta_bytes, delta_secs), (object_bytes, object_secs)) = (with?, without?);
+    let full_bytes = full?;
     let mib = |b: f64| b / (1024.0 * 1024.0);
     let body = format!(
         "## delta (a node on A updates to B over HTTP)\n\n\
@@ -533,11 +546,16 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
          | static delta (hostforge `--static-delta`) | {:.2} | {delta_secs:.2} |\n\
          | objects one by one (`--disable-static-deltas`, the baseline) | {:.2} | \
          {object_secs:.2} |\n\n\
-         The delta moves {:.0}% of the baseline's bytes in {:.0}% of its time.\n",
+         The delta moves {:.0}% of the baseline's bytes in {:.0}% of its time. A full pull \
+         of B into an empty repo fetches {:.1} MiB: the update by delta is {:.1}% of it \
+         (target ≤ 5%), by objects {:.1}%.\n",
         mib(delta_bytes),
         mib(object_bytes),
         100.0 * delta_bytes / object_bytes,
         100.0 * delta_secs / object_secs,
+        mib(full_bytes),
+        100.0 * delta_bytes / full_bytes,
+        100.0 * object_bytes / full_bytes,
     );
     write_section(top, "delta", &body)?;
     println!("{body}");
