@@ -10,15 +10,26 @@ use std::path::Path;
 
 /// Opens the repo at `path`, creating it with `mode` when it does not exist.
 pub fn open_or_create(path: &Path, mode: ostree::RepoMode) -> Result<ostree::Repo> {
-    let repo = ostree::Repo::new_for_path(path);
-    if path.join("config").exists() {
-        repo.open(gio::Cancellable::NONE)
-            .with_context(|| format!("opening ostree repo {}", path.display()))?;
-    } else {
-        std::fs::create_dir_all(path)?;
-        repo.create(mode, gio::Cancellable::NONE)
+    if !path.join("config").exists() {
+        // Made aside and renamed into place: a run killed while libostree writes the config
+        // and then the directories never leaves a repo that has a config and no objects/.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)?;
+        let aside = tempfile::Builder::new()
+            .prefix(".new-repo-")
+            .tempdir_in(parent)?;
+        ostree::Repo::new_for_path(aside.path())
+            .create(mode, gio::Cancellable::NONE)
+            .with_context(|| format!("creating ostree repo {}", path.display()))?;
+        std::fs::rename(aside.keep(), path)
             .with_context(|| format!("creating ostree repo {}", path.display()))?;
     }
+    let repo = ostree::Repo::new_for_path(path);
+    repo.open(gio::Cancellable::NONE)
+        .with_context(|| format!("opening ostree repo {}", path.display()))?;
     Ok(repo)
 }
 

@@ -361,6 +361,12 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
         lock.lock()?;
     }
     let cache_path = opts.cachedir.join("repo");
+    // An older hostforge killed while creating the cache repo left one without a config:
+    // nothing in it is worth keeping.
+    if cache_path.is_dir() && !cache_path.join("config").exists() {
+        std::fs::remove_dir_all(&cache_path)
+            .with_context(|| format!("removing the unfinished {}", cache_path.display()))?;
+    }
     let cache = ostreeutil::open_or_create(&cache_path, ostree::RepoMode::BareUser)
         .with_context(|| format!("opening the cache repo {}", cache_path.display()))?;
     let work = opts.cachedir.join("work");
