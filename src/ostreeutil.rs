@@ -18,6 +18,7 @@ pub fn open_or_create(path: &Path, mode: ostree::RepoMode) -> Result<ostree::Rep
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent)?;
+        remove_stale_asides(parent);
         let aside = tempfile::Builder::new()
             .prefix(".new-repo-")
             .tempdir_in(parent)?;
@@ -31,6 +32,25 @@ pub fn open_or_create(path: &Path, mode: ostree::RepoMode) -> Result<ostree::Rep
     repo.open(gio::Cancellable::NONE)
         .with_context(|| format!("opening ostree repo {}", path.display()))?;
     Ok(repo)
+}
+
+/// Removes `.new-repo-*` directories in `parent` left by a run killed while it created a repo.
+/// Creating one takes well under a second, so one older than ten minutes is no other run's.
+fn remove_stale_asides(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(".new-repo-")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(600));
+        if stale {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Opens an existing repo; the error says how to create one.
@@ -422,6 +442,32 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A `.new-repo-*` left by a run killed mid-create is removed by the next creation once it
+    /// is old; a fresh one (another run's, in progress) is left alone.
+    #[test]
+    fn creating_a_repo_removes_old_leftovers_of_killed_creations() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, fresh) = (
+            dir.path().join(".new-repo-old"),
+            dir.path().join(".new-repo-fresh"),
+        );
+        for d in [&old, &fresh] {
+            std::fs::create_dir_all(d.join("objects")).unwrap();
+            std::fs::write(d.join("config"), "[core]\n").unwrap();
+        }
+        let hour_ago = filetime::FileTime::from_system_time(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+        );
+        filetime::set_file_mtime(&old, hour_ago).unwrap();
+        open_or_create(&dir.path().join("repo"), ostree::RepoMode::Archive).unwrap();
+        assert!(!old.exists(), "the old leftover is still there");
+        assert!(
+            fresh.exists(),
+            "a fresh .new-repo-* (in progress) was removed"
+        );
+        assert!(dir.path().join("repo/objects").is_dir());
     }
 
     /// The archive import gives the bare repo the same commit, objects that pass fsck

@@ -234,3 +234,50 @@ fn bad_specs_and_repos_are_clear_errors() {
         &["http://"],
     );
 }
+
+/// The loopback servers the boot tests rely on answer as the protocols say: FleetLock's one
+/// reboot slot per group (409 while another node holds it, 400 without the protocol header)
+/// and the done-URL receiver's record of the paths called.
+#[test]
+fn loopback_test_servers_answer_as_their_protocols_say() {
+    let curl = |port: u16, path: &str, header: bool, body: &str| -> String {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ]);
+        if header {
+            cmd.args(["-H", "fleet-lock-protocol: true"]);
+        }
+        if !body.is_empty() {
+            cmd.args(["-X", "POST", "--data", body]);
+        }
+        run(cmd.arg(format!("http://127.0.0.1:{port}{path}")))
+    };
+    let node =
+        |id: &str| format!(r#"{{"client_params":{{"node":{{"id":"{id}","group":"workers"}}}}}}"#);
+    let lock = FleetLockServer::start();
+    assert_eq!(curl(lock.port, "/v1/pre-reboot", true, &node("a")), "200");
+    assert_eq!(curl(lock.port, "/v1/pre-reboot", true, &node("b")), "409");
+    assert_eq!(curl(lock.port, "/v1/pre-reboot", false, &node("b")), "400");
+    assert_eq!(curl(lock.port, "/v1/nothing", true, &node("b")), "404");
+    assert_eq!(lock.holder("workers").as_deref(), Some("a"));
+    assert_eq!(curl(lock.port, "/v1/steady-state", true, &node("a")), "200");
+    assert_eq!(lock.holder("workers"), None);
+    assert_eq!(curl(lock.port, "/v1/pre-reboot", true, &node("b")), "200");
+    let ops: Vec<(String, bool)> = lock
+        .calls()
+        .into_iter()
+        .map(|c| (c.op, c.granted))
+        .collect();
+    assert_eq!(ops.len(), 4, "{ops:?}");
+
+    let reports = Reports::listen();
+    assert_eq!(curl(reports.port, "/built?host=node1", false, ""), "200");
+    assert_eq!(reports.paths(), ["/built?host=node1"]);
+}

@@ -86,12 +86,7 @@ fn hash_tree(path: &Path, h: &mut Sha256) -> Result<()> {
     if meta.is_symlink() {
         h.update(std::fs::read_link(path)?.as_os_str().as_encoded_bytes());
     } else if meta.is_dir() {
-        let mut names: Vec<_> = std::fs::read_dir(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()?;
-        names.sort();
-        for n in names {
+        for n in sorted_names(path)? {
             h.update(n.as_encoded_bytes());
             h.update(b"\0");
             hash_tree(&path.join(n), h)?;
@@ -100,6 +95,16 @@ fn hash_tree(path: &Path, h: &mut Sha256) -> Result<()> {
         h.update(file_sha256(path)?.as_bytes());
     }
     Ok(())
+}
+
+/// The names in directory `path`, sorted.
+fn sorted_names(path: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<_> = std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    Ok(names)
 }
 
 fn file_sha256(path: &Path) -> Result<String> {
@@ -177,14 +182,9 @@ fn entry_of(root: &Path, rel: &str) -> Result<Entry> {
             target: std::fs::read_link(&path)?.to_string_lossy().into_owned(),
         }
     } else if meta.is_dir() {
-        let mut names: Vec<String> = std::fs::read_dir(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<std::io::Result<_>>()?;
-        names.sort();
         let mut h = Sha256::new();
-        for n in &names {
-            h.update(n.as_bytes());
+        for n in sorted_names(&path)? {
+            h.update(n.as_encoded_bytes());
             h.update(b"\0");
         }
         Entry::Dir {

@@ -53,21 +53,6 @@ fn adopt(root: &Path, kver: &str, boot_name: &str, dest: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether a kept initramfs may be reused (see [`super::initramfs`]).
-pub enum Reuse<'a> {
-    Allowed(&'a super::initramfs::Cache),
-    /// `--rebuild-initramfs`: dracut runs (and what it builds is kept for next time).
-    Rebuild(&'a super::initramfs::Cache),
-}
-
-impl Reuse<'_> {
-    fn cache(&self) -> &super::initramfs::Cache {
-        match self {
-            Reuse::Allowed(c) | Reuse::Rebuild(c) => c,
-        }
-    }
-}
-
 /// What became of the initramfs.
 pub enum Initramfs {
     /// `no-initramfs: true`.
@@ -79,15 +64,17 @@ pub enum Initramfs {
 }
 
 /// Places the kernel and builds (or reuses) the initramfs; returns the kernel version, or
-/// None for a tree without a kernel.
+/// None for a tree without a kernel. A kept initramfs (see [`super::initramfs`]) is reused
+/// when its inputs are unchanged, unless `rebuild` (`--rebuild-initramfs`) asks for dracut;
+/// what dracut builds is kept in `cache` for next time.
 pub fn prepare(
     root: &Path,
     tf: &Treefile,
     work: &Path,
-    reuse: Reuse,
+    cache: &super::initramfs::Cache,
+    rebuild: bool,
 ) -> Result<Option<(String, Initramfs)>> {
     let kvers = find_kernels(root)?;
-    let mut initramfs = Initramfs::None;
     let kver = match kvers.as_slice() {
         [] => return Ok(None),
         [one] => one.clone(),
@@ -138,7 +125,9 @@ pub fn prepare(
     }
 
     let moddir = root.join(format!("usr/lib/modules/{kver}"));
-    if tf.doc.no_initramfs != Some(true) {
+    let initramfs = if tf.doc.no_initramfs == Some(true) {
+        Initramfs::None
+    } else {
         let dracut_bin = ["usr/bin/dracut", "usr/sbin/dracut"]
             .iter()
             .find(|p| root.join(p).exists())
@@ -168,14 +157,15 @@ pub fn prepare(
         if std::fs::symlink_metadata(&img).is_ok() {
             std::fs::remove_file(&img)?;
         }
-        let kept = match reuse {
-            Reuse::Allowed(cache) => cache.lookup(&key, root)?,
-            Reuse::Rebuild(_) => Err("--rebuild-initramfs".to_string()),
+        let kept = if rebuild {
+            Err("--rebuild-initramfs".to_string())
+        } else {
+            cache.lookup(&key, root)?
         };
-        match kept {
+        let initramfs = match kept {
             Ok(kept) => {
                 std::fs::copy(&kept, &img)?;
-                initramfs = Initramfs::Reused;
+                Initramfs::Reused
             }
             Err(why) => {
                 let out = work.join("initramfs-out");
@@ -206,15 +196,16 @@ pub fn prepare(
                     root,
                     &super::initramfs::staging_dir(&stage)?,
                 )?;
-                reuse.cache().keep(&key, &built, manifest)?;
+                cache.keep(&key, &built, manifest)?;
                 std::fs::remove_dir_all(&stage)?;
                 std::fs::copy(&built, &img)?;
-                initramfs = Initramfs::Built { why };
+                Initramfs::Built { why }
             }
-        }
+        };
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644))?;
-    }
+        initramfs
+    };
     if tf.doc.boot_location == Some(BootLocation::Both) {
         std::fs::copy(
             moddir.join("vmlinuz"),

@@ -1249,12 +1249,13 @@ fn initramfs(env: &Env) -> Result<(Option<String>, String)> {
         return Ok((None, "container: no kernel handling".into()));
     }
     let cache = initramfs::Cache::new(&env.opts.cachedir);
-    let reuse = if env.opts.rebuild_initramfs {
-        kernel::Reuse::Rebuild(&cache)
-    } else {
-        kernel::Reuse::Allowed(&cache)
-    };
-    let prepared = kernel::prepare(&env.root(), &env.tf, &env.work, reuse)?;
+    let prepared = kernel::prepare(
+        &env.root(),
+        &env.tf,
+        &env.work,
+        &cache,
+        env.opts.rebuild_initramfs,
+    )?;
     let detail = match &prepared {
         Some((k, kernel::Initramfs::None)) => format!("kernel {k}, no initramfs"),
         Some((k, kernel::Initramfs::Built { why })) => {

@@ -927,70 +927,29 @@ pub struct FleetLockServer {
 
 impl FleetLockServer {
     pub fn start() -> FleetLockServer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let state = std::sync::Arc::new(std::sync::Mutex::new(FleetLockState::default()));
         let shared = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-                let (status, body) = FleetLockServer::answer(&mut conn, &shared);
-                let reason = if status == 200 { "OK" } else { "Error" };
-                let _ = std::io::Write::write_all(
-                    &mut conn,
-                    format!(
-                        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-            }
-        });
+        let port = serve_loopback(move |req| FleetLockServer::answer(req, &shared));
         FleetLockServer { port, state }
     }
 
-    fn answer(
-        conn: &mut std::net::TcpStream,
-        state: &std::sync::Mutex<FleetLockState>,
-    ) -> (u16, String) {
-        use std::io::{BufRead, BufReader, Read};
+    fn answer(req: Option<&Request>, state: &std::sync::Mutex<FleetLockState>) -> (u16, String) {
         let err = |kind: &str, value: &str| serde_json::json!({"kind": kind, "value": value});
-        let mut r = BufReader::new(conn);
-        let mut request = String::new();
-        if r.read_line(&mut request).is_err() {
-            return (400, err("bad_request", "unreadable").to_string());
-        }
-        let (mut length, mut protocol) = (0usize, false);
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':').unwrap_or((&h, ""));
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "fleet-lock-protocol" => protocol = v.trim() == "true",
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length.min(65536)];
-        if r.read_exact(&mut body).is_err() {
-            return (400, err("bad_request", "short body").to_string());
-        }
-        let op = match request.split_whitespace().collect::<Vec<_>>()[..] {
+        let Some(req) = req else {
+            return (400, err("bad_request", "unreadable or short").to_string());
+        };
+        let op = match req.line.split_whitespace().collect::<Vec<_>>()[..] {
             ["POST", "/v1/pre-reboot", _] => "pre-reboot",
             ["POST", "/v1/steady-state", _] => "steady-state",
-            _ => return (404, err("not_found", request.trim()).to_string()),
+            _ => return (404, err("not_found", req.line.trim()).to_string()),
         };
-        if !protocol {
+        if req.header("fleet-lock-protocol") != Some("true") {
             return (
                 400,
                 err("missing_header", "fleet-lock-protocol").to_string(),
             );
         }
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
         let node = &v["client_params"]["node"];
         let (Some(id), Some(group)) = (node["id"].as_str(), node["group"].as_str()) else {
             return (
@@ -1060,34 +1019,13 @@ pub struct Reports {
 
 impl Reports {
     pub fn listen() -> Reports {
-        use std::io::{BufRead, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = seen.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                // Drain the headers, then answer.
-                let mut header = String::new();
-                while reader
-                    .read_line(&mut header)
-                    .map(|n| n > 2)
-                    .unwrap_or(false)
-                {
-                    header.clear();
-                }
-                if let Some(path) = line.split_whitespace().nth(1) {
-                    record.lock().unwrap().push(path.to_string());
-                }
-                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let port = serve_loopback(move |req| {
+            if let Some(path) = req.and_then(|r| r.line.split_whitespace().nth(1)) {
+                record.lock().unwrap().push(path.to_string());
             }
+            (200, String::new())
         });
         Reports { port, seen }
     }
@@ -1096,4 +1034,79 @@ impl Reports {
     pub fn paths(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// One HTTP request as a loopback test server read it.
+pub struct Request {
+    /// The request line, e.g. `POST /v1/pre-reboot HTTP/1.1`.
+    pub line: String,
+    /// Header names in lower case, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Reads a request line, headers and a `Content-Length` body (at most 64 KiB); None when
+    /// the connection broke or the body came short.
+    fn read(conn: &mut std::net::TcpStream) -> Option<Request> {
+        use std::io::{BufRead, Read};
+        let mut r = std::io::BufReader::new(conn);
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap_or((&h, ""));
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let mut req = Request {
+            line,
+            headers,
+            body: Vec::new(),
+        };
+        let length: usize = req
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        req.body = vec![0; length.min(65536)];
+        r.read_exact(&mut req.body).ok()?;
+        Some(req)
+    }
+}
+
+/// Serves HTTP on 127.0.0.1 (a free port, returned) from a thread for the rest of the test:
+/// each connection's request (None when unreadable) goes to `handler`, whose status and JSON
+/// body are sent back before the connection is closed.
+pub fn serve_loopback(handler: impl Fn(Option<&Request>) -> (u16, String) + Send + 'static) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            let req = Request::read(&mut conn);
+            let (status, body) = handler(req.as_ref());
+            let reason = if status == 200 { "OK" } else { "Error" };
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                format!(
+                    "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    port
 }

@@ -50,9 +50,14 @@ fn step_secs(doc: &str, step: &str) -> f64 {
 }
 
 /// `hostforge compose tree -q` of `treefile` into `repo` with `cache`.
-fn compose_cmd(bin: &Path, repo: &Path, cache: &Path, treefile: &Path) -> Command {
+/// `hostforge compose tree`, `-q` when `quiet` (without it, each step says what it did).
+fn compose_cmd(bin: &Path, repo: &Path, cache: &Path, treefile: &Path, quiet: bool) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.args(["compose", "tree", "-q", "--repo"])
+    cmd.args(["compose", "tree"]);
+    if quiet {
+        cmd.arg("-q");
+    }
+    cmd.arg("--repo")
         .arg(repo)
         .arg("--cachedir")
         .arg(cache)
@@ -166,7 +171,7 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
     let hf = |label: &str| -> Result<f64> {
         timed(
             label,
-            &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile),
+            &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile, true),
         )
     };
     let cold = hf("hostforge: cold compose")?;
@@ -209,7 +214,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
     let json = work.join("compose.json");
     let compose = timed(
         "hostforge: cold compose of node.yaml",
-        compose_cmd(bin, &repo, &work.join("cache"), &treefile)
+        compose_cmd(bin, &repo, &work.join("cache"), &treefile, true)
             .arg("--write-composejson-to")
             .arg(&json),
     )?;
@@ -219,7 +224,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
     // changed file), with the kept initramfs and, as the baseline, with dracut run anyway.
     let unchanged = timed(
         "hostforge: recompose, nothing changed",
-        &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile),
+        &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile, true),
     )?;
     let tf_dir = treefile.parent().unwrap();
     let update = |n: u32| -> Result<()> {
@@ -238,12 +243,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
         // Not quiet: the initramfs step's line says whether it was reused.
         let (secs, out) = timed_output(
             label,
-            Command::new(bin)
-                .args(["compose", "tree", "--repo"])
-                .arg(&repo)
-                .arg("--cachedir")
-                .arg(work.join("cache"))
-                .arg(&treefile)
+            compose_cmd(bin, &repo, &work.join("cache"), &treefile, false)
                 .args(extra)
                 .arg("--write-composejson-to")
                 .arg(&json),
@@ -316,7 +316,7 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
     timed("ostree init", &mut ostree_init(&repo))?;
     timed(
         "hostforge: compose node.yaml (not compared)",
-        &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile),
+        &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile, true),
     )?;
     let r = "hostforge/x86_64/node";
 
@@ -481,7 +481,7 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     timed("ostree init", &mut ostree_init(&repo))?;
     timed(
         "hostforge: compose A",
-        &mut compose_cmd(bin, &repo, &cache, &treefile),
+        &mut compose_cmd(bin, &repo, &cache, &treefile, true),
     )?;
     let r = "hostforge/x86_64/node";
     let a = rev_parse(&repo, r)?;
@@ -494,7 +494,7 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     )?;
     let generate = timed(
         "hostforge: compose B --static-delta",
-        compose_cmd(bin, &repo, &cache, &treefile).arg("--static-delta"),
+        compose_cmd(bin, &repo, &cache, &treefile, true).arg("--static-delta"),
     )?;
     let b = rev_parse(&repo, r)?;
     if a == b {
@@ -577,7 +577,7 @@ pub fn install(top: &Path, bin: &Path) -> Result<()> {
     timed("ostree init", &mut ostree_init(&repo))?;
     timed(
         "hostforge: compose the signed node",
-        compose_cmd(bin, &repo, &work.join("cache"), &treefile)
+        compose_cmd(bin, &repo, &work.join("cache"), &treefile, true)
             .args(["--gpg-sign", &key, "--gpg-homedir"])
             .arg(&gnupg),
     )?;
