@@ -797,7 +797,8 @@ fn install_fails_clearly_and_never_leaves_half_an_os() {
 /// A node recompose reuses the initramfs kept from an earlier dracut run while nothing dracut
 /// reads changed (a file added under /usr/share), and that image is byte for byte what dracut
 /// builds anew (`--rebuild-initramfs`); a file added where dracut takes a whole directory
-/// (`/usr/lib/modprobe.d/*.conf`) makes dracut run again, and the new initramfs has it.
+/// (`/usr/lib/modprobe.d/*.conf`) makes dracut run again, and the new initramfs has it. The
+/// image is compressed by hostforge unless the tree's dracut config chose a compressor.
 #[test]
 fn node_recompose_reuses_the_initramfs_until_an_input_changes() {
     let (_, node) = composed_node();
@@ -865,7 +866,7 @@ fn node_recompose_reuses_the_initramfs_until_an_input_changes() {
         &["--rebuild-initramfs"],
     );
     assert!(
-        said.contains("initramfs built by dracut (--rebuild-initramfs)"),
+        said.contains("initramfs built by dracut (--rebuild-initramfs), gzip by hostforge"),
         "{said}"
     );
     assert!(
@@ -889,6 +890,24 @@ fn node_recompose_reuses_the_initramfs_until_an_input_changes() {
     let listing = run(Command::new("lsinitrd").arg(&img));
     assert!(
         listing.contains("usr/lib/modprobe.d/hostforge-test.conf"),
+        "{listing}"
+    );
+
+    // A compressor chosen in the tree's dracut config is dracut's to use.
+    let (said, zstd) = compose(
+        "zstd",
+        "mkdir -p /etc/dracut.conf.d && echo compress=zstd > /etc/dracut.conf.d/zstd.conf",
+        &[],
+    );
+    assert!(
+        said.contains("compressed by dracut: /etc/dracut.conf.d/zstd.conf sets compress="),
+        "{said}"
+    );
+    assert!(zstd.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "not zstd");
+    std::fs::write(&img, &zstd).unwrap();
+    let listing = run(Command::new("lsinitrd").arg(&img));
+    assert!(
+        listing.contains("usr/lib/ostree/ostree-prepare-root"),
         "{listing}"
     );
 }

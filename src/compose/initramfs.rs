@@ -19,8 +19,9 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-/// Bump when what a manifest records (or how dracut is run) changes.
-const FORMAT: &str = "hostforge-initramfs-1";
+/// Bump when what a manifest records, how dracut is run or how its image is compressed
+/// (super::cpiogz) changes.
+const FORMAT: &str = "hostforge-initramfs-2";
 
 /// Kept images beyond this many (the newest by use) are removed.
 const KEEP: usize = 4;

@@ -57,8 +57,9 @@ fn adopt(root: &Path, kver: &str, boot_name: &str, dest: &str) -> Result<()> {
 pub enum Initramfs {
     /// `no-initramfs: true`.
     None,
-    /// dracut ran, for this reason (no kept image, or what changed).
-    Built { why: String },
+    /// dracut ran, for this reason (no kept image, or what changed); `compressed` says who
+    /// compressed the image.
+    Built { why: String, compressed: String },
     /// A kept image whose inputs are all as this tree has them.
     Reused,
 }
@@ -152,6 +153,12 @@ pub fn prepare(
         .map(String::from)
         .to_vec();
         args.extend(tf.doc.initramfs_args.iter().flatten().cloned());
+        // dracut's default compressor is one gzip process; hostforge compresses on every core
+        // unless the treefile or the tree's dracut config chose one (see super::cpiogz).
+        let dracut_compresses = super::cpiogz::chosen_by_user(root, &args)?;
+        if dracut_compresses.is_none() {
+            args.push("--no-compress".into());
+        }
         let key = super::initramfs::key(root, &kver, &dracut_bin, &args)?;
         let img = moddir.join("initramfs.img");
         if std::fs::symlink_metadata(&img).is_ok() {
@@ -192,6 +199,20 @@ pub fn prepare(
                     format!("building the initramfs for kernel {kver} with the tree's dracut")
                 })?;
                 let built = out.join("initramfs.img");
+                let compressed = match dracut_compresses {
+                    Some(why) => format!("compressed by dracut: {why}"),
+                    None => {
+                        let archive = std::fs::read(&built)?;
+                        let image = super::cpiogz::compress(&archive).with_context(|| {
+                            format!(
+                                "compressing the initramfs of kernel {kver} (to let dracut do \
+                                 it, add --compress=gzip to initramfs-args)"
+                            )
+                        })?;
+                        std::fs::write(&built, image)?;
+                        "gzip by hostforge on every core".to_string()
+                    }
+                };
                 let manifest = super::initramfs::manifest_of_staging(
                     root,
                     &super::initramfs::staging_dir(&stage)?,
@@ -199,7 +220,7 @@ pub fn prepare(
                 cache.keep(&key, &built, manifest)?;
                 std::fs::remove_dir_all(&stage)?;
                 std::fs::copy(&built, &img)?;
-                Initramfs::Built { why }
+                Initramfs::Built { why, compressed }
             }
         };
         use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,7 @@
 //! steps returned, and returns its own typed result; none reaches back into an earlier one.
 //! The ref moves only in the last step, after every object is written.
 
+mod cpiogz;
 mod initramfs;
 mod kernel;
 mod postprocess;
@@ -1258,8 +1259,8 @@ fn initramfs(env: &Env) -> Result<(Option<String>, String)> {
     )?;
     let detail = match &prepared {
         Some((k, kernel::Initramfs::None)) => format!("kernel {k}, no initramfs"),
-        Some((k, kernel::Initramfs::Built { why })) => {
-            format!("kernel {k}, initramfs built by dracut ({why})")
+        Some((k, kernel::Initramfs::Built { why, compressed })) => {
+            format!("kernel {k}, initramfs built by dracut ({why}), {compressed}")
         }
         Some((k, kernel::Initramfs::Reused)) => {
             format!("kernel {k}, initramfs reused: nothing dracut reads changed")
