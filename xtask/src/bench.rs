@@ -9,19 +9,68 @@ use std::process::Command;
 use std::time::Instant;
 
 fn timed(what: &str, cmd: &mut Command) -> Result<f64> {
-    timed_output(what, cmd).map(|(secs, _)| secs)
+    measure(what, cmd).map(|r| r.secs)
 }
 
 /// Like [`timed`], also returning stderr (where hostforge prints its timed steps).
 fn timed_output(what: &str, cmd: &mut Command) -> Result<(f64, String)> {
+    measure(what, cmd).map(|r| (r.secs, r.stderr))
+}
+
+/// What one command cost.
+struct Run {
+    secs: f64,
+    /// User + system CPU seconds of the command and the children it waited for.
+    cpu: f64,
+    /// Peak resident set of the largest process among them, MiB.
+    rss_mib: f64,
+    stderr: String,
+}
+
+/// Runs `cmd` (its stdout and stderr captured) and takes its resources from `wait4`; fails
+/// when it fails.
+fn measure(what: &str, cmd: &mut Command) -> Result<Run> {
+    use std::io::Read;
+    use std::process::Stdio;
     let t = Instant::now();
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+    });
+    let mut stderr = Vec::new();
+    err.read_to_end(&mut stderr)?;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading {what}'s stdout"))?;
+    let (mut status, mut ru) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: the child is ours and not yet reaped; `ru` is a valid rusage to fill.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if pid < 0 {
+        bail!("waiting for {what}: {}", std::io::Error::last_os_error());
     }
     let secs = t.elapsed().as_secs_f64();
-    eprintln!("{what:<40} {secs:>8.2}s");
-    Ok((secs, String::from_utf8_lossy(&out.stderr).into_owned()))
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{what} failed: {stderr}");
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let run = Run {
+        secs,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        rss_mib: ru.ru_maxrss as f64 / 1024.0,
+        stderr,
+    };
+    eprintln!(
+        "{what:<40} {secs:>8.2}s  cpu {:.1}s  peak RSS {:.0} MiB",
+        run.cpu, run.rss_mib
+    );
+    Ok(run)
 }
 
 /// `name  1.23s  detail` step lines as "name 1.23 s, ...".
@@ -99,9 +148,122 @@ pub fn write_section(top: &Path, name: &str, body: &str) -> Result<()> {
     let section = format!("{open}\n{body}{close}");
     let new = match (old.find(&open), old.find(&close)) {
         (Some(a), Some(b)) => format!("{}{section}{}", &old[..a], &old[b + close.len()..]),
+        // The headline goes above every other section.
+        _ if name == "headline" => match old.find("<!-- bench:") {
+            Some(a) => format!("{}{section}\n{}", &old[..a], &old[a..]),
+            None => format!("{}\n{section}\n", old.trim_end()),
+        },
         _ => format!("{}\n{section}\n", old.trim_end()),
     };
     std::fs::write(&path, new)?;
+    Ok(())
+}
+
+/// One headline figure of a benchmark run.
+struct Headline {
+    metric: &'static str,
+    /// As shown, with its unit: "0.53×", "2.2 s", "412 MiB".
+    value: String,
+    /// The target, as shown ("≤ 0.6× baseline"); empty when the figure is only recorded.
+    target: &'static str,
+    holds: bool,
+}
+
+impl Headline {
+    fn new(metric: &'static str, value: String, target: &'static str, holds: bool) -> Headline {
+        Headline {
+            metric,
+            value,
+            target,
+            holds,
+        }
+    }
+}
+
+/// Today's date (UTC), from `date` (what the machine says).
+fn today() -> Result<String> {
+    Ok(
+        crate::distro::run_out(Command::new("date").args(["-u", "+%Y-%m-%d"]))?
+            .trim()
+            .to_string(),
+    )
+}
+
+/// Records `figures` in docs/bench-history.tsv (date, metric, value, target, holds; a rerun on
+/// the same date replaces that date's figures) and rewrites the headline section of
+/// docs/benchmarks.md from it: the latest figure of each metric, and each metric by date.
+fn record(top: &Path, figures: &[Headline]) -> Result<()> {
+    let path = top.join("docs/bench-history.tsv");
+    let date = today()?;
+    let mut rows: Vec<Vec<String>> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').map(str::to_string).collect::<Vec<_>>())
+        .filter(|r| r.len() == 5)
+        .filter(|r| !(r[0] == date && figures.iter().any(|f| f.metric == r[1])))
+        .collect();
+    for f in figures {
+        rows.push(vec![
+            date.clone(),
+            f.metric.to_string(),
+            f.value.clone(),
+            f.target.to_string(),
+            if f.holds { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    rows.sort_by(|a, b| (&a[0], &a[1]).cmp(&(&b[0], &b[1])));
+    let mut tsv = String::from("date\tmetric\tvalue\ttarget\tholds\n");
+    for r in &rows {
+        tsv.push_str(&r.join("\t"));
+        tsv.push('\n');
+    }
+    std::fs::write(&path, tsv)?;
+
+    // The metrics in the order the benches report them, the latest figure of each.
+    let mut metrics: Vec<&str> = Vec::new();
+    for r in rows.iter().rev() {
+        if !metrics.contains(&r[1].as_str()) {
+            metrics.push(&r[1]);
+        }
+    }
+    metrics.sort();
+    let mut dates: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    dates.dedup();
+    let shown: Vec<&str> = dates.iter().rev().take(6).rev().copied().collect();
+    let mut latest =
+        String::from("| metric | latest | target | holds | measured |\n|---|---:|---|---|---|\n");
+    let mut history = format!(
+        "| metric | {} |\n|---|{}\n",
+        shown.join(" | "),
+        "---:|".repeat(shown.len())
+    );
+    for m in &metrics {
+        let of_m: Vec<&Vec<String>> = rows.iter().filter(|r| r[1] == *m).collect();
+        let last = of_m.last().unwrap();
+        latest.push_str(&format!(
+            "| {m} | {} | {} | {} | {} |\n",
+            last[2], last[3], last[4], last[0]
+        ));
+        let cells: Vec<String> = shown
+            .iter()
+            .map(|d| {
+                of_m.iter()
+                    .find(|r| r[0] == *d)
+                    .map_or("".to_string(), |r| r[2].clone())
+            })
+            .collect();
+        history.push_str(&format!("| {m} | {} |\n", cells.join(" | ")));
+    }
+    let body = format!(
+        "## headline\n\n\
+         The figures each benchmark checks against its target (latest run of each), then the \
+         same figures by date (the last {} dates of docs/bench-history.tsv).\n\n\
+         {latest}\n{history}",
+        shown.len()
+    );
+    write_section(top, "headline", &body)?;
+    println!("{body}");
     Ok(())
 }
 
@@ -184,9 +346,9 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
          {n} packages, {mb:.0} MB of RPMs ({files} files), archive target repo, `nproc` = {cpus}.\n\n\
          | run | seconds | ratio | target |\n|---|---:|---:|---|\n\
          | baseline: `dnf --installroot install` + `ostree commit` | {baseline:.2} | 1.00 | |\n\
-         | hostforge cold (empty cache, empty repo) | {cold:.2} | {r1:.2}× baseline | ≤ 1.0× |\n\
-         | hostforge, one package changed | {changed:.2} | {r2:.2}× cold | ≤ 0.25× |\n\
-         | hostforge, nothing changed | {nochange:.2} | | ≤ 1 s |\n\n\
+         | hostforge cold (empty cache, empty repo) | {cold:.2} | {r1:.2}× baseline | ≤ 0.5× |\n\
+         | hostforge, one package changed | {changed:.2} | {r2:.3}× cold | ≤ 0.05× |\n\
+         | hostforge, nothing changed | {nochange:.2} | | ≤ 0.1 s |\n\n\
          Baseline split: dnf {dnf:.2} s, ostree commit {commit:.2} s.\n",
         n = names.len(),
         mb = size as f64 / 1e6,
@@ -197,7 +359,30 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
     );
     write_section(top, "compose", &body)?;
     println!("{body}");
-    Ok(())
+    let (r1, r2) = (cold / baseline, changed / cold);
+    record(
+        top,
+        &[
+            Headline::new(
+                "compose: cold ÷ dnf + ostree commit",
+                format!("{r1:.2}×"),
+                "≤ 0.5×",
+                r1 <= 0.5,
+            ),
+            Headline::new(
+                "compose: one package changed ÷ cold",
+                format!("{r2:.3}×"),
+                "≤ 0.05×",
+                r2 <= 0.05,
+            ),
+            Headline::new(
+                "compose: nothing changed",
+                format!("{nochange:.2} s"),
+                "≤ 0.1 s",
+                nochange <= 0.1,
+            ),
+        ],
+    )
 }
 
 /// `cargo xtask bench node`: what the bootable-node pipeline costs on this machine: repacking
@@ -211,12 +396,52 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
     let treefile = crate::distro::node_treefile(top, &distro, &work.join("tf"))?;
     let repo = work.join("repo");
     timed("ostree init", &mut ostree_init(&repo))?;
+    // The baseline, in this run: the same cold compose with dracut compressing its image
+    // (`--compress=gzip` is its default), as hostforge did before it compressed on every core.
+    let old_tf = treefile.with_file_name("node-dracut-gzip.yaml");
+    std::fs::write(
+        &old_tf,
+        std::fs::read_to_string(&treefile)?.replace(
+            "packages:\n",
+            "initramfs-args: [--compress=gzip]\npackages:\n",
+        ),
+    )?;
+    let old_repo = work.join("repo-dracut-gzip");
+    timed("ostree init", &mut ostree_init(&old_repo))?;
+    let old = measure(
+        "hostforge: cold compose, dracut gzips",
+        &mut compose_cmd(
+            bin,
+            &old_repo,
+            &work.join("cache-dracut-gzip"),
+            &old_tf,
+            false,
+        ),
+    )?;
+    if !old.stderr.contains("compressed by dracut") {
+        bail!(
+            "the baseline compose did not leave compression to dracut:\n{}",
+            old.stderr
+        );
+    }
     let json = work.join("compose.json");
-    let compose = timed(
+    let cold = measure(
         "hostforge: cold compose of node.yaml",
         compose_cmd(bin, &repo, &work.join("cache"), &treefile, true)
             .arg("--write-composejson-to")
             .arg(&json),
+    )?;
+    let compose = cold.secs;
+    // How many cores libostree's copy of the commit into the archive repo keeps busy.
+    let copy_repo = work.join("repo-copy");
+    timed("ostree init", &mut ostree_init(&copy_repo))?;
+    let copy = measure(
+        "ostree pull-local of the build commit",
+        Command::new("ostree")
+            .arg(format!("--repo={}", copy_repo.display()))
+            .arg("pull-local")
+            .arg(work.join("cache/repo"))
+            .arg("hostforge/build/hostforge/x86_64/node"),
     )?;
     let doc = std::fs::read_to_string(&json)?;
     let secs = |step: &str| step_secs(&doc, step);
@@ -262,6 +487,17 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
         &["--rebuild-initramfs"],
     )?;
     let pkgs = std::fs::read_dir(distro.join("Packages"))?.count();
+    let cold_table = format!(
+        "| cold compose | seconds | ratio | peak RSS | target |\n|---|---:|---:|---:|---|\n\
+         | dracut compresses its image (`initramfs-args: [--compress=gzip]`, the baseline) | \
+         {:.1} | 1.00 | {:.0} MiB | |\n\
+         | hostforge compresses it on every core (the default) | {compose:.1} | {:.2}× | \
+         {:.0} MiB | ≤ 0.6× |\n",
+        old.secs,
+        old.rss_mib,
+        compose / old.secs,
+        cold.rss_mib,
+    );
     let recompose_table = format!(
         "| recompose | seconds | ratio | target |\n|---|---:|---:|---|\n\
          | nothing changed | {unchanged:.2} | {:.3}× cold | |\n\
@@ -284,16 +520,48 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
          | of which: fetch + import | {fetch:.1} |\n\
          | of which: initramfs (depmod + dracut in bubblewrap) | {initramfs:.1} |\n\
          | of which: commit (into the cache, copy into the archive repo) | {commit:.1} |\n\n\
+         {cold_table}\n\
+         Peak RSS is that of the largest process of the run (hostforge, or a child such as \
+         dracut). The commit's copy into the archive repo is libostree's local pull, which \
+         compresses objects on several threads: alone it took {copy_secs:.1} s and {copy_cpu:.1} s \
+         of CPU ({copy_cores:.1} cores busy).\n\n\
          {recompose_table}\n\
          The QEMU boot to `hostforge-booted:` (TCG) takes about 40 s more in `tests/boot.rs`.\n",
         cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
         fetch = secs("fetch"),
         initramfs = secs("initramfs"),
         commit = secs("commit"),
+        copy_secs = copy.secs,
+        copy_cpu = copy.cpu,
+        copy_cores = copy.cpu / copy.secs,
     );
     write_section(top, "node", &body)?;
     println!("{body}");
-    Ok(())
+    let (cold_ratio, recompose_ratio) = (compose / old.secs, reused / compose);
+    record(
+        top,
+        &[
+            Headline::new("node: cold compose", format!("{compose:.1} s"), "", true),
+            Headline::new(
+                "node: cold compose ÷ dracut compressing",
+                format!("{cold_ratio:.2}×"),
+                "≤ 0.6×",
+                cold_ratio <= 0.6,
+            ),
+            Headline::new(
+                "node: one package changed ÷ cold",
+                format!("{recompose_ratio:.2}×"),
+                "≤ 0.15×",
+                recompose_ratio <= 0.15,
+            ),
+            Headline::new(
+                "node: compose peak RSS",
+                format!("{:.0} MiB", cold.rss_mib),
+                "",
+                true,
+            ),
+        ],
+    )
 }
 
 /// `cargo xtask bench image`: `hostforge image build` of the node against the floor of the
@@ -350,9 +618,15 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
     let sync = || Command::new("sync").status();
     let (mut ours_runs, mut mkfs_runs, mut convert_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut steps = String::new();
+    let mut build_rss: f64 = 0.0;
     for round in 1..=ROUNDS {
         sync()?;
-        let (secs, out) = timed_output(
+        let Run {
+            secs,
+            stderr: out,
+            rss_mib,
+            ..
+        } = measure(
             &format!("hostforge: image build (qcow2), round {round}"),
             Command::new(bin)
                 .args(["image", "build", "--repo"])
@@ -363,6 +637,7 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
                 .arg(work.join("node.qcow2")),
         )?;
         ours_runs.push(secs);
+        build_rss = build_rss.max(rss_mib);
         if round == ROUNDS.div_ceil(2) {
             steps = out;
         }
@@ -401,6 +676,34 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // A/B: B (one file changed) deployed beside A in the built image, against `ostree admin
+    // deploy` of B in the floor's sysroot (both with B's objects to copy in).
+    let text = std::fs::read_to_string(&treefile)?;
+    std::fs::write(
+        &treefile,
+        format!("{text}  - echo B > /usr/share/hostforge-variant\n"),
+    )?;
+    timed(
+        "hostforge: compose B (not compared)",
+        &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile, true),
+    )?;
+    let deploy = measure(
+        "hostforge: image deploy of B",
+        Command::new(bin)
+            .args(["image", "deploy", "--repo"])
+            .arg(&repo)
+            .args(["--ref", r])
+            .arg(work.join("node.qcow2")),
+    )?;
+    let floor_deploy = timed(
+        "floor: ostree pull-local B + admin deploy",
+        Command::new("sh").arg("-ec").arg(format!(
+            "ostree --repo={sysroot}/ostree/repo pull-local {repo} {r}; \
+             ostree admin deploy --sysroot={sysroot} --os=node {r}",
+            sysroot = sysroot.display(),
+            repo = repo.display()
+        )),
+    )?;
     let (ours_list, floor_list) = (list(&ours_runs), list(&floor_runs));
     let ours = median(&mut ours_runs);
     let floor = median(&mut floor_runs.clone());
@@ -413,7 +716,13 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
          alternating rounds, each after `sync` (hostforge: {ours_list} s; floor: {floor_list} s).\n\n\
          | run | seconds | ratio | target |\n|---|---:|---:|---|\n\
          | floor: `mkfs.ext4 -d` of the deployed tree + `qemu-img convert` | {floor:.2} | 1.00 | |\n\
-         | hostforge image build (deploy, GRUB, two filesystems, GPT, qcow2) | {ours:.2} | {ratio:.2}× | ≤ 1.5× |\n\n\
+         | hostforge image build (deploy, GRUB, two filesystems, GPT, qcow2) | {ours:.2} | {ratio:.2}× | ≤ 1.1× |\n\n\
+         | A/B deploy of B (one file changed) | seconds | peak RSS |\n|---|---:|---:|\n\
+         | floor: `ostree pull-local` + `ostree admin deploy` in a plain sysroot directory | \
+         {floor_deploy:.2} | |\n\
+         | `hostforge image deploy` into the qcow2 image (opens it, deploys, writes it back) | \
+         {deploy_secs:.2} | {deploy_rss:.0} MiB |\n\n\
+         Peak RSS of `hostforge image build`: {build_rss:.0} MiB (largest of the rounds).\n\n\
          Floor split (medians): mkfs {mkfs:.2} s, convert {convert:.2} s. Its setup, not counted, which \
          hostforge does inside its run: `ostree pull-local` {setup_pull:.2} s, `ostree admin deploy` \
          {setup_deploy:.2} s (floor + setup = {with_setup:.2} s, {ratio_setup:.2}×).\n\n\
@@ -424,9 +733,34 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
         split = step_split(&steps),
         cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
         ratio = ours / floor,
+        deploy_secs = deploy.secs,
+        deploy_rss = deploy.rss_mib,
     );
     write_section(top, "image", &body)?;
     println!("{body}");
+    record(
+        top,
+        &[
+            Headline::new(
+                "image: build ÷ floor",
+                format!("{:.2}×", ours / floor),
+                "≤ 1.1×",
+                ours / floor <= 1.1,
+            ),
+            Headline::new(
+                "image: build peak RSS",
+                format!("{build_rss:.0} MiB"),
+                "",
+                true,
+            ),
+            Headline::new(
+                "image: deploy peak RSS",
+                format!("{:.0} MiB", deploy.rss_mib),
+                "",
+                true,
+            ),
+        ],
+    )?;
     let _ = Command::new("chattr")
         .args(["-R", "-i"])
         .arg(&work)
@@ -559,7 +893,16 @@ pub fn delta(top: &Path, bin: &Path) -> Result<()> {
     );
     write_section(top, "delta", &body)?;
     println!("{body}");
-    Ok(())
+    let share = 100.0 * delta_bytes / full_bytes;
+    record(
+        top,
+        &[Headline::new(
+            "delta: update ÷ full pull of B",
+            format!("{share:.1}%"),
+            "≤ 5%",
+            share <= 5.0,
+        )],
+    )
 }
 
 /// `cargo xtask bench install`: `hostforge install` of the signed node from its repo served

@@ -388,12 +388,23 @@ fn main() -> Result<()> {
                 let bin = build_release()?;
                 bench::install(&top(), &bin)
             }
-            _ => bail!("usage: cargo xtask bench compose|node|image|delta|install"),
+            // Every benchmark with a target, one after the other (install, which has none and
+            // boots QEMU, runs alone).
+            None | Some("all") => {
+                deps()?;
+                fixtures::build(&top())?;
+                let bin = build_release()?;
+                bench::compose(&top(), &bin)?;
+                bench::node(&top(), &bin)?;
+                bench::image(&top(), &bin)?;
+                bench::delta(&top(), &bin)
+            }
+            _ => bail!("usage: cargo xtask bench [all|compose|node|image|delta|install]"),
         },
         _ => {
             eprintln!(
                 "usage: cargo xtask <deps|fixtures|test [--tier unit|compose|image|boot|net]|\
-                 boot-test|demo|bench compose|node|image|delta|install>"
+                 boot-test|demo|bench [all|compose|node|image|delta|install]>"
             );
             Ok(())
         }
