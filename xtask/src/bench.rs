@@ -27,43 +27,51 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `cmd` (its stdout and stderr captured) and takes its resources from `wait4`; fails
-/// when it fails.
+/// Runs `cmd` under GNU time, which reports the command's CPU time and the peak RSS of its
+/// largest process (children included), and fails when it fails. GNU time is the measured
+/// command's parent because a process forked from this one would count this one's memory:
+/// Linux keeps the high-water RSS of the address space a process had before its exec.
 fn measure(what: &str, cmd: &mut Command) -> Result<Run> {
-    use std::io::Read;
-    use std::process::Stdio;
-    let t = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-    });
-    let mut stderr = Vec::new();
-    err.read_to_end(&mut stderr)?;
-    reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading {what}'s stdout"))?;
-    let (mut status, mut ru) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
-    // SAFETY: the child is ours and not yet reaped; `ru` is a valid rusage to fill.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    if pid < 0 {
-        bail!("waiting for {what}: {}", std::io::Error::last_os_error());
+    let report = tempfile_path("time")?;
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%U %S %M", "-o"])
+        .arg(&report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
     }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let t = Instant::now();
+    let out = timed.output().with_context(|| format!("starting {what}"))?;
     let secs = t.elapsed().as_secs_f64();
-    let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
         bail!("{what} failed: {stderr}");
     }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let figures = std::fs::read_to_string(&report)?;
+    let _ = std::fs::remove_file(&report);
+    // The last line: GNU time writes "Command exited ..." above it on failure only.
+    let f: Vec<f64> = figures
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [user, sys, rss_kib] = f[..] else {
+        bail!("{what}: GNU time said {figures:?}");
+    };
     let run = Run {
         secs,
-        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-        rss_mib: ru.ru_maxrss as f64 / 1024.0,
+        cpu: user + sys,
+        rss_mib: rss_kib / 1024.0,
         stderr,
     };
     eprintln!(
@@ -71,6 +79,15 @@ fn measure(what: &str, cmd: &mut Command) -> Result<Run> {
         run.cpu, run.rss_mib
     );
     Ok(run)
+}
+
+/// A fresh path under target/ for a scratch file.
+fn tempfile_path(name: &str) -> Result<std::path::PathBuf> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-scratch");
+    std::fs::create_dir_all(&dir)?;
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(dir.join(format!("{name}-{}-{n}", std::process::id())))
 }
 
 /// `name  1.23s  detail` step lines as "name 1.23 s, ...".
@@ -209,7 +226,12 @@ fn record(top: &Path, figures: &[Headline]) -> Result<()> {
             f.metric.to_string(),
             f.value.clone(),
             f.target.to_string(),
-            if f.holds { "yes" } else { "no" }.to_string(),
+            match (f.target.is_empty(), f.holds) {
+                (true, _) => "",
+                (false, true) => "yes",
+                (false, false) => "no",
+            }
+            .to_string(),
         ]);
     }
     rows.sort_by(|a, b| (&a[0], &a[1]).cmp(&(&b[0], &b[1])));

@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libsolv-dev",
     "createrepo-c",
     "bubblewrap",
+    "time",
     "clang",
     "libclang-dev",
     "pkg-config",
