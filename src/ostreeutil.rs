@@ -408,6 +408,123 @@ fn import_filez(
     Ok(())
 }
 
+/// Writes the regular files `commit` reaches in the repo at `src_path` (the bare-user cache)
+/// into the archive repo `dest` as `.filez` objects, on every core, with libdeflate: raw
+/// deflate at the level libostree would use (`archive.zlib-level`, 6 by default), several
+/// times faster than the zlib libostree compresses with. What is left (metadata, symlinks,
+/// and the commit last) is for libostree's local pull, which finds the files present. Each
+/// object is written aside in the repo's tmp/ and renamed into place, as libostree does, so a
+/// killed run leaves only whole objects and no ref to them. Returns the number written, or
+/// None when `dest` is not an archive repo.
+pub fn export_files_to_archive(
+    src_path: &Path,
+    dest: &ostree::Repo,
+    commit: &str,
+) -> Result<Option<usize>> {
+    let c = gio::Cancellable::NONE;
+    if dest.mode() != ostree::RepoMode::Archive {
+        return Ok(None);
+    }
+    let dest_path = dest
+        .path()
+        .path()
+        .context("the destination repo has no local path")?;
+    let level = dest
+        .config()
+        .integer("archive", "zlib-level")
+        .unwrap_or(6)
+        .clamp(1, 9);
+    let src = open_existing(src_path)?;
+    let objects = src
+        .traverse_commit(commit, 0, c)
+        .with_context(|| format!("reading commit {commit} in {}", src_path.display()))?;
+    let files: Vec<String> = objects
+        .iter()
+        .filter(|o| o.object_type() == ostree::ObjectType::File)
+        .map(|o| o.checksum().to_string())
+        .collect();
+    let written = crate::pool::map(
+        &files,
+        crate::pool::workers(usize::MAX),
+        // A Repo is not Sync: each worker reads through its own.
+        || {
+            let lvl = libdeflater::CompressionLvl::new(level)
+                .map_err(|e| anyhow::anyhow!("deflate level {level}: {e:?}"))?;
+            Ok((
+                open_existing(&dest_path)?,
+                open_existing(src_path)?,
+                libdeflater::Compressor::new(lvl),
+            ))
+        },
+        |(dest, src, deflater), csum| -> Result<bool> {
+            if dest.has_object(ostree::ObjectType::File, csum, c)? {
+                return Ok(false);
+            }
+            write_filez(src, &dest_path, csum, deflater)
+                .with_context(|| format!("writing file object {csum} into the archive repo"))
+        },
+    )?;
+    Ok(Some(written.into_iter().filter(|w| *w).count()))
+}
+
+/// One regular file of `src` as a `.filez` object of the archive repo at `dest`; false for
+/// other file types (left to libostree).
+fn write_filez(
+    src: &ostree::Repo,
+    dest: &Path,
+    csum: &str,
+    deflater: &mut libdeflater::Compressor,
+) -> Result<bool> {
+    let c = gio::Cancellable::NONE;
+    let (stream, info, xattrs) = src.load_file(csum, c)?;
+    let Some(stream) = stream else {
+        return Ok(false);
+    };
+    if info.file_type() != gio::FileType::Regular {
+        return Ok(false);
+    }
+    let size = info.size() as usize;
+    let mut content = vec![0u8; size];
+    let (n, _) = stream.read_all(&mut content, c)?;
+    if n != size {
+        anyhow::bail!("{n} bytes read, {size} expected");
+    }
+    // [u32 BE header length][4 bytes padding][header variant][raw deflate payload]; the
+    // header is (size, uid, gid, mode, rdev, symlink target, xattrs), integers big-endian.
+    let attr = |name: &str| info.attribute_uint32(name).to_be();
+    let header = glib::Variant::tuple_from_iter([
+        (size as u64).to_be().to_variant(),
+        attr("unix::uid").to_variant(),
+        attr("unix::gid").to_variant(),
+        attr("unix::mode").to_variant(),
+        0u32.to_variant(),
+        "".to_variant(),
+        xattrs,
+    ]);
+    let header = header.data();
+    let mut out = Vec::with_capacity(8 + header.len() + deflater.deflate_compress_bound(size));
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(header);
+    let at = out.len();
+    out.resize(at + deflater.deflate_compress_bound(size), 0);
+    let n = deflater
+        .deflate_compress(&content, &mut out[at..])
+        .map_err(|e| anyhow::anyhow!("deflate: {e:?}"))?;
+    out.truncate(at + n);
+    let dir = dest.join("objects").join(&csum[..2]);
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix("hostforge-filez-")
+        .tempfile_in(dest.join("tmp"))?;
+    std::io::Write::write_all(&mut tmp, &out)?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(dir.join(format!("{}.filez", &csum[2..])))?;
+    Ok(true)
+}
+
 /// Commits a transaction that wrote `commit` (and maybe set a ref to it), with the commit
 /// marked partial while libostree moves the staged objects into the repo. It moves them in
 /// directory order, so a process killed in the middle could leave the commit object without
@@ -470,18 +587,13 @@ mod tests {
         assert!(dir.path().join("repo/objects").is_dir());
     }
 
-    /// The archive import gives the bare repo the same commit, objects that pass fsck
-    /// (content, owner, mode and xattrs are all in the checksum), and the same tree.
-    #[test]
-    fn archive_import_matches_the_source_and_passes_fsck() {
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let (src, dest, tree) = (
-            dir.path().join("src"),
-            dir.path().join("dest"),
-            dir.path().join("tree"),
-        );
+    /// A tree with what a content object's header carries: a setuid file owned by 1000:1001,
+    /// an empty file with an xattr, a symlink, committed into a new repo of `mode` at `repo`.
+    fn commit_sample_tree(dir: &Path, repo: &Path, mode: &str) -> String {
+        let tree = dir.join("tree");
         std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
-        std::fs::write(tree.join("usr/bin/tool"), vec![7u8; 300_000]).unwrap();
+        let text: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(tree.join("usr/bin/tool"), text).unwrap();
         std::fs::write(tree.join("usr/empty"), "").unwrap();
         std::os::unix::fs::symlink("bin/tool", tree.join("usr/link")).unwrap();
         rustix::fs::setxattr(
@@ -497,9 +609,9 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o4755),
         )
         .unwrap();
-        ostree(&src, &["init", "--mode=archive"]);
+        ostree(repo, &["init", &format!("--mode={mode}")]);
         let commit = ostree(
-            &src,
+            repo,
             &[
                 "commit",
                 "-b",
@@ -507,7 +619,17 @@ mod tests {
                 &format!("--tree=dir={}", tree.display()),
             ],
         );
-        let commit = commit.trim();
+        commit.trim().to_string()
+    }
+
+    /// The archive import gives the bare repo the same commit, objects that pass fsck
+    /// (content, owner, mode and xattrs are all in the checksum), and the same tree.
+    #[test]
+    fn archive_import_matches_the_source_and_passes_fsck() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+        let commit = commit_sample_tree(dir.path(), &src, "archive");
+        let commit = commit.as_str();
         let dest_repo = open_or_create(&dest, ostree::RepoMode::Bare).unwrap();
         assert!(import_archive_commit(&src, &dest_repo, commit).unwrap());
         ostree(&dest, &["fsck", "--quiet"]);
@@ -518,5 +640,39 @@ mod tests {
         // A bare source is left to libostree's pull.
         let other = open_or_create(&dir.path().join("other"), ostree::RepoMode::Bare).unwrap();
         assert!(!import_archive_commit(&dest, &other, commit).unwrap());
+    }
+
+    /// Files written by hostforge's archive export, then the rest by libostree's pull, make a
+    /// repo that passes fsck and holds the tree as libostree's own pull makes it; a file
+    /// object already there is not written again.
+    #[test]
+    fn archive_export_passes_fsck_and_matches_libostrees_pull() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let (src, ours, theirs) = (
+            dir.path().join("src"),
+            dir.path().join("ours"),
+            dir.path().join("theirs"),
+        );
+        let commit = commit_sample_tree(dir.path(), &src, "bare-user");
+        let ours_repo = open_or_create(&ours, ostree::RepoMode::Archive).unwrap();
+        let written = export_files_to_archive(&src, &ours_repo, &commit).unwrap();
+        assert_eq!(written, Some(2), "the two regular files");
+        pull_local(&ours_repo, &src, std::slice::from_ref(&commit)).unwrap();
+        ostree(&ours, &["fsck"]);
+        let theirs_repo = open_or_create(&theirs, ostree::RepoMode::Archive).unwrap();
+        pull_local(&theirs_repo, &src, std::slice::from_ref(&commit)).unwrap();
+        let listing = ostree(&ours, &["ls", "-RX", &commit]);
+        assert_eq!(ostree(&theirs, &["ls", "-RX", &commit]), listing);
+        assert!(listing.contains("-04755 1000 1001"), "{listing}");
+        assert_eq!(
+            ostree(&ours, &["cat", &commit, "/usr/bin/tool"]),
+            ostree(&theirs, &["cat", &commit, "/usr/bin/tool"])
+        );
+        assert_eq!(
+            export_files_to_archive(&src, &ours_repo, &commit).unwrap(),
+            Some(0)
+        );
+        let bare = open_or_create(&dir.path().join("bare"), ostree::RepoMode::Bare).unwrap();
+        assert_eq!(export_files_to_archive(&src, &bare, &commit).unwrap(), None);
     }
 }
