@@ -543,10 +543,11 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
          | of which: initramfs (depmod + dracut in bubblewrap) | {initramfs:.1} |\n\
          | of which: commit (into the cache, copy into the archive repo) | {commit:.1} |\n\n\
          {cold_table}\n\
-         Peak RSS is that of the largest process of the run (hostforge, or a child such as \
-         dracut). The commit's copy into the archive repo is libostree's local pull, which \
-         compresses objects on several threads: alone it took {copy_secs:.1} s and {copy_cpu:.1} s \
-         of CPU ({copy_cores:.1} cores busy).\n\n\
+         Peak RSS is GNU time's: the largest of hostforge and the children it waited for; \
+         what runs inside bubblewrap (dracut, scriptlets) is reaped by the sandbox's own init \
+         and is not counted. The commit writes the files into the archive repo with libdeflate \
+         on every core; libostree's local pull alone (zlib, its own threads) copies the same \
+         commit in {copy_secs:.1} s with {copy_cpu:.1} s of CPU ({copy_cores:.1} cores busy).\n\n\
          {recompose_table}\n\
          The QEMU boot to `hostforge-booted:` (TCG) takes about 40 s more in `tests/boot.rs`.\n",
         cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
