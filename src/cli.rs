@@ -40,6 +40,9 @@ pub enum Command {
     /// /usr/sbin/grub-mkconfig.
     #[command(hide = true)]
     GrubMkconfig(GrubMkconfigArgs),
+    /// Write the man pages and shell completions (`cargo xtask docs` runs this)
+    #[command(hide = true)]
+    GenerateDocs(crate::clidocs::GenerateDocsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -489,6 +492,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Install(a) => install(a),
         Command::Toolbox(ToolboxCmd::Build(a)) => toolbox_build(a),
         Command::GrubMkconfig(a) => crate::image::grub::mkconfig(&a.output),
+        Command::GenerateDocs(a) => {
+            use clap::CommandFactory;
+            crate::clidocs::write(Cli::command(), &a.out)
+        }
         Command::Dracut(DracutCmd::Emit(a)) => {
             let module = crate::dracut::Module {
                 name: a.name,

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod clidocs;
 pub mod compose;
 pub mod dracut;
 pub mod fsutil;

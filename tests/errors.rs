@@ -4,6 +4,8 @@
 
 mod common;
 use common::*;
+use std::path::Path;
+use std::process::Command;
 
 /// Composes GOOD so the ref exists, then returns the commit it points at.
 fn good_first(env: &Env) -> String {
@@ -739,4 +741,63 @@ fn substituted_variables_cannot_smuggle_into_os_release() {
             assert_eq!(env.rev("test/node").unwrap(), before, "ref moved");
         }
     }
+}
+
+/// The man pages and completions in docs/cli/ are what the clap definitions make now (the
+/// message says how to refresh them), and they work: bash completes `hostforge comp` to
+/// `compose`, and `man` renders a subcommand's page.
+#[test]
+fn cli_docs_are_current_and_work() {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for bin in [
+        env!("CARGO_BIN_EXE_hostforge"),
+        env!("CARGO_BIN_EXE_hostforge-update"),
+    ] {
+        let o = Command::new(bin)
+            .arg("generate-docs")
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_ok(&o);
+    }
+    let list = |root: &Path| -> Vec<String> {
+        let mut v = Vec::new();
+        for sub in ["man", "completions"] {
+            for e in std::fs::read_dir(root.join(sub)).unwrap() {
+                v.push(format!(
+                    "{sub}/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                ));
+            }
+        }
+        v.sort();
+        v
+    };
+    let committed = top.join("docs/cli");
+    let fresh = list(dir.path());
+    assert_eq!(
+        list(&committed),
+        fresh,
+        "docs/cli/ has other files than the CLI makes: run `cargo xtask docs`"
+    );
+    for f in &fresh {
+        assert!(
+            std::fs::read(committed.join(f)).unwrap() == std::fs::read(dir.path().join(f)).unwrap(),
+            "docs/cli/{f} is stale: run `cargo xtask docs`"
+        );
+    }
+    let script = committed.join("completions/hostforge.bash");
+    let out = run(Command::new("bash").arg("-c").arg(format!(
+        "source {}; COMP_WORDS=(hostforge comp); COMP_CWORD=1; _hostforge hostforge comp hostforge; \
+         echo \"${{COMPREPLY[@]}}\"",
+        script.display()
+    )));
+    assert_eq!(out.trim(), "compose");
+    let page = run(Command::new("man")
+        .env("MANWIDTH", "80")
+        .arg("-l")
+        .arg(committed.join("man/hostforge-compose-tree.1")));
+    assert!(page.contains("--rebuild-initramfs"), "{page}");
 }

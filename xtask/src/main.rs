@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod clidocs;
 mod distro;
 mod fixtures;
 mod follow;
@@ -25,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "createrepo-c",
     "bubblewrap",
     "time",
+    "man-db",
     "clang",
     "libclang-dev",
     "pkg-config",
@@ -59,7 +61,7 @@ fn top() -> PathBuf {
         .to_path_buf()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
@@ -362,6 +364,32 @@ fn main() -> Result<()> {
             test(&a)
         }
         Some("demo") => demo(),
+        Some("docs") => {
+            run(cargo().current_dir(top()).args(["build", "--bins"]))?;
+            clidocs::generate(&top(), &top().join("target/debug"))
+        }
+        // `cargo xtask install [--prefix P] [--destdir D]`: release binaries, man pages and
+        // completions under D/P (default /usr/local).
+        Some("install") => {
+            let (mut prefix, mut destdir) = (PathBuf::from("/usr/local"), PathBuf::from("/"));
+            let mut rest = args[1..].iter();
+            while let Some(a) = rest.next() {
+                let value = rest.next().map(PathBuf::from);
+                match (a.as_str(), value) {
+                    ("--prefix", Some(v)) => prefix = v,
+                    ("--destdir", Some(v)) => destdir = v,
+                    _ => bail!("usage: cargo xtask install [--prefix PATH] [--destdir PATH]"),
+                }
+            }
+            run(cargo()
+                .current_dir(top())
+                .args(["build", "--release", "--bins"]))?;
+            let root = destdir.join(prefix.strip_prefix("/").unwrap_or(&prefix));
+            for f in clidocs::install(&top(), &top().join("target/release"), &root)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("compose") => {
                 deps()?;
@@ -405,7 +433,7 @@ fn main() -> Result<()> {
         _ => {
             eprintln!(
                 "usage: cargo xtask <deps|fixtures|test [--tier unit|compose|image|boot|net]|\
-                 boot-test|demo|bench [all|compose|node|image|delta|install]>"
+                 boot-test|demo|docs|install [--prefix P] [--destdir D]|bench [all|compose|node|image|delta|install]>"
             );
             Ok(())
         }

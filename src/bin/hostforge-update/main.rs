@@ -16,8 +16,12 @@
 //! default again and remembers the bad commit, which `check` then never installs.
 //!
 //! This program runs on nodes and links libostree only; of `hostforge` it shares just the
-//! source of the GRUB environment block (`src/grubenv.rs`).
+//! source of the GRUB environment block (`src/grubenv.rs`) and of the man page and completion
+//! writer (`src/clidocs.rs`).
 
+/// Shared with the hostforge binary by source (this binary does not link hostforge's library).
+#[path = "../../clidocs.rs"]
+mod clidocs;
 mod config;
 mod fleetlock;
 // The agent counts boots but never writes GRUB menus: the menu text is the library's.
@@ -42,7 +46,7 @@ const KEEP_ROLLBACKS: usize = 32;
 
 /// hostforge's update agent: follows this node's signed remote and reboots by strategy.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "hostforge-update", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -67,6 +71,9 @@ enum Cmd {
         /// The generator's output directories (normal, early, late).
         dirs: Vec<std::path::PathBuf>,
     },
+    /// Write the man pages and shell completions (`cargo xtask docs` runs this).
+    #[command(hide = true)]
+    GenerateDocs(clidocs::GenerateDocsArgs),
 }
 
 /// An automatic rollback: `from` failed on this node and is never installed again.
@@ -696,6 +703,10 @@ fn main() {
             let dirs: Vec<&Path> = health::DIRS.iter().map(Path::new).collect();
             health::generate(&dirs, normal)
         }),
+        Cmd::GenerateDocs(a) => {
+            use clap::CommandFactory;
+            clidocs::write(Cli::command(), &a.out)
+        }
     };
     if let Err(e) = r {
         eprintln!("hostforge-update: error: {e:#}");
