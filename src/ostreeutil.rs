@@ -415,11 +415,12 @@ fn import_filez(
 /// and the commit last) is for libostree's local pull, which finds the files present. Each
 /// object is written aside in the repo's tmp/ and renamed into place, as libostree does, so a
 /// killed run leaves only whole objects and no ref to them. Returns the number written, or
-/// None when `dest` is not an archive repo.
+/// None when `dest` is not an archive repo. `progress` counts the files as they are done.
 pub fn export_files_to_archive(
     src_path: &Path,
     dest: &ostree::Repo,
     commit: &str,
+    progress: Option<&crate::progress::Progress>,
 ) -> Result<Option<usize>> {
     let c = gio::Cancellable::NONE;
     if dest.mode() != ostree::RepoMode::Archive {
@@ -443,6 +444,7 @@ pub fn export_files_to_archive(
         .filter(|o| o.object_type() == ostree::ObjectType::File)
         .map(|o| o.checksum().to_string())
         .collect();
+    let bar = progress.map(|p| p.bar("commit", files.len() as u64));
     let written = crate::pool::map(
         &files,
         crate::pool::workers(usize::MAX),
@@ -457,11 +459,13 @@ pub fn export_files_to_archive(
             ))
         },
         |(dest, src, deflater), csum| -> Result<bool> {
-            if dest.has_object(ostree::ObjectType::File, csum, c)? {
-                return Ok(false);
+            let written = !dest.has_object(ostree::ObjectType::File, csum, c)?
+                && write_filez(src, &dest_path, csum, deflater)
+                    .with_context(|| format!("writing file object {csum} into the archive repo"))?;
+            if let Some(bar) = &bar {
+                bar.inc("files");
             }
-            write_filez(src, &dest_path, csum, deflater)
-                .with_context(|| format!("writing file object {csum} into the archive repo"))
+            Ok(written)
         },
     )?;
     Ok(Some(written.into_iter().filter(|w| *w).count()))
@@ -655,7 +659,7 @@ mod tests {
         );
         let commit = commit_sample_tree(dir.path(), &src, "bare-user");
         let ours_repo = open_or_create(&ours, ostree::RepoMode::Archive).unwrap();
-        let written = export_files_to_archive(&src, &ours_repo, &commit).unwrap();
+        let written = export_files_to_archive(&src, &ours_repo, &commit, None).unwrap();
         assert_eq!(written, Some(2), "the two regular files");
         pull_local(&ours_repo, &src, std::slice::from_ref(&commit)).unwrap();
         ostree(&ours, &["fsck"]);
@@ -669,10 +673,13 @@ mod tests {
             ostree(&theirs, &["cat", &commit, "/usr/bin/tool"])
         );
         assert_eq!(
-            export_files_to_archive(&src, &ours_repo, &commit).unwrap(),
+            export_files_to_archive(&src, &ours_repo, &commit, None).unwrap(),
             Some(0)
         );
         let bare = open_or_create(&dir.path().join("bare"), ostree::RepoMode::Bare).unwrap();
-        assert_eq!(export_files_to_archive(&src, &bare, &commit).unwrap(), None);
+        assert_eq!(
+            export_files_to_archive(&src, &bare, &commit, None).unwrap(),
+            None
+        );
     }
 }

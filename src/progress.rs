@@ -53,7 +53,9 @@ impl Progress {
         }
     }
 
-    /// A counting bar for `len` items (hidden unless on a terminal).
+    /// A counting bar for `len` items: drawn on a terminal; with `--json`, a `progress` event
+    /// at every tenth of the way; otherwise (a CI log) a line at most every ten seconds, so a
+    /// long step is never silent until its end.
     pub fn bar(&self, name: &str, len: u64) -> Bar {
         let pb = if self.mode == Mode::Terminal && len > 0 {
             let pb = ProgressBar::new(len);
@@ -67,12 +69,23 @@ impl Progress {
         } else {
             None
         };
-        Bar { pb }
+        Bar {
+            pb,
+            mode: self.mode,
+            name: name.to_string(),
+            len,
+            counted: std::sync::Mutex::new((0, Instant::now(), 0)),
+        }
     }
 }
 
 pub struct Bar {
     pb: Option<ProgressBar>,
+    mode: Mode,
+    name: String,
+    len: u64,
+    /// Items done, when a line was last printed, the last tenth announced.
+    counted: std::sync::Mutex<(u64, Instant, u64)>,
 }
 
 impl Bar {
@@ -80,6 +93,31 @@ impl Bar {
         if let Some(pb) = &self.pb {
             pb.set_message(msg.to_string());
             pb.inc(1);
+            return;
+        }
+        if self.len == 0 || !matches!(self.mode, Mode::Json | Mode::Plain) {
+            return;
+        }
+        let mut c = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        c.0 += 1;
+        let (done, len) = (c.0, self.len);
+        match self.mode {
+            Mode::Json => {
+                let tenth = done * 10 / len;
+                if tenth > c.2 {
+                    c.2 = tenth;
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "progress", "step": self.name, "done": done, "total": len})
+                    );
+                }
+            }
+            _ => {
+                if c.1.elapsed().as_secs() >= 10 && done < len {
+                    c.1 = Instant::now();
+                    eprintln!("{:<12} {done}/{len} {msg}", self.name);
+                }
+            }
         }
     }
 }

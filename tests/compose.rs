@@ -344,6 +344,18 @@ fn http_repos_are_loaded_and_downloaded() {
         stdout.lines().any(|l| l.contains("\"step\":\"fetch\"")),
         "{stdout}"
     );
+    // The commit step reports its files as it goes: a progress event per tenth, counting up
+    // to all of them.
+    let commit: Vec<(u64, u64)> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "progress" && v["step"] == "commit")
+        .map(|v| (v["done"].as_u64().unwrap(), v["total"].as_u64().unwrap()))
+        .collect();
+    assert!((2..=10).contains(&commit.len()), "{stdout}");
+    assert!(commit.windows(2).all(|w| w[0].0 < w[1].0), "{commit:?}");
+    let (done, total) = *commit.last().unwrap();
+    assert_eq!(done, total);
     assert!(env.checkout("test/node").join("usr/bin/app").exists());
 }
 

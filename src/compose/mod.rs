@@ -1449,7 +1449,7 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
 /// Copies the commit's objects from the cache repo into `--repo` (no ref moves yet): an
 /// archive repo's files compressed on every core by hostforge, the rest by libostree's pull.
 fn copy_into_target(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
-    ostreeutil::export_files_to_archive(&env.cache_path, target, built)
+    ostreeutil::export_files_to_archive(&env.cache_path, target, built, Some(&env.progress))
         .with_context(|| format!("copying the files of commit {built} into the target repo"))?;
     ostreeutil::pull_local(target, &env.cache_path, &[built.to_string()])
         .with_context(|| format!("copying commit {built} into the target repo"))
