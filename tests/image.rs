@@ -363,6 +363,15 @@ fn a_second_operation_on_the_same_image_is_refused_while_the_first_runs() {
     );
     let first = first.wait_with_output().unwrap();
     assert_ok(&first);
+    // Each phase of the offline deploy says when it is done, with its size.
+    let said = stderr(&first);
+    for phase in ["read ", "deploy ", "filesystems ", "output "] {
+        assert!(
+            said.lines()
+                .any(|l| l.starts_with(phase) && l.contains("GiB") != (phase == "deploy ")),
+            "no {phase:?} line in {said}"
+        );
+    }
     let st = image_status(&img);
     assert_eq!(st["deployments"][0]["commit"].as_str().unwrap(), b);
     assert!(!scratch.exists() && !fallback.exists());
@@ -893,11 +902,12 @@ fn node_recompose_reuses_the_initramfs_until_an_input_changes() {
         "{listing}"
     );
 
-    // A compressor chosen in the tree's dracut config is dracut's to use.
+    // A compressor chosen in the tree's dracut config is dracut's to use (dracut runs: an
+    // earlier run of this test may have kept this very image).
     let (said, zstd) = compose(
         "zstd",
         "mkdir -p /etc/dracut.conf.d && echo compress=zstd > /etc/dracut.conf.d/zstd.conf",
-        &[],
+        &["--rebuild-initramfs"],
     );
     assert!(
         said.contains("compressed by dracut: /etc/dracut.conf.d/zstd.conf sets compress="),

@@ -568,6 +568,15 @@ fn offline_edit(
     edit: impl FnOnce(&ostree::Sysroot) -> Result<()>,
 ) -> Result<Vec<Deployment>> {
     use ostree::gio;
+    // Each phase says when it is done, with its size: an operation on a large image is
+    // never silent until its end.
+    let progress = crate::progress::Progress::new(false, false);
+    let mut timer = crate::progress::Timer::start();
+    let mut phase = |name: &str, detail: String| {
+        progress.step_done(name, timer.secs(), &detail);
+        timer = crate::progress::Timer::start();
+    };
+    let gib = |bytes: u64| format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
     let o = open(img)?;
     deployments(&ImageFiles::open(&o)?)?;
     let sysroot_dir = o.work.scratch.join("sysroot");
@@ -579,6 +588,14 @@ fn offline_edit(
     std::fs::create_dir_all(&boot_dir)?;
     debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
     let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
+    phase(
+        "read",
+        format!(
+            "/ and /boot out of {} ({} of files)",
+            img.display(),
+            gib(crate::fsutil::tree_bytes(&sysroot_dir)?)
+        ),
+    );
 
     grub::check_hook()?;
     let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
@@ -587,6 +604,7 @@ fn offline_edit(
         .context("loading the image's sysroot")?;
     relink_deployments(&sysroot, &sysroot_dir)?;
     edit(&sysroot)?;
+    phase(op, "the sysroot changed".to_string());
 
     let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
     let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
@@ -615,12 +633,27 @@ fn offline_edit(
     )?;
     write_fs(&o.raw, &o.boot_part, &o.boot_fs)?;
     write_fs(&o.raw, &root_part, &o.root_fs)?;
+    phase(
+        "filesystems",
+        format!(
+            "/boot and / made again and written ({})",
+            gib(o.boot_part.bytes + root_part.bytes)
+        ),
+    );
     // Re-read what was written, from the new filesystems.
     let _ = std::fs::remove_dir_all(&o.boot_dir);
     std::fs::create_dir_all(&o.boot_dir)?;
     debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
     let new_deps = deployments(&ImageFiles::open(&o)?)?;
     replace_image(&o, img, op)?;
+    phase(
+        "output",
+        format!(
+            "{} replaced ({})",
+            img.display(),
+            gib(std::fs::metadata(img)?.len())
+        ),
+    );
     o.close()?;
     Ok(new_deps)
 }
