@@ -138,46 +138,25 @@ pub fn compress(archive: &[u8]) -> Result<Vec<u8>> {
     }
     cuts.push(archive.len());
     let pieces: Vec<&[u8]> = cuts.windows(2).map(|w| &archive[w[0]..w[1]]).collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(pieces.len())
-        .max(1);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::Mutex::new(vec![None; pieces.len()]);
-    std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| -> Result<()> {
-                    let lvl = libdeflater::CompressionLvl::new(LEVEL)
-                        .map_err(|e| anyhow::anyhow!("libdeflate level {LEVEL}: {e:?}"))?;
-                    let mut c = libdeflater::Compressor::new(lvl);
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(piece) = pieces.get(i) else {
-                            return Ok(());
-                        };
-                        let mut gz = vec![0; c.gzip_compress_bound(piece.len())];
-                        let n = c
-                            .gzip_compress(piece, &mut gz)
-                            .map_err(|e| anyhow::anyhow!("gzip of the initramfs: {e:?}"))?;
-                        gz.truncate(n);
-                        done.lock().unwrap()[i] = Some(gz);
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("a gzip thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let out: Vec<Option<Vec<u8>>> = done.into_inner().unwrap();
+    let members = crate::pool::map(
+        &pieces,
+        crate::pool::workers(usize::MAX),
+        || {
+            let lvl = libdeflater::CompressionLvl::new(LEVEL)
+                .map_err(|e| anyhow::anyhow!("libdeflate level {LEVEL}: {e:?}"))?;
+            Ok(libdeflater::Compressor::new(lvl))
+        },
+        |c, piece| -> Result<Vec<u8>> {
+            let mut gz = vec![0; c.gzip_compress_bound(piece.len())];
+            let n = c
+                .gzip_compress(piece, &mut gz)
+                .map_err(|e| anyhow::anyhow!("gzip of the initramfs: {e:?}"))?;
+            gz.truncate(n);
+            Ok(gz)
+        },
+    )?;
     let mut image = archive[..raw].to_vec();
-    for (i, gz) in out.into_iter().enumerate() {
-        let Some(gz) = gz else {
-            bail!("compressing piece {i} of the initramfs failed");
-        };
+    for gz in members {
         image.extend_from_slice(&gz);
     }
     Ok(image)
