@@ -74,22 +74,3 @@ pub fn explain_out_of_space(
         room.join(joiner)
     ))
 }
-
-/// Bytes of the regular files under `dir`, each hardlinked file counted once.
-pub fn tree_bytes(dir: &Path) -> Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let (mut total, mut todo) = (0, vec![dir.to_path_buf()]);
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let e = e?;
-            let m = e.metadata()?;
-            if m.is_dir() {
-                todo.push(e.path());
-            } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
-                total += m.len();
-            }
-        }
-    }
-    Ok(total)
-}

@@ -111,7 +111,11 @@ fn build_steps(req: &BuildRequest) -> Result<()> {
 
 /// Runs one step: timed once, its line printed with the detail it returns, its error marked
 /// with its name.
-fn step<T>(progress: &Progress, name: &str, f: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
+pub(super) fn step<T>(
+    progress: &Progress,
+    name: &str,
+    f: impl FnOnce() -> Result<(T, String)>,
+) -> Result<T> {
     let t = Timer::start();
     let (value, detail) = f().with_context(|| format!("step {name}"))?;
     progress.step_done(name, t.secs(), &detail);

@@ -567,93 +567,93 @@ fn offline_edit(
     op: &str,
     edit: impl FnOnce(&ostree::Sysroot) -> Result<()>,
 ) -> Result<Vec<Deployment>> {
+    use super::build::step;
     use ostree::gio;
     // Each phase says when it is done, with its size: an operation on a large image is
     // never silent until its end.
     let progress = crate::progress::Progress::new(false, false);
-    let mut timer = crate::progress::Timer::start();
-    let mut phase = |name: &str, detail: String| {
-        progress.step_done(name, timer.secs(), &detail);
-        timer = crate::progress::Timer::start();
-    };
     let gib = |bytes: u64| format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
     let o = open(img)?;
     deployments(&ImageFiles::open(&o)?)?;
-    let sysroot_dir = o.work.scratch.join("sysroot");
-    std::fs::create_dir_all(&sysroot_dir)?;
-    debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
-        .context("reading the root filesystem")?;
-    let _ = std::fs::remove_dir_all(sysroot_dir.join("lost+found"));
-    let boot_dir = sysroot_dir.join("boot");
-    std::fs::create_dir_all(&boot_dir)?;
-    debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
-    let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
-    phase(
-        "read",
-        format!(
-            "/ and /boot out of {} ({} of files)",
+    let (sysroot_dir, boot_dir) = step(&progress, "read", || {
+        let sysroot_dir = o.work.scratch.join("sysroot");
+        std::fs::create_dir_all(&sysroot_dir)?;
+        debugfs(&o.root_fs, &format!("rdump / {}", sysroot_dir.display()))
+            .context("reading the root filesystem")?;
+        let _ = std::fs::remove_dir_all(sysroot_dir.join("lost+found"));
+        let boot_dir = sysroot_dir.join("boot");
+        std::fs::create_dir_all(&boot_dir)?;
+        debugfs(&o.boot_fs, &format!("rdump / {}", boot_dir.display()))?;
+        let _ = std::fs::remove_dir_all(boot_dir.join("lost+found"));
+        let read = std::fs::metadata(&o.root_fs)?.len() + std::fs::metadata(&o.boot_fs)?.len();
+        let detail = format!(
+            "/ and /boot out of {} ({} of filesystems)",
             img.display(),
-            gib(crate::fsutil::tree_bytes(&sysroot_dir)?)
-        ),
-    );
+            gib(read)
+        );
+        Ok(((sysroot_dir, boot_dir), detail))
+    })?;
 
-    grub::check_hook()?;
-    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
-    sysroot
-        .load(gio::Cancellable::NONE)
-        .context("loading the image's sysroot")?;
-    relink_deployments(&sysroot, &sysroot_dir)?;
-    edit(&sysroot)?;
-    phase(op, "the sysroot changed".to_string());
+    step(&progress, op, || {
+        grub::check_hook()?;
+        let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(&sysroot_dir)));
+        sysroot
+            .load(gio::Cancellable::NONE)
+            .context("loading the image's sysroot")?;
+        relink_deployments(&sysroot, &sysroot_dir)?;
+        edit(&sysroot)?;
+        Ok(((), "the sysroot changed".to_string()))
+    })?;
 
-    let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
-    let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
-    let epoch = crate::ostreeutil::source_date_epoch()?;
-    let boot_copy = o.work.scratch.join("bootfs");
-    std::fs::rename(&boot_dir, &boot_copy)?;
-    std::fs::create_dir(&boot_dir)?;
-    let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;
-    mkfs_ext4(
-        &boot_copy,
-        &o.boot_fs,
-        0,
-        o.boot_part.bytes,
-        &boot_label,
-        &boot_uuid,
-        epoch,
-    )?;
-    mkfs_ext4(
-        &sysroot_dir,
-        &o.root_fs,
-        0,
-        root_part.bytes,
-        &root_label,
-        &root_uuid,
-        epoch,
-    )?;
-    write_fs(&o.raw, &o.boot_part, &o.boot_fs)?;
-    write_fs(&o.raw, &root_part, &o.root_fs)?;
-    phase(
-        "filesystems",
-        format!(
+    step(&progress, "filesystems", || {
+        let (boot_label, boot_uuid) = fs_identity(&o.boot_fs)?;
+        let (root_label, root_uuid) = fs_identity(&o.root_fs)?;
+        let epoch = crate::ostreeutil::source_date_epoch()?;
+        let boot_copy = o.work.scratch.join("bootfs");
+        std::fs::rename(&boot_dir, &boot_copy)?;
+        std::fs::create_dir(&boot_dir)?;
+        let root_part = partition(&o.raw, gpt::TYPE_ROOT_X86_64)?;
+        mkfs_ext4(
+            &boot_copy,
+            &o.boot_fs,
+            0,
+            o.boot_part.bytes,
+            &boot_label,
+            &boot_uuid,
+            epoch,
+        )?;
+        mkfs_ext4(
+            &sysroot_dir,
+            &o.root_fs,
+            0,
+            root_part.bytes,
+            &root_label,
+            &root_uuid,
+            epoch,
+        )?;
+        write_fs(&o.raw, &o.boot_part, &o.boot_fs)?;
+        write_fs(&o.raw, &root_part, &o.root_fs)?;
+        let detail = format!(
             "/boot and / made again and written ({})",
             gib(o.boot_part.bytes + root_part.bytes)
-        ),
-    );
-    // Re-read what was written, from the new filesystems.
-    let _ = std::fs::remove_dir_all(&o.boot_dir);
-    std::fs::create_dir_all(&o.boot_dir)?;
-    debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
-    let new_deps = deployments(&ImageFiles::open(&o)?)?;
-    replace_image(&o, img, op)?;
-    phase(
-        "output",
-        format!(
+        );
+        Ok(((), detail))
+    })?;
+
+    let new_deps = step(&progress, "output", || {
+        // Re-read what was written, from the new filesystems.
+        let _ = std::fs::remove_dir_all(&o.boot_dir);
+        std::fs::create_dir_all(&o.boot_dir)?;
+        debugfs(&o.boot_fs, &format!("rdump / {}", o.boot_dir.display()))?;
+        let new_deps = deployments(&ImageFiles::open(&o)?)?;
+        replace_image(&o, img, op)?;
+        let detail = format!(
             "{} replaced ({})",
             img.display(),
             gib(std::fs::metadata(img)?.len())
-        ),
-    );
+        );
+        Ok((new_deps, detail))
+    })?;
     o.close()?;
     Ok(new_deps)
 }
