@@ -379,7 +379,7 @@ fn a_second_operation_on_the_same_image_is_refused_while_the_first_runs() {
 }
 
 /// The tmpfs scratch directory of operations on `img` (named after its path), and the stale
-/// claim directories of dead processes in the tmpfs.
+/// claim and half-removed directories of dead processes in the tmpfs.
 fn leftovers(img: &Path) -> Vec<String> {
     let hash = run(Command::new("sh")
         .arg("-c")
@@ -393,7 +393,11 @@ fn leftovers(img: &Path) -> Vec<String> {
     }
     for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix(".hostforge-claim-") {
+        let pid = name
+            .strip_prefix(".hostforge-claim-")
+            .or_else(|| name.strip_prefix(".hostforge-trash-"))
+            .map(|rest| rest.split('-').next().unwrap_or(rest));
+        if let Some(pid) = pid {
             if !Path::new("/proc").join(pid).exists() {
                 left.push(name);
             }

@@ -82,26 +82,33 @@ fn working_copy(img: &Path, staging: &Path, scratch: &Path) -> Result<(PathBuf, 
 
 fn partition(raw: &Path, type_guid: &str) -> Result<gpt::Found> {
     let want = gpt::guid_bytes(type_guid)?;
-    let mut f = std::fs::File::open(raw)?;
-    gpt::read(&mut f)?
+    let mut f = std::fs::File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    gpt::read(&mut f)
+        .with_context(|| format!("reading the partition table of {}", raw.display()))?
         .into_iter()
         .find(|p| p.type_guid == want)
         .ok_or_else(|| anyhow!("the image has no partition of type {type_guid}"))
 }
 
 fn extract_fs(raw: &Path, part: &gpt::Found, dest: &Path) -> Result<()> {
-    let src = std::fs::File::open(raw)?;
-    let out = std::fs::File::create(dest)?;
+    let src = std::fs::File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let out =
+        std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
     copy_range_sparse(&src, part.offset, part.bytes, &out, 0)
         .with_context(|| format!("copying a filesystem out of {}", raw.display()))
 }
 
 /// Writes the filesystem image `fs` over its partition in the raw disk `raw`, and syncs.
 fn write_fs(raw: &Path, part: &gpt::Found, fs: &Path) -> Result<()> {
-    let disk = std::fs::OpenOptions::new().write(true).open(raw)?;
-    copy_range_sparse(&std::fs::File::open(fs)?, 0, part.bytes, &disk, part.offset)
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(raw)
+        .with_context(|| format!("opening {}", raw.display()))?;
+    let from = std::fs::File::open(fs).with_context(|| format!("opening {}", fs.display()))?;
+    copy_range_sparse(&from, 0, part.bytes, &disk, part.offset)
         .with_context(|| format!("writing a filesystem into {}", raw.display()))?;
-    disk.sync_all()?;
+    disk.sync_all()
+        .with_context(|| format!("syncing {}", raw.display()))?;
     Ok(())
 }
 
@@ -149,7 +156,8 @@ fn open(img: &Path) -> Result<Opened> {
     replay_journal(&boot_fs)?;
     replay_journal(&root_fs)?;
     let boot_dir = scratch.join("boot");
-    std::fs::create_dir_all(&boot_dir)?;
+    std::fs::create_dir_all(&boot_dir)
+        .with_context(|| format!("creating {}", boot_dir.display()))?;
     debugfs(&boot_fs, &format!("rdump / {}", boot_dir.display()))
         .context("reading the /boot filesystem")?;
     Ok(Opened {

@@ -91,7 +91,13 @@ impl Workspace {
         let Some(lock) = self.lock.take() else {
             return Ok(());
         };
-        let scratch = remove_staging(&self.scratch);
+        // Moved to a name of this run's first (its lock still held), so the scratch name is
+        // free at once and no sweep can take what is being removed for a stale directory.
+        let trash = trash_name(&self.scratch);
+        let scratch = match std::fs::rename(&self.scratch, &trash) {
+            Ok(()) => remove_staging(&trash),
+            Err(_) => remove_staging(&self.scratch),
+        };
         drop(lock);
         let staging = remove_staging(&self.staging);
         scratch.and(staging)
@@ -184,61 +190,137 @@ pub const SCRATCH_PREFIX: &str = "hostforge-image-";
 /// A scratch directory being claimed (made and locked under this name + the process id).
 const CLAIM_PREFIX: &str = ".hostforge-claim-";
 
+/// A scratch directory being removed (moved here, under the remover's process id and a
+/// number, before its files are deleted).
+const TRASH_PREFIX: &str = ".hostforge-trash-";
+
+/// How long a claim waits for a lock held only for a moment (by a run moving a stale
+/// directory of that name away) before it calls the directory in use.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Creates `dir` and holds an exclusive lock in it for as long as the returned file lives;
-/// refuses a directory another live build holds.
+/// refuses a directory another live build holds, and removes one a killed build left.
 pub fn claim_scratch(dir: &Path) -> Result<std::fs::File> {
     use rustix::fs::{flock, FlockOperation};
-    if let Ok(f) = std::fs::File::open(dir.join(".lock")) {
-        if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
-            bail!(
-                "{} is in use by another hostforge image build or operation on the same image",
-                dir.display()
-            );
-        }
+    if !remove_unless_held(dir, CLAIM_WAIT, true)? {
+        bail!(
+            "{} is in use by another hostforge image build or operation on the same image",
+            dir.display()
+        );
     }
-    remove_staging(dir)?;
     // Made and locked under another name, then renamed into place: a sweep by another build
     // (see [`sweep_scratch`]) never sees it unlocked.
     let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let claim = parent.join(format!("{CLAIM_PREFIX}{}", std::process::id()));
     remove_staging(&claim)?;
     std::fs::create_dir(&claim)
         .with_context(|| format!("creating the scratch directory {}", claim.display()))?;
-    let f = std::fs::File::create(claim.join(".lock"))?;
+    let f = std::fs::File::create(claim.join(".lock"))
+        .with_context(|| format!("creating the lock in {}", claim.display()))?;
     flock(&f, FlockOperation::NonBlockingLockExclusive)
         .with_context(|| format!("locking {}", claim.display()))?;
-    std::fs::rename(&claim, dir)
-        .with_context(|| format!("creating the scratch directory {}", dir.display()))?;
+    // A directory at `dir` now (another run's claim of the same output) is not empty: the
+    // rename fails rather than replace it.
+    std::fs::rename(&claim, dir).with_context(|| {
+        format!(
+            "creating the scratch directory {} (another run on the same image?)",
+            dir.display()
+        )
+    })?;
     Ok(f)
 }
 
+/// Removes the scratch directory `dir` unless a live run holds its lock (`false` then, after
+/// waiting up to `wait` for it to be released); `true` when it is gone. The lock is taken,
+/// checked to still be `dir`'s (not that of a directory another run moved away meanwhile),
+/// and held while `dir` is moved to a name of this process's: two runs never remove one
+/// directory, and none removes a directory that was claimed after it looked. A directory
+/// without a lock file is removed only when `unlocked_too` (it is not a scratch directory
+/// a sweep may touch).
+fn remove_unless_held(dir: &Path, wait: std::time::Duration, unlocked_too: bool) -> Result<bool> {
+    use rustix::fs::{flock, fstat, stat, FlockOperation};
+    use std::io::ErrorKind::NotFound;
+    let deadline = std::time::Instant::now() + wait;
+    let lock_path = dir.join(".lock");
+    // Each retry follows a change by another run (a release, a move); bounded all the same.
+    for _ in 0..1000 {
+        let lock = match std::fs::File::open(&lock_path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("opening {}", lock_path.display())),
+        };
+        match &lock {
+            Some(f) => {
+                if flock(f, FlockOperation::NonBlockingLockExclusive).is_err() {
+                    if std::time::Instant::now() >= deadline {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                let ours = fstat(f)?;
+                match stat(&lock_path) {
+                    Ok(now) if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino) => {}
+                    // Moved away or replaced since it was opened: look again.
+                    _ => continue,
+                }
+            }
+            None if !unlocked_too => return Ok(!dir.exists()),
+            None => {}
+        }
+        let trash = trash_name(dir);
+        match std::fs::rename(dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == NotFound => return Ok(true),
+            Err(e) => {
+                return Err(e).with_context(|| format!("moving {} away", dir.display()));
+            }
+        }
+        drop(lock);
+        remove_staging(&trash)?;
+        return Ok(true);
+    }
+    bail!("{} keeps changing under this run", dir.display())
+}
+
+/// A name beside `dir`, unique to this process and call, to move a directory to before
+/// removing it.
+fn trash_name(dir: &Path) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("{TRASH_PREFIX}{}-{n}", std::process::id()))
+}
+
 /// Removes the scratch directories in `base` left by builds that were killed (their lock
-/// is free), and claims whose process is gone, so a tmpfs does not keep them until the next
-/// reboot.
+/// is free), and claims and half-removed directories whose process is gone, so a tmpfs does
+/// not keep them until the next reboot. Nothing here fails a run: what cannot be removed
+/// now is left to a later sweep.
 pub fn sweep_scratch(base: &Path) {
-    use rustix::fs::{flock, FlockOperation};
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
+    };
+    let dead = |pid: &str| {
+        pid.parse::<u32>()
+            .is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let dir = e.path();
-        let stale = if name.starts_with(SCRATCH_PREFIX) {
-            match std::fs::File::open(dir.join(".lock")) {
-                Ok(f) => flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok(),
-                // Without a lock file: not one of ours (they are renamed into place locked).
-                Err(_) => false,
-            }
+        if name.starts_with(SCRATCH_PREFIX) {
+            // Without a lock file: not one of ours (they are renamed into place locked).
+            let _ = remove_unless_held(&dir, std::time::Duration::ZERO, false);
         } else if let Some(pid) = name.strip_prefix(CLAIM_PREFIX) {
             // A claim not yet renamed into place: stale once its process is gone.
-            pid.parse::<u32>()
-                .is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
-        } else {
-            false
-        };
-        if stale {
-            let _ = remove_staging(&dir);
+            if dead(pid) {
+                let _ = remove_staging(&dir);
+            }
+        } else if let Some(rest) = name.strip_prefix(TRASH_PREFIX) {
+            if rest.split('-').next().is_some_and(dead) {
+                let _ = remove_staging(&dir);
+            }
         }
     }
 }
@@ -274,5 +356,54 @@ mod tests {
         drop(held);
         sweep_scratch(base.path());
         assert!(!live.exists());
+    }
+
+    /// Sweeps by other runs, looping the whole time, never take a directory from a run that
+    /// claims its name while the directory a killed run left there is stale: every claim ends
+    /// holding the directory at that name, and nothing else is left beside it.
+    #[test]
+    fn sweeps_never_remove_a_directory_being_claimed() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join(format!("{SCRATCH_PREFIX}raced"));
+        for round in 0..100 {
+            drop(claim_scratch(&dir).unwrap());
+            // Enough files that removing them takes a while, as a killed run's tree does.
+            std::fs::create_dir(dir.join("tree")).unwrap();
+            for i in 0..300 {
+                std::fs::write(dir.join("tree").join(i.to_string()), "x").unwrap();
+            }
+            std::fs::write(dir.join("left-by-a-killed-run"), "x").unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let sweeper = {
+                let (stop, base) = (stop.clone(), base.path().to_path_buf());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        sweep_scratch(&base);
+                    }
+                })
+            };
+            let held = claim_scratch(&dir).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            stop.store(true, Ordering::Relaxed);
+            sweeper.join().unwrap();
+            let lock = rustix::fs::fstat(&held).unwrap();
+            let at = rustix::fs::stat(dir.join(".lock"))
+                .unwrap_or_else(|e| panic!("round {round}: the claimed directory is gone: {e}"));
+            assert_eq!(
+                (at.st_dev, at.st_ino),
+                (lock.st_dev, lock.st_ino),
+                "round {round}"
+            );
+            assert!(!dir.join("left-by-a-killed-run").exists(), "round {round}");
+            std::fs::write(dir.join("work"), "x").unwrap();
+            drop(held);
+            let names: Vec<String> = std::fs::read_dir(base.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, [format!("{SCRATCH_PREFIX}raced")], "round {round}");
+        }
     }
 }
