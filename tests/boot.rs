@@ -669,6 +669,8 @@ fn installs_onto_a_blank_disk_and_boots_with_its_first_boot_config() {
     let p = Publisher::new(&[]);
     let commit = p.compose("installed", "", Some(&key));
     let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let digest = push_toolbox(&reg, &dir.path().join("toolbox"));
     let spec = dir.path().join("first-boot.yaml");
     std::fs::write(
         &spec,
@@ -734,9 +736,92 @@ fn installs_onto_a_blank_disk_and_boots_with_its_first_boot_config() {
     assert!(shown.contains("\nworker-7"), "{shown}");
     assert!(shown.contains(&format!("\n{SSH_KEY}")), "{shown}");
     assert!(shown.contains("hostforge.test=first-boot"), "{shown}");
+    containers_run_on_the_node(&mut vm, &reg, &digest);
     drop(vm);
 
     unlock_tree(dir.path());
+}
+
+/// The debug toolbox pushed to `reg` (by [`push_toolbox`], as `hostforge/toolbox:1` with
+/// `digest`): on the node (logged in as root on `vm`), `toolbox` pulls it and runs a tool in
+/// it, a second run finds it current, a newer image under the tag is pulled; containerd runs
+/// a container from the same image imported with `ctr`.
+fn containers_run_on_the_node(vm: &mut Vm, reg: &Registry, digest: &str) {
+    let name = format!("10.0.2.2:{}/hostforge/toolbox:1", reg.port());
+    // The node's registry: this machine's loopback, through QEMU's user networking.
+    vm.run(
+        &format!(
+            "printf 'registry=10.0.2.2:{}\\nimage=hostforge/toolbox:1\\ntls-verify=false\\n' \
+             > /etc/hostforge/toolbox.conf",
+            reg.port()
+        ),
+        60,
+    );
+    let first = vm.run("toolbox strace -V", 900);
+    assert!(
+        first.contains(&format!("toolbox: pulling {name} ({digest})")),
+        "{first}"
+    );
+    assert!(first.contains("strace -- version"), "{first}");
+    let second = vm.run(
+        "toolbox strace -V; podman info --format 'store={{.Store.GraphRoot}} {{.Store.GraphDriverName}}'",
+        600,
+    );
+    assert!(
+        second.contains(&format!("{name} is up to date ({digest})")) && !second.contains("pulling"),
+        "{second}"
+    );
+    assert!(second.contains("strace -- version"), "{second}");
+    assert!(
+        second.contains("store=/var/lib/containers/storage overlay"),
+        "{second}"
+    );
+    let newer = retag_as_docker_v2(&format!("{}/hostforge/toolbox:1", reg.host()));
+    assert_ne!(newer, digest);
+    let third = vm.run("toolbox pull", 600);
+    assert!(
+        third.contains(&format!("toolbox: pulling {name} ({newer})")),
+        "{third}"
+    );
+
+    // containerd, as a kubelet would use it: running, its state under /var; a container
+    // from an image imported with ctr.
+    let ctr = vm.run(
+        &format!(
+            "systemctl is-active containerd; ls /var/lib/containerd; \
+             skopeo copy -q --src-tls-verify=false docker://{name} \
+             docker-archive:/var/tmp/toolbox.tar:hostforge/toolbox:1 && \
+             ctr image import /var/tmp/toolbox.tar && \
+             ctr run --rm docker.io/hostforge/toolbox:1 probe strace -V"
+        ),
+        900,
+    );
+    assert!(ctr.lines().any(|l| l.trim() == "active"), "{ctr}");
+    assert!(
+        ctr.contains("io.containerd.snapshotter.v1.overlayfs"),
+        "{ctr}"
+    );
+    assert!(ctr.contains("docker.io/hostforge/toolbox:1"), "{ctr}");
+    assert!(ctr.contains("strace -- version"), "{ctr}");
+}
+
+/// Builds the debug toolbox (treefiles/toolbox.yaml) and pushes it to `reg` as
+/// `hostforge/toolbox:1`; returns its digest.
+fn push_toolbox(reg: &Registry, dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let tf = toolbox_treefile(dir);
+    let out = hostforge_cmd()
+        .args(["toolbox", "build", "--quiet", "--json"])
+        .arg(&tf)
+        .args(["--tag", &format!("{}/hostforge/toolbox:1", reg.host())])
+        .args(["--push", "--tls-verify=false", "--cachedir"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-boot/toolbox-cache"))
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    built["digest"].as_str().unwrap().to_string()
 }
 
 /// Bare metal from nothing: `provision` with `installer: hostforge` renders the boot files

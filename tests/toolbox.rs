@@ -1,53 +1,12 @@
 //! Toolbox tier: treefiles/toolbox.yaml composed from the fixture distro, built into an OCI
 //! image by buildah, pushed to Debian's docker-registry on loopback, checked with skopeo, and
-//! pulled by the node's `toolbox` script (the one node.yaml installs as /usr/bin/toolbox).
+//! pulled by the node's `toolbox` script (the one node.yaml installs as /usr/bin/toolbox), run
+//! here on the build host; the boot tier runs it on a booted node.
 
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// Debian's docker-registry on 127.0.0.1, storing under a temp dir, until dropped.
-struct Registry(Daemon);
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let cfg = dir.path().join("config.yml");
-        let daemon = Daemon::start("docker-registry", |port| {
-            std::fs::write(
-                &cfg,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
-                     rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                    data.display()
-                ),
-            )
-            .unwrap();
-            let mut c = Command::new("docker-registry");
-            c.arg("serve").arg(&cfg);
-            c
-        });
-        Registry(daemon.with_dir(dir))
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.0.port)
-    }
-}
-
-/// treefiles/ copied beside a fixture-distro.repo; returns toolbox.yaml's path there.
-fn toolbox_treefile(dir: &Path) -> PathBuf {
-    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::copy(top.join("treefiles/toolbox.yaml"), dir.join("toolbox.yaml")).unwrap();
-    std::fs::write(
-        dir.join("fixture-distro.repo"),
-        format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),
-    )
-    .unwrap();
-    dir.join("toolbox.yaml")
-}
 
 /// The package cache shared by this binary's tests (the compose is the slow part).
 fn cachedir() -> PathBuf {
@@ -238,31 +197,16 @@ fn toolbox_builds_pushes_reproducibly_and_nodes_pull_on_demand() {
 
     // A new image under the tag (here: the same layers under a Docker v2 manifest, so a new
     // digest) is pulled again.
-    let copy = Command::new("skopeo")
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--format",
-            "v2s2",
-        ])
-        .arg(format!("docker://{tag}"))
-        .arg(format!("docker://{tag}"))
-        .output()
-        .unwrap();
-    assert_ok(&copy);
-    let newer = skopeo_inspect(&tag, false)["Digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let newer = retag_as_docker_v2(&tag);
     assert_ne!(newer, digest);
     let third = node_toolbox(&conf, &storage, &["pull"]);
     assert_ok(&third);
     let err = String::from_utf8_lossy(&third.stderr);
     assert!(err.contains("pulling") && err.contains(&newer), "{err}");
 
-    // What `toolbox CMD` runs. (Running it is not possible on the CI machine: crun cannot set
-    // rlimits without CAP_SYS_RESOURCE and refuses the hybrid cgroup layout.)
+    // What `toolbox CMD` runs. (It runs on a booted node in the boot tier,
+    // `installs_onto_a_blank_disk_and_boots_with_its_first_boot_config`; not here, where crun
+    // cannot set rlimits without CAP_SYS_RESOURCE and refuses the hybrid cgroup layout.)
     let print = node_toolbox(&conf, &storage, &["--print", "tcpdump", "-i", "any"]);
     assert_ok(&print);
     let line = String::from_utf8_lossy(&print.stdout);

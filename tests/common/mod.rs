@@ -336,6 +336,72 @@ impl Drop for Daemon {
     }
 }
 
+/// Debian's docker-registry on 127.0.0.1, storing under a temp dir, until dropped.
+pub struct Registry(Daemon);
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let cfg = dir.path().join("config.yml");
+        let daemon = Daemon::start("docker-registry", |port| {
+            std::fs::write(
+                &cfg,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
+                     rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    data.display()
+                ),
+            )
+            .unwrap();
+            let mut c = Command::new("docker-registry");
+            c.arg("serve").arg(&cfg);
+            c
+        });
+        Registry(daemon.with_dir(dir))
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.0.port)
+    }
+
+    /// Its port; a QEMU guest with user networking reaches it at 10.0.2.2 on this port.
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+}
+
+/// Pushes the image at `tag` (in a registry without TLS) again under a Docker v2 manifest:
+/// the same layers, a new digest, which this returns.
+pub fn retag_as_docker_v2(tag: &str) -> String {
+    run(Command::new("skopeo")
+        .args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .args(["--format", "v2s2"])
+        .arg(format!("docker://{tag}"))
+        .arg(format!("docker://{tag}")));
+    let out = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{tag}")));
+    out.trim().to_string()
+}
+
+/// treefiles/ copied beside a fixture-distro.repo; returns toolbox.yaml's path there.
+pub fn toolbox_treefile(dir: &Path) -> PathBuf {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(top.join("treefiles/toolbox.yaml"), dir.join("toolbox.yaml")).unwrap();
+    std::fs::write(
+        dir.join("fixture-distro.repo"),
+        format!("[fixture-distro]\nbaseurl=file://{}\n", distro().display()),
+    )
+    .unwrap();
+    dir.join("toolbox.yaml")
+}
+
 /// A second bootable commit, B: node.yaml with one file added, on ref hostforge/x86_64/node-b
 /// in the same shared repo as [`composed_node`]. Returns B's commit.
 pub fn composed_node_b() -> String {
@@ -490,9 +556,15 @@ impl Vm {
         self.wait_for("Password: ", 60);
         self.type_line(password);
         self.wait_for("# ", 60);
+        self.run(command, 60)
+    }
+
+    /// Runs `command` in the shell a [`Vm::login_and_run`] left; returns what it printed
+    /// (the lines up to a marker echoed after it, which must come within `secs`).
+    pub fn run(&mut self, command: &str, secs: u64) -> String {
         // The marker as typed (echoed by the terminal) differs from what the shell prints.
         self.type_line(&format!("{command}; echo END-OF-$((6*7))"));
-        self.wait_for("END-OF-42", 60)
+        self.wait_for("END-OF-42", secs)
     }
 
     /// Presses the reset button (QEMU's `system_reset`): the guest restarts at once, with

@@ -51,6 +51,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "lsof",
     "iputils-ping",
     "less",
+    // What the node's `toolbox` runs on (podman, with skopeo, runc and conmon), and the
+    // container runtime a kubelet talks to (containerd, with runc; `ctr` for people).
+    "podman",
+    "skopeo",
+    "runc",
+    "conmon",
+    "containerd",
     "selinux-policy-default",
     // Not for nodes: the repack runs the distro's own semodule to build the policy.
     "semodule-utils",
