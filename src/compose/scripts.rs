@@ -19,13 +19,34 @@ impl Protected {
         std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
         process::run(Command::new("rofiles-fuse").arg(root).arg(mnt))
             .context("mounting the root read-only for hardlinks (rofiles-fuse)")?;
-        Ok(Protected {
+        let protected = Protected {
             mnt: mnt.to_path_buf(),
-        })
+        };
+        // rofiles-fuse exits 0 when its mount fails after it went into the background (no
+        // /dev/fuse, no right to mount): without this check the scripts would see an empty
+        // directory for a root.
+        if !is_mount_point(mnt) {
+            bail!(
+                "rofiles-fuse did not mount the root at {} (it needs /dev/fuse and the right \
+                 to mount: in a container, pass --device /dev/fuse --cap-add SYS_ADMIN)",
+                mnt.display()
+            );
+        }
+        Ok(protected)
     }
 
     pub fn path(&self) -> &Path {
         &self.mnt
+    }
+}
+
+/// Whether a filesystem is mounted at `dir` (its device differs from its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(dir), std::fs::metadata(parent)) {
+        (Ok(d), Ok(p)) => d.dev() != p.dev(),
+        _ => false,
     }
 }
 
@@ -123,8 +144,16 @@ pub fn run_in_root(root: &Path, scratch: &Path, script: &Script) -> Result<Strin
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
+        // bubblewrap's own errors ("bwrap: Can't mount proc ...") mean the sandbox could not
+        // be made: the script never ran, and the fix is in how hostforge is run.
+        let hint = if out.stderr.starts_with(b"bwrap: ") {
+            "\n(bubblewrap could not make the sandbox; it needs the right to mount and a fresh \
+             /proc: in a container, pass --cap-add SYS_ADMIN --security-opt unmask=/proc/*)"
+        } else {
+            ""
+        };
         return Err(anyhow!(
-            "{} failed ({}); last output:\n{}",
+            "{} failed ({}); last output:\n{}{hint}",
             script.label,
             process::status_text(&out.status),
             process::tail(&text, 20)

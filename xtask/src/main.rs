@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod clidocs;
+mod container;
 mod distro;
 mod fixtures;
 mod follow;
@@ -50,6 +51,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "skopeo",
     "podman",
     "docker-registry",
+    // The hostforge container image: its Debian 12 base, and the runtime its test runs it
+    // with (see tests/container.rs).
+    "mmdebstrap",
+    "runc",
     // strip: the node's copy of the update agent.
     "binutils",
 ];
@@ -141,8 +146,8 @@ const TIERS: &[(&str, &str, &[&str])] = &[
     ),
     (
         "net",
-        "PXE/HTTP provisioning, buildah and the registry",
-        &["provision", "toolbox"],
+        "PXE/HTTP provisioning, buildah and the registry, hostforge in a container",
+        &["provision", "toolbox", "container"],
     ),
 ];
 
@@ -194,8 +199,23 @@ fn test(args: &[String]) -> Result<()> {
             .env("HOSTFORGE_DISTRO", &distro)
             .env("HOSTFORGE_AGENT_REPO", &agent);
     }
+    if tier.is_none() || tier == Some("net") {
+        // The container image of the debug build (the one the other tests run).
+        run(cargo()
+            .current_dir(top())
+            .args(["build", "--bin", "hostforge"]))?;
+        container::build(
+            &top(),
+            &top().join("target/debug/hostforge"),
+            CONTAINER_TEST_TAG,
+        )?;
+        cmd.env("HOSTFORGE_CONTAINER_IMAGE", CONTAINER_TEST_TAG);
+    }
     run(&mut cmd)
 }
+
+/// The container image `cargo xtask test` builds for tests/container.rs.
+const CONTAINER_TEST_TAG: &str = "localhost/hostforge:test";
 
 fn build_release() -> Result<PathBuf> {
     run(cargo()
@@ -364,6 +384,18 @@ fn main() -> Result<()> {
             test(&a)
         }
         Some("demo") => demo(),
+        // `cargo xtask container [--tag TAG]`: the release build as a container image.
+        Some("container") => {
+            let tag = match &args[1..] {
+                [] => container::DEFAULT_TAG.to_string(),
+                [flag, tag] if flag == "--tag" => tag.clone(),
+                _ => bail!("usage: cargo xtask container [--tag TAG]"),
+            };
+            deps()?;
+            let bin = build_release()?;
+            container::build(&top(), &bin, &tag)?;
+            Ok(())
+        }
         Some("docs") => {
             run(cargo().current_dir(top()).args(["build", "--bins"]))?;
             clidocs::generate(&top(), &top().join("target/debug"))
@@ -433,7 +465,7 @@ fn main() -> Result<()> {
         _ => {
             eprintln!(
                 "usage: cargo xtask <deps|fixtures|test [--tier unit|compose|image|boot|net]|\
-                 boot-test|demo|docs|install [--prefix P] [--destdir D]|bench [all|compose|node|image|delta|install]>"
+                 boot-test|demo|container [--tag T]|docs|install [--prefix P] [--destdir D]|bench [all|compose|node|image|delta|install]>"
             );
             Ok(())
         }
