@@ -164,3 +164,68 @@ fn compose_and_image_build_run_in_the_container() {
     );
     unlock_tree(dir.path());
 }
+
+/// The example pipelines in examples/ci/ pass their schemas (GitHub's and GitLab's, through
+/// check-jsonschema) and Tekton's linter (tekton-lint), and pass the compose the privileges
+/// the test above shows it needs.
+#[test]
+fn ci_examples_pass_their_schemas_and_linters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ci");
+    for (file, schema) in [
+        ("github-actions.yml", "vendor.github-workflows"),
+        ("gitlab-ci.yml", "vendor.gitlab-ci"),
+    ] {
+        let out = Command::new("check-jsonschema")
+            .args(["--builtin-schema", schema])
+            .arg(dir.join(file))
+            .output()
+            .expect("check-jsonschema (cargo xtask deps installs it)");
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+    }
+    let out = Command::new("tekton-lint")
+        .args(["--format", "json"])
+        .arg(dir.join("tekton-task.yaml"))
+        .output()
+        .expect("tekton-lint (cargo xtask deps installs it)");
+    let problems: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tekton-lint printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    });
+    assert!(
+        out.status.success() && problems == serde_json::json!([]),
+        "tekton-task.yaml: {problems:#}"
+    );
+
+    // The privileges: the flags themselves in GitHub's, the runner's settings in GitLab's,
+    // a privileged compose step (and an unprivileged image step) in Tekton's.
+    let text = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let flags = COMPOSE_PRIVILEGES
+        .chunks(2)
+        .map(|p| format!("{}={}", p[0], p[1]))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        text("github-actions.yml").contains(&format!("COMPOSE_PRIVILEGES: {flags}")),
+        "github-actions.yml does not pass {flags}"
+    );
+    let gitlab = text("gitlab-ci.yml");
+    for want in [
+        "devices = [\"/dev/fuse\"]",
+        "cap_add = [\"SYS_ADMIN\"]",
+        "systempaths=unconfined",
+    ] {
+        assert!(gitlab.contains(want), "gitlab-ci.yml lacks {want}");
+    }
+    assert_eq!(
+        text("tekton-task.yaml").matches("privileged: true").count(),
+        1
+    );
+}

@@ -88,6 +88,23 @@ fn deps() -> Result<()> {
         eprintln!("installing pykickstart (ksvalidator) from PyPI");
         run(Command::new("python3").args(["-m", "pip", "install", "-q", "pykickstart"]))?;
     }
+    // The example CI pipelines' checks (tests/container.rs).
+    if which("check-jsonschema").is_none() {
+        eprintln!("installing check-jsonschema from PyPI");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "check-jsonschema"]))?;
+    }
+    if which("tekton-lint").is_none() {
+        eprintln!("installing tekton-lint from the npm registry");
+        run(Command::new("npm").args([
+            "install",
+            "--global",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            "@ibm/tekton-lint@1.1.0",
+        ]))
+        .context("installing tekton-lint (npm, from Node.js, comes with this machine)")?;
+    }
     if missing.is_empty() {
         return Ok(());
     }
