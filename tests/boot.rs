@@ -810,15 +810,14 @@ fn containers_run_on_the_node(vm: &mut Vm, reg: &Registry, digest: &str) {
 fn push_toolbox(reg: &Registry, dir: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let tf = toolbox_treefile(dir);
-    let out = hostforge_cmd()
-        .args(["toolbox", "build", "--quiet", "--json"])
-        .arg(&tf)
-        .args(["--tag", &format!("{}/hostforge/toolbox:1", reg.host())])
-        .args(["--push", "--tls-verify=false", "--cachedir"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-boot/toolbox-cache"))
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap();
+    let out = toolbox_build_cmd(
+        &tf,
+        &format!("{}/hostforge/toolbox:1", reg.host()),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-boot/toolbox-cache"),
+    )
+    .args(["--push", "--tls-verify=false"])
+    .output()
+    .unwrap();
     assert_ok(&out);
     let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     built["digest"].as_str().unwrap().to_string()

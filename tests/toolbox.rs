@@ -22,13 +22,8 @@ fn toolbox_build(tf: &Path, tag: &str, extra: &[&str], path: Option<&str>) -> Ou
 }
 
 fn toolbox_build_unlocked(tf: &Path, tag: &str, extra: &[&str], path: Option<&str>) -> Output {
-    let mut cmd = hostforge_cmd();
-    cmd.args(["toolbox", "build", "--quiet", "--json"])
-        .arg(tf)
-        .args(["--tag", tag, "--cachedir"])
-        .arg(cachedir())
-        .args(extra)
-        .env("SOURCE_DATE_EPOCH", "1700000000");
+    let mut cmd = toolbox_build_cmd(tf, tag, &cachedir());
+    cmd.args(extra);
     if let Some(p) = path {
         cmd.env("PATH", p);
     }

@@ -312,12 +312,12 @@ pub fn sweep_scratch(base: &Path) {
         if name.starts_with(SCRATCH_PREFIX) {
             // Without a lock file: not one of ours (they are renamed into place locked).
             let _ = remove_unless_held(&dir, std::time::Duration::ZERO, false);
-        } else if let Some(pid) = name.strip_prefix(CLAIM_PREFIX) {
-            // A claim not yet renamed into place: stale once its process is gone.
-            if dead(pid) {
-                let _ = remove_staging(&dir);
-            }
-        } else if let Some(rest) = name.strip_prefix(TRASH_PREFIX) {
+        } else if let Some(rest) = name
+            .strip_prefix(CLAIM_PREFIX)
+            .or_else(|| name.strip_prefix(TRASH_PREFIX))
+        {
+            // A claim not yet renamed into place (PID), or a directory being removed
+            // (PID-N): stale once its process is gone.
             if rest.split('-').next().is_some_and(dead) {
                 let _ = remove_staging(&dir);
             }

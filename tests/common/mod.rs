@@ -390,6 +390,18 @@ pub fn retag_as_docker_v2(tag: &str) -> String {
     out.trim().to_string()
 }
 
+/// `hostforge toolbox build --quiet --json TF --tag TAG --cachedir CACHEDIR` with a fixed
+/// SOURCE_DATE_EPOCH; callers add flags (`--push`, ...).
+pub fn toolbox_build_cmd(tf: &Path, tag: &str, cachedir: &Path) -> Command {
+    let mut cmd = hostforge_cmd();
+    cmd.args(["toolbox", "build", "--quiet", "--json"])
+        .arg(tf)
+        .args(["--tag", tag, "--cachedir"])
+        .arg(cachedir)
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    cmd
+}
+
 /// treefiles/ copied beside a fixture-distro.repo; returns toolbox.yaml's path there.
 pub fn toolbox_treefile(dir: &Path) -> PathBuf {
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -84,14 +84,16 @@ fn deps() -> Result<()> {
             !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         })
         .collect();
-    if which("ksvalidator").is_none() {
-        eprintln!("installing pykickstart (ksvalidator) from PyPI");
-        run(Command::new("python3").args(["-m", "pip", "install", "-q", "pykickstart"]))?;
-    }
-    // The example CI pipelines' checks (tests/container.rs).
-    if which("check-jsonschema").is_none() {
-        eprintln!("installing check-jsonschema from PyPI");
-        run(Command::new("python3").args(["-m", "pip", "install", "-q", "check-jsonschema"]))?;
+    // From PyPI: kickstart validation, and the example CI pipelines' schema checks
+    // (tests/container.rs).
+    for (prog, package) in [
+        ("ksvalidator", "pykickstart"),
+        ("check-jsonschema", "check-jsonschema"),
+    ] {
+        if which(prog).is_none() {
+            eprintln!("installing {package} ({prog}) from PyPI");
+            run(Command::new("python3").args(["-m", "pip", "install", "-q", package]))?;
+        }
     }
     if which("tekton-lint").is_none() {
         eprintln!("installing tekton-lint from the npm registry");
