@@ -408,22 +408,94 @@ fn import_filez(
     Ok(())
 }
 
-/// Writes the regular files `commit` reaches in the repo at `src_path` (the bare-user cache)
-/// into the archive repo `dest` as `.filez` objects, on every core, with libdeflate: raw
-/// deflate at the level libostree would use (`archive.zlib-level`, 6 by default), several
-/// times faster than the zlib libostree compresses with. What is left (metadata, symlinks,
-/// and the commit last) is for libostree's local pull, which finds the files present. Each
-/// object is written aside in the repo's tmp/ and renamed into place, as libostree does, so a
-/// killed run leaves only whole objects and no ref to them. Returns the number written, or
-/// None when `dest` is not an archive repo. `progress` counts the files as they are done.
-pub fn export_files_to_archive(
+/// The hex checksum in a variant of type `ay` (32 bytes).
+fn hex_checksum(v: &glib::Variant) -> Result<String> {
+    let bytes = v
+        .fixed_array::<u8>()
+        .map_err(|e| anyhow::anyhow!("a checksum in an ostree object: {e}"))?;
+    if bytes.len() != 32 {
+        anyhow::bail!("a checksum of {} bytes in an ostree object", bytes.len());
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The root dirtree and dirmeta of the commit object `v`.
+fn commit_root(v: &glib::Variant) -> Result<(String, String)> {
+    Ok((
+        hex_checksum(&v.child_value(6))?,
+        hex_checksum(&v.child_value(7))?,
+    ))
+}
+
+/// Walks the dirtrees of `commit` in `repo` from the root down, skipping a subtree whose
+/// dirtree is in `skip`; `visit` sees each dirtree walked (with its checksum and its files'
+/// checksums) and each subdirectory's dirmeta.
+fn walk_dirtrees(
+    repo: &ostree::Repo,
+    commit: &str,
+    skip: &std::collections::HashSet<String>,
+    mut visit: impl FnMut(&str, Vec<String>, Vec<String>),
+) -> Result<()> {
+    let v = repo
+        .load_variant(ostree::ObjectType::Commit, commit)
+        .with_context(|| format!("loading commit {commit}"))?;
+    let (tree, meta) = commit_root(&v)?;
+    let mut todo = vec![(tree, meta)];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((tree, meta)) = todo.pop() {
+        if skip.contains(&tree) || !seen.insert(tree.clone()) {
+            continue;
+        }
+        let d = repo
+            .load_variant(ostree::ObjectType::DirTree, &tree)
+            .with_context(|| format!("loading dirtree {tree} of commit {commit}"))?;
+        let files = d.child_value(0);
+        let files = (0..files.n_children())
+            .map(|i| hex_checksum(&files.child_value(i).child_value(1)))
+            .collect::<Result<Vec<_>>>()?;
+        let dirs = d.child_value(1);
+        let mut metas = vec![meta];
+        for i in 0..dirs.n_children() {
+            let e = dirs.child_value(i);
+            let (t, m) = (
+                hex_checksum(&e.child_value(1))?,
+                hex_checksum(&e.child_value(2))?,
+            );
+            metas.push(m.clone());
+            todo.push((t, m));
+        }
+        visit(&tree, files, metas);
+    }
+    Ok(())
+}
+
+/// Into an archive repo `dest`: `commit` of the repo at `src_path`, its regular files
+/// compressed on every core by hostforge (libdeflate: raw deflate at the level libostree
+/// would use, `archive.zlib-level`, 6 by default, several times faster than libostree's
+/// zlib; each written aside in the repo's tmp/ and renamed into place, as libostree does, so
+/// a killed run leaves only whole objects), its other objects written in one
+/// transaction, the commit object last (marked partial until the transaction ends). A
+/// dirtree of `base`, a complete commit already in `dest` (the ref's previous commit), is
+/// there with everything under it: those subtrees are not walked, so a recompose that
+/// changed a few directories copies and checks only those. Returns the number of file objects
+/// written, or None, leaving everything to libostree's pull, when `dest` is not an archive
+/// repo or `commit` is already complete in it.
+pub fn export_commit_to_archive(
     src_path: &Path,
     dest: &ostree::Repo,
     commit: &str,
+    base: Option<&str>,
     progress: Option<&crate::progress::Progress>,
 ) -> Result<Option<usize>> {
     let c = gio::Cancellable::NONE;
     if dest.mode() != ostree::RepoMode::Archive {
+        return Ok(None);
+    }
+    let complete = |csum: &str| {
+        dest.load_commit(csum)
+            .is_ok_and(|(_, state)| !state.contains(ostree::RepoCommitState::PARTIAL))
+    };
+    if complete(commit) {
         return Ok(None);
     }
     let dest_path = dest
@@ -436,14 +508,23 @@ pub fn export_files_to_archive(
         .unwrap_or(6)
         .clamp(1, 9);
     let src = open_existing(src_path)?;
-    let objects = src
-        .traverse_commit(commit, 0, c)
-        .with_context(|| format!("reading commit {commit} in {}", src_path.display()))?;
-    let files: Vec<String> = objects
-        .iter()
-        .filter(|o| o.object_type() == ostree::ObjectType::File)
-        .map(|o| o.checksum().to_string())
-        .collect();
+    let mut known = std::collections::HashSet::new();
+    if let Some(base) = base.filter(|b| complete(b)) {
+        walk_dirtrees(dest, base, &Default::default(), |tree, _, _| {
+            known.insert(tree.to_string());
+        })?;
+    }
+    let (mut files, mut trees, mut metas) = (Vec::new(), Vec::new(), Vec::new());
+    walk_dirtrees(&src, commit, &known, |tree, f, m| {
+        trees.push(tree.to_string());
+        files.extend(f);
+        metas.extend(m);
+    })
+    .with_context(|| format!("reading commit {commit} in {}", src_path.display()))?;
+    files.sort();
+    files.dedup();
+    metas.sort();
+    metas.dedup();
     let bar = progress.map(|p| p.bar("commit", files.len() as u64));
     let written = crate::pool::map(
         &files,
@@ -458,17 +539,48 @@ pub fn export_files_to_archive(
                 libdeflater::Compressor::new(lvl),
             ))
         },
-        |(dest, src, deflater), csum| -> Result<bool> {
-            let written = !dest.has_object(ostree::ObjectType::File, csum, c)?
-                && write_filez(src, &dest_path, csum, deflater)
-                    .with_context(|| format!("writing file object {csum} into the archive repo"))?;
+        |(dest, src, deflater), csum| -> Result<Option<bool>> {
+            let written = if dest.has_object(ostree::ObjectType::File, csum, c)? {
+                Some(false)
+            } else {
+                write_filez(src, &dest_path, csum, deflater)
+                    .with_context(|| format!("writing file object {csum} into the archive repo"))?
+                    .then_some(true)
+            };
             if let Some(bar) = &bar {
                 bar.inc("files");
             }
             Ok(written)
         },
     )?;
-    Ok(Some(written.into_iter().filter(|w| *w).count()))
+    let tx = dest.auto_transaction(c)?;
+    // Symlinks, through libostree.
+    for (csum, _) in files.iter().zip(&written).filter(|(_, w)| w.is_none()) {
+        let (stream, info, xattrs) = src.load_file(csum, c)?;
+        // A symlink has no content stream; its target is in `info`.
+        let stream = stream.unwrap_or_else(|| gio::MemoryInputStream::new().upcast());
+        let (content, len) = ostree::raw_file_to_content_stream(&stream, &info, Some(&xattrs), c)?;
+        dest.write_content(Some(csum), &content, len, c)
+            .with_context(|| format!("writing file object {csum} into the repo"))?;
+    }
+    let objects = metas
+        .iter()
+        .map(|m| (ostree::ObjectType::DirMeta, m))
+        .chain(trees.iter().map(|t| (ostree::ObjectType::DirTree, t)));
+    for (kind, csum) in objects {
+        if !dest.has_object(kind, csum, c)? {
+            let v = src.load_variant(kind, csum)?;
+            dest.write_metadata(kind, Some(csum), &v, c)
+                .with_context(|| format!("writing {kind:?} object {csum} into the repo"))?;
+        }
+    }
+    let v = src.load_variant(ostree::ObjectType::Commit, commit)?;
+    dest.write_metadata(ostree::ObjectType::Commit, Some(commit), &v, c)?;
+    if let Some(detached) = src.read_commit_detached_metadata(commit, c)? {
+        dest.write_commit_detached_metadata(commit, Some(&detached), c)?;
+    }
+    commit_transaction(dest, tx, commit)?;
+    Ok(Some(written.iter().filter(|w| **w != Some(false)).count()))
 }
 
 /// One regular file of `src` as a `.filez` object of the archive repo at `dest`; false for
@@ -646,9 +758,10 @@ mod tests {
         assert!(!import_archive_commit(&dest, &other, commit).unwrap());
     }
 
-    /// Files written by hostforge's archive export, then the rest by libostree's pull, make a
-    /// repo that passes fsck and holds the tree as libostree's own pull makes it; a file
-    /// object already there is not written again.
+    /// hostforge's archive export makes a repo that passes fsck and holds the tree as
+    /// libostree's own pull makes it; a file object already there is not written again; with
+    /// the previous commit as base, only the directories that changed are walked and the
+    /// repo still holds every object of the new commit.
     #[test]
     fn archive_export_passes_fsck_and_matches_libostrees_pull() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
@@ -659,9 +772,8 @@ mod tests {
         );
         let commit = commit_sample_tree(dir.path(), &src, "bare-user");
         let ours_repo = open_or_create(&ours, ostree::RepoMode::Archive).unwrap();
-        let written = export_files_to_archive(&src, &ours_repo, &commit, None).unwrap();
-        assert_eq!(written, Some(2), "the two regular files");
-        pull_local(&ours_repo, &src, std::slice::from_ref(&commit)).unwrap();
+        let written = export_commit_to_archive(&src, &ours_repo, &commit, None, None).unwrap();
+        assert_eq!(written, Some(3), "two regular files and a symlink");
         ostree(&ours, &["fsck"]);
         let theirs_repo = open_or_create(&theirs, ostree::RepoMode::Archive).unwrap();
         pull_local(&theirs_repo, &src, std::slice::from_ref(&commit)).unwrap();
@@ -672,13 +784,37 @@ mod tests {
             ostree(&ours, &["cat", &commit, "/usr/bin/tool"]),
             ostree(&theirs, &["cat", &commit, "/usr/bin/tool"])
         );
+        // Complete already: nothing to do.
         assert_eq!(
-            export_files_to_archive(&src, &ours_repo, &commit, None).unwrap(),
-            Some(0)
+            export_commit_to_archive(&src, &ours_repo, &commit, None, None).unwrap(),
+            None
+        );
+        // A second commit adds a directory; with the first as base, only its file is
+        // written, and fsck finds every object of the new commit.
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/new.conf"), "x = 1\n").unwrap();
+        let second = ostree(
+            &src,
+            &[
+                "commit",
+                "-b",
+                "t",
+                &format!("--tree=dir={}", tree.display()),
+            ],
+        );
+        let second = second.trim();
+        let written =
+            export_commit_to_archive(&src, &ours_repo, second, Some(&commit), None).unwrap();
+        assert_eq!(written, Some(1), "etc/new.conf alone");
+        ostree(&ours, &["fsck"]);
+        assert_eq!(
+            ostree(&ours, &["ls", "-RX", second]),
+            ostree(&src, &["ls", "-RX", second])
         );
         let bare = open_or_create(&dir.path().join("bare"), ostree::RepoMode::Bare).unwrap();
         assert_eq!(
-            export_files_to_archive(&src, &bare, &commit, None).unwrap(),
+            export_commit_to_archive(&src, &bare, &commit, None, None).unwrap(),
             None
         );
     }

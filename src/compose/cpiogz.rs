@@ -70,43 +70,69 @@ pub fn chosen_by_user(root: &std::path::Path, args: &[String]) -> Result<Option<
     Ok(None)
 }
 
-/// One parsed newc/crc entry header: where the next entry starts, and whether this is the
-/// trailer.
+/// Bytes at an offset: the archive as a file (streamed) or, in tests, in memory.
+pub trait ReadAt {
+    /// Fills `buf` from offset `at`; an error when the source ends first.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, at)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        let src = usize::try_from(at)
+            .ok()
+            .and_then(|at| self.get(at..at.checked_add(buf.len())?))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// One parsed newc/crc entry header: where the next entry starts, and its name.
 struct Header {
-    next: usize,
+    next: u64,
     name: Vec<u8>,
 }
 
-fn hex_field(buf: &[u8], at: usize, i: usize) -> Result<usize> {
-    let f = &buf[at + 6 + 8 * i..at + 14 + 8 * i];
+fn hex_field(head: &[u8], at: u64, i: usize) -> Result<u64> {
+    let f = &head[6 + 8 * i..14 + 8 * i];
     let s = std::str::from_utf8(f).map_err(|_| anyhow::anyhow!("bad cpio header at {at}"))?;
-    usize::from_str_radix(s, 16).map_err(|_| anyhow::anyhow!("bad cpio header at {at}"))
+    u64::from_str_radix(s, 16).map_err(|_| anyhow::anyhow!("bad cpio header at {at}"))
 }
 
-fn header_at(buf: &[u8], at: usize) -> Result<Header> {
-    if buf.len() < at + 110
-        || !(buf[at..].starts_with(b"070701") || buf[at..].starts_with(b"070702"))
+fn header_at(src: &(impl ReadAt + ?Sized), len: u64, at: u64) -> Result<Header> {
+    let mut head = [0u8; 110];
+    if len < at + 110
+        || src.read_exact_at(&mut head, at).is_err()
+        || !(head.starts_with(b"070701") || head.starts_with(b"070702"))
     {
         bail!("dracut's archive has no cpio (newc) header at byte {at}");
     }
-    let size = hex_field(buf, at, 6)?;
-    let namesize = hex_field(buf, at, 11)?;
-    let align = |n: usize| (n + 3) & !3;
+    let size = hex_field(&head, at, 6)?;
+    let namesize = hex_field(&head, at, 11)?;
+    let align = |n: u64| (n + 3) & !3;
     let data = align(at + 110 + namesize);
     let next = align(data + size);
-    if namesize == 0 || next > buf.len() {
+    if namesize == 0 || namesize > 4096 || next > len {
         bail!("dracut's archive is cut short in the entry at byte {at}");
     }
-    let name = buf[at + 110..at + 110 + namesize - 1].to_vec();
+    let mut name = vec![0; namesize as usize - 1];
+    src.read_exact_at(&mut name, at + 110)
+        .map_err(|_| anyhow::anyhow!("dracut's archive is cut short in the entry at byte {at}"))?;
     Ok(Header { next, name })
 }
 
 /// The archive starting at `start`: the offsets of its entries, where it ends (after the
-/// trailer), and whether it is an early (microcode) archive.
-fn archive_at(buf: &[u8], start: usize) -> Result<(Vec<usize>, usize, bool)> {
+/// trailer), and whether it is an early (microcode) archive. Reads the headers only.
+fn archive_at(src: &(impl ReadAt + ?Sized), len: u64, start: u64) -> Result<(Vec<u64>, u64, bool)> {
     let (mut at, mut starts, mut early) = (start, Vec::new(), false);
     loop {
-        let h = header_at(buf, at)?;
+        let h = header_at(src, len, at)?;
         starts.push(at);
         early |= h.name == b"early_cpio";
         at = h.next;
@@ -116,55 +142,107 @@ fn archive_at(buf: &[u8], start: usize) -> Result<(Vec<usize>, usize, bool)> {
     }
 }
 
-/// `archive` (dracut's `--no-compress` output) as the kernel's compressed initramfs.
-pub fn compress(archive: &[u8]) -> Result<Vec<u8>> {
-    // The early archive, and the NUL padding the kernel skips between archives, stay as they are.
-    let (mut starts, end, early) = archive_at(archive, 0)?;
+/// Where the image's parts begin and end: the first cut is the end of what stays
+/// uncompressed (the early archive and the NUL padding after it); each later one starts a
+/// gzip member.
+fn cut_points(src: &(impl ReadAt + ?Sized), len: u64) -> Result<Vec<u64>> {
+    let (mut starts, end, early) = archive_at(src, len, 0)?;
     let mut raw = 0;
     if early {
         raw = end;
-        while archive.get(raw) == Some(&0) {
+        let mut b = [0u8; 1];
+        while raw < len && src.read_exact_at(&mut b, raw).is_ok() && b[0] == 0 {
             raw += 1;
         }
-        starts = archive_at(archive, raw)?.0;
+        starts = archive_at(src, len, raw)?.0;
     }
     // Cut before the first entry at or past each PIECE boundary; the last piece takes the rest
     // (the trailer and anything dracut appended).
     let mut cuts = vec![raw];
     for s in starts {
-        if s >= cuts.last().unwrap() + PIECE {
+        if s >= cuts.last().unwrap() + PIECE as u64 {
             cuts.push(s);
         }
     }
-    cuts.push(archive.len());
-    let pieces: Vec<&[u8]> = cuts.windows(2).map(|w| &archive[w[0]..w[1]]).collect();
-    let members = crate::pool::map(
-        &pieces,
-        crate::pool::workers(usize::MAX),
-        || {
-            let lvl = libdeflater::CompressionLvl::new(LEVEL)
-                .map_err(|e| anyhow::anyhow!("libdeflate level {LEVEL}: {e:?}"))?;
-            Ok(libdeflater::Compressor::new(lvl))
-        },
-        |c, piece| -> Result<Vec<u8>> {
-            let mut gz = vec![0; c.gzip_compress_bound(piece.len())];
-            let n = c
-                .gzip_compress(piece, &mut gz)
-                .map_err(|e| anyhow::anyhow!("gzip of the initramfs: {e:?}"))?;
-            gz.truncate(n);
-            Ok(gz)
-        },
-    )?;
-    let mut image = archive[..raw].to_vec();
-    for gz in members {
-        image.extend_from_slice(&gz);
+    cuts.push(len);
+    Ok(cuts)
+}
+
+/// Reads `src[from..to]`.
+fn read_range(src: &(impl ReadAt + ?Sized), from: u64, to: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0; (to - from) as usize];
+    src.read_exact_at(&mut buf, from)
+        .map_err(|e| anyhow::anyhow!("reading dracut's archive at byte {from}: {e}"))?;
+    Ok(buf)
+}
+
+/// Writes `src` (dracut's `--no-compress` output, `len` bytes) to `out` as the kernel's
+/// compressed initramfs. Streams: at most two pieces per worker are in memory at a time.
+pub fn compress_to(
+    src: &(impl ReadAt + Sync + ?Sized),
+    len: u64,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let cuts = cut_points(src, len)?;
+    // The early archive, and the NUL padding the kernel skips between archives, stay as they are.
+    out.write_all(&read_range(src, 0, cuts[0])?)?;
+    let pieces: Vec<(u64, u64)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
+    let workers = crate::pool::workers(usize::MAX);
+    for batch in pieces.chunks(2 * workers) {
+        let members = crate::pool::map(
+            batch,
+            workers,
+            || {
+                let lvl = libdeflater::CompressionLvl::new(LEVEL)
+                    .map_err(|e| anyhow::anyhow!("libdeflate level {LEVEL}: {e:?}"))?;
+                Ok(libdeflater::Compressor::new(lvl))
+            },
+            |c, &(from, to)| -> Result<Vec<u8>> {
+                let piece = read_range(src, from, to)?;
+                let mut gz = vec![0; c.gzip_compress_bound(piece.len())];
+                let n = c
+                    .gzip_compress(&piece, &mut gz)
+                    .map_err(|e| anyhow::anyhow!("gzip of the initramfs: {e:?}"))?;
+                gz.truncate(n);
+                Ok(gz)
+            },
+        )?;
+        for gz in members {
+            out.write_all(&gz)?;
+        }
     }
-    Ok(image)
+    Ok(())
+}
+
+/// Compresses the archive at `path` in place: the image goes to a file beside it, which then
+/// replaces the archive.
+pub fn compress_file(path: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    let src = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = src.metadata()?.len();
+    let tmp = path.with_extension("gz-partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    compress_to(&src, len, &mut out)?;
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What [`compress_to`] makes of an archive in memory.
+    fn compress(archive: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        compress_to(archive, archive.len() as u64, &mut out)?;
+        Ok(out)
+    }
 
     /// A newc archive of `files` (name, content), with the trailer.
     fn newc(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
@@ -254,6 +332,13 @@ mod tests {
             archive.len()
         );
         assert_eq!(compress(&archive).unwrap(), image, "not reproducible");
+        // The streamed file gives the same image in place, and leaves nothing beside it.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("initramfs.img");
+        std::fs::write(&f, &archive).unwrap();
+        compress_file(&f).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), image);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     /// An early (microcode) archive stays uncompressed ahead of the compressed main one.

@@ -202,14 +202,12 @@ pub fn prepare(
                 let compressed = match dracut_compresses {
                     Some(why) => format!("compressed by dracut: {why}"),
                     None => {
-                        let archive = std::fs::read(&built)?;
-                        let image = super::cpiogz::compress(&archive).with_context(|| {
+                        super::cpiogz::compress_file(&built).with_context(|| {
                             format!(
                                 "compressing the initramfs of kernel {kver} (to let dracut do \
                                  it, add --compress=gzip to initramfs-args)"
                             )
                         })?;
-                        std::fs::write(&built, image)?;
                         "gzip by hostforge on every core".to_string()
                     }
                 };

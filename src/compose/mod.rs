@@ -306,9 +306,10 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         Checked::Changed(input) => input,
     };
     let packages = run.step("fetch", || fetch_and_import(env, &solved))?;
+    let rpmdb = start_rpmdb(env, &packages)?;
     run.step("assemble", || assemble(env, target, &input, &packages))?;
     run.step("scripts", || run_scriptlets(env, &packages))?;
-    run.step("rpmdb", || write_rpmdb(env, &packages))?;
+    run.step("rpmdb", || rpmdb.place(env))?;
     let version = run.step("postprocess", || {
         postprocess_tree(env, target, &input, &packages)
     })?;
@@ -604,9 +605,10 @@ fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> 
 /// Empties the work dir of an earlier (possibly interrupted) compose.
 fn clean_work_root(env: &Env) -> Result<()> {
     scripts::unmount_stale(&env.work.join("rofiles"));
-    let r = env.root();
-    if r.exists() {
-        std::fs::remove_dir_all(&r).with_context(|| format!("removing {}", r.display()))?;
+    for r in [env.root(), env.work.join("root.old")] {
+        if r.exists() {
+            std::fs::remove_dir_all(&r).with_context(|| format!("removing {}", r.display()))?;
+        }
     }
     Ok(())
 }
@@ -816,6 +818,20 @@ fn run_scriptlets(env: &Env, packages: &Packages) -> Result<((), String)> {
         .iter()
         .map(|c| pkgcache::read_rpm_metadata(&env.cache, c))
         .collect::<Result<_>>()?;
+    // Nothing to run (no scriptlet, no file trigger): no need to mount the root for them.
+    let has_script = |m: &rpm::PackageMetadata| {
+        [
+            m.get_pre_install_script(),
+            m.get_post_install_script(),
+            m.get_post_trans_script(),
+        ]
+        .into_iter()
+        .any(|s| s.is_ok_and(|s| !s.script.trim().is_empty()))
+            || m.get_trans_file_triggers().is_ok_and(|t| !t.is_empty())
+    };
+    if !metas.iter().any(has_script) {
+        return Ok(((), "0 scriptlets".to_string()));
+    }
     let protected = scripts::Protected::mount(&r, &env.work.join("rofiles"))?;
     let scratch = env.work.join("scratch");
     let mut count = 0;
@@ -948,11 +964,21 @@ fn run_trans_file_triggers(
     Ok(count)
 }
 
-fn write_rpmdb(env: &Env, packages: &Packages) -> Result<((), String)> {
-    let r = env.root();
-    let dbpath = r.join("usr/share/rpm");
-    postprocess::remove_any(&dbpath)?;
-    std::fs::create_dir_all(&dbpath)?;
+/// The rpmdb of the composed packages, written by `rpmdb --importdb` (a child process) into a
+/// directory of the work dir while assemble and the scriptlets run on the other core;
+/// [`RpmdbJob::place`] waits for it and puts it at `/usr/share/rpm` in the root, as if it
+/// had been written there then. Dropped before that, the child is killed.
+struct RpmdbJob {
+    child: Option<std::process::Child>,
+    dir: PathBuf,
+    log: PathBuf,
+    headers: usize,
+}
+
+fn start_rpmdb(env: &Env, packages: &Packages) -> Result<RpmdbJob> {
+    let dir = env.work.join("rpmdb");
+    postprocess::remove_any(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut headers = Vec::new();
     for c in &packages.commits {
         let meta = pkgcache::read_rpm_metadata(&env.cache, c)?;
@@ -962,20 +988,55 @@ fn write_rpmdb(env: &Env, packages: &Packages) -> Result<((), String)> {
         );
     }
     let export = env.work.join("headers.rpmdb");
-    std::fs::write(&export, &headers)?;
-    process::run_with_stdin(
-        Command::new("rpmdb").arg("--dbpath").arg(&dbpath).args([
-            "--define",
-            "_db_backend sqlite",
-            "--importdb",
-        ]),
-        std::fs::File::open(&export)?,
-    )
-    .context("writing the rpmdb")?;
-    for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
-        let _ = std::fs::remove_file(dbpath.join(f));
+    std::fs::write(&export, &headers).with_context(|| format!("writing {}", export.display()))?;
+    let log = env.work.join("rpmdb.log");
+    let child = Command::new("rpmdb")
+        .arg("--dbpath")
+        .arg(&dir)
+        .args(["--define", "_db_backend sqlite", "--importdb"])
+        .stdin(std::fs::File::open(&export)?)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting rpmdb --importdb (is rpm installed?)")?;
+    Ok(RpmdbJob {
+        child: Some(child),
+        dir,
+        log,
+        headers: packages.commits.len(),
+    })
+}
+
+impl RpmdbJob {
+    fn place(mut self, env: &Env) -> Result<((), String)> {
+        let status = self.child.take().expect("waited once").wait()?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            bail!(
+                "writing the rpmdb: rpmdb --importdb {}: {}",
+                process::status_text(&status),
+                process::tail(&log, 20)
+            );
+        }
+        for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        let dbpath = env.root().join("usr/share/rpm");
+        postprocess::remove_any(&dbpath)?;
+        std::fs::create_dir_all(env.root().join("usr/share"))?;
+        std::fs::rename(&self.dir, &dbpath)
+            .with_context(|| format!("moving the rpmdb to {}", dbpath.display()))?;
+        Ok(((), format!("{} headers", self.headers)))
     }
-    Ok(((), format!("{} headers", packages.commits.len())))
+}
+
+impl Drop for RpmdbJob {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `automatic-version-prefix` as rpm-ostree numbers it: `P`, then `P.1`, `P.2`, ... after a
@@ -1343,12 +1404,28 @@ fn commit(
 ) -> Result<(Committed, String)> {
     let committed = write_build_commit(env, tree, owners)?;
     let built = &committed.commit;
-    copy_into_target(env, target, built)?;
-    sign_commit(env, target, built)?;
-    static_delta(env, target, tree.input.parent.as_deref(), built)?;
-    process::fault_point("commit");
-    move_ref(env, target, built)?;
-    clean_work_root(env)?;
+    // The root is in the cache repo now: set aside, it is removed on the other core while the
+    // commit goes into --repo (an interrupted removal is finished by the next compose).
+    let aside = env.work.join("root.old");
+    postprocess::remove_any(&aside)?;
+    std::fs::rename(env.root(), &aside)
+        .with_context(|| format!("moving {} aside", env.root().display()))?;
+    std::thread::scope(|s| -> Result<()> {
+        let removal = s.spawn(|| {
+            std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))
+        });
+        let into_target = (|| -> Result<()> {
+            copy_into_target(env, target, tree.input.parent.as_deref(), built)?;
+            sign_commit(env, target, built)?;
+            static_delta(env, target, tree.input.parent.as_deref(), built)?;
+            process::fault_point("commit");
+            move_ref(env, target, built)
+        })();
+        let removed = removal
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        into_target.and(removed)
+    })?;
     let detail = format!("{} => {built}", env.ref_name());
     Ok((committed, detail))
 }
@@ -1446,13 +1523,28 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
     })
 }
 
-/// Copies the commit's objects from the cache repo into `--repo` (no ref moves yet): an
-/// archive repo's files compressed on every core by hostforge, the rest by libostree's pull.
-fn copy_into_target(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
-    ostreeutil::export_files_to_archive(&env.cache_path, target, built, Some(&env.progress))
-        .with_context(|| format!("copying the files of commit {built} into the target repo"))?;
-    ostreeutil::pull_local(target, &env.cache_path, &[built.to_string()])
-        .with_context(|| format!("copying commit {built} into the target repo"))
+/// Copies the commit's objects from the cache repo into `--repo` (no ref moves yet): into an
+/// archive repo by hostforge (files compressed on every core, only the directories that
+/// differ from the ref's previous commit walked), into the other kinds by libostree's pull.
+fn copy_into_target(
+    env: &Env,
+    target: &ostree::Repo,
+    parent: Option<&str>,
+    built: &str,
+) -> Result<()> {
+    let exported = ostreeutil::export_commit_to_archive(
+        &env.cache_path,
+        target,
+        built,
+        parent,
+        Some(&env.progress),
+    )
+    .with_context(|| format!("copying commit {built} into the target repo"))?;
+    if exported.is_none() {
+        ostreeutil::pull_local(target, &env.cache_path, &[built.to_string()])
+            .with_context(|| format!("copying commit {built} into the target repo"))?;
+    }
+    Ok(())
 }
 
 /// Points the ref at the commit, and keeps a served repo's summary in step with its refs.
