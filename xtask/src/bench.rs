@@ -290,9 +290,10 @@ fn record(top: &Path, figures: &[Headline]) -> Result<()> {
 }
 
 pub fn compose(top: &Path, bin: &Path) -> Result<()> {
-    let (repo_a, repo_b, names) = fixtures::bench_repos(top)?;
+    let (repo_a_dir, repo_b, names) = fixtures::bench_repos(top)?;
     let work = top.join("target/bench-compose");
     let _ = std::fs::remove_dir_all(&work);
+    Command::new("sync").status()?;
     let tf_dir = work.join("tf");
     std::fs::create_dir_all(&tf_dir)?;
     let repo_file = |dir: &Path| {
@@ -301,7 +302,7 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
             dir.display()
         )
     };
-    std::fs::write(tf_dir.join("bench.repo"), repo_file(&repo_a))?;
+    std::fs::write(tf_dir.join("bench.repo"), repo_file(&repo_a_dir))?;
     let treefile = tf_dir.join("bench.yaml");
     std::fs::write(
         &treefile,
@@ -313,55 +314,133 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
                 .collect::<String>()
         ),
     )?;
-    let size: u64 = std::fs::read_dir(repo_a.join("Packages"))?
+    let size: u64 = std::fs::read_dir(repo_a_dir.join("Packages"))?
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
 
-    // Baseline: dnf into an installroot, then ostree commit into an archive repo.
-    let root = work.join("dnf-root");
-    let dnf = timed(
-        "baseline: dnf --installroot install",
-        Command::new("dnf")
-            .arg(format!("--installroot={}", root.display()))
-            .args([
-                "--releasever=0",
-                "-y",
-                "-q",
-                "--nogpgcheck",
-                "--disableplugin=*",
-            ])
-            .arg(format!("--setopt=reposdir={}", tf_dir.display()))
-            .arg(format!(
-                "--setopt=cachedir={}",
-                work.join("dnf-cache").display()
-            ))
-            .args(["--setopt=install_weak_deps=False", "install"])
-            .args(&names),
-    )?;
-    let base_repo = work.join("baseline-repo");
-    timed("baseline: ostree init", &mut ostree_init(&base_repo))?;
-    let commit = timed(
-        "baseline: ostree commit",
-        Command::new("ostree")
-            .arg(format!("--repo={}", base_repo.display()))
-            .args(["commit", "--branch=bench/baseline"])
-            .arg(format!("--tree=dir={}", root.display())),
-    )?;
-    let baseline = dnf + commit;
+    // Each figure is the median of ROUNDS runs, each after `sync` and each in directories of
+    // its own: this machine's disk is mounted with `discard`, and a run right after a large
+    // removal measured up to twice as slow (single cold composes varied from 5.7 s to 11.6 s).
+    const ROUNDS: usize = 3;
+    let sync = || Command::new("sync").status();
+    let mut dnf_runs = Vec::new();
+    let mut commit_runs = Vec::new();
+    for round in 1..=ROUNDS {
+        // Baseline: dnf into an installroot, then ostree commit into an archive repo.
+        let dir = work.join(format!("baseline-{round}"));
+        let root = dir.join("dnf-root");
+        sync()?;
+        dnf_runs.push(timed(
+            &format!("baseline: dnf --installroot install, round {round}"),
+            Command::new("dnf")
+                .arg(format!("--installroot={}", root.display()))
+                .args([
+                    "--releasever=0",
+                    "-y",
+                    "-q",
+                    "--nogpgcheck",
+                    "--disableplugin=*",
+                ])
+                .arg(format!("--setopt=reposdir={}", tf_dir.display()))
+                .arg(format!(
+                    "--setopt=cachedir={}",
+                    dir.join("dnf-cache").display()
+                ))
+                .args(["--setopt=install_weak_deps=False", "install"])
+                .args(&names),
+        )?);
+        let base_repo = dir.join("repo");
+        std::fs::create_dir_all(&dir)?;
+        timed("baseline: ostree init", &mut ostree_init(&base_repo))?;
+        sync()?;
+        commit_runs.push(timed(
+            &format!("baseline: ostree commit, round {round}"),
+            Command::new("ostree")
+                .arg(format!("--repo={}", base_repo.display()))
+                .args(["commit", "--branch=bench/baseline"])
+                .arg(format!("--tree=dir={}", root.display())),
+        )?);
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let baseline_runs: Vec<f64> = dnf_runs
+        .iter()
+        .zip(&commit_runs)
+        .map(|(a, b)| a + b)
+        .collect();
+    let (dnf, commit, baseline) = (
+        median(&dnf_runs),
+        median(&commit_runs),
+        median(&baseline_runs),
+    );
 
-    let repo = work.join("repo");
-    timed("ostree init", &mut ostree_init(&repo))?;
-    let hf = |label: &str| -> Result<f64> {
+    let hf = |label: &str, dir: &Path| -> Result<f64> {
+        sync()?;
         timed(
             label,
-            &mut compose_cmd(bin, &repo, &work.join("cache"), &treefile, true),
+            &mut compose_cmd(bin, &dir.join("repo"), &dir.join("cache"), &treefile, true),
         )
     };
-    let cold = hf("hostforge: cold compose")?;
-    let nochange = hf("hostforge: no change")?;
+    let mut cold_runs = Vec::new();
+    for round in 1..=ROUNDS {
+        let dir = work.join(format!("cold-{round}"));
+        std::fs::create_dir_all(&dir)?;
+        timed("ostree init", &mut ostree_init(&dir.join("repo")))?;
+        cold_runs.push(hf(
+            &format!("hostforge: cold compose, round {round}"),
+            &dir,
+        )?);
+    }
+    let cold_dir = work.join("cold-1");
+    let mut nochange_runs = Vec::new();
+    for round in 1..=ROUNDS {
+        nochange_runs.push(hf(
+            &format!("hostforge: no change, round {round}"),
+            &cold_dir,
+        )?);
+    }
+    // Each round of "one package changed" starts from a copy of the repo and cache a cold
+    // compose left.
     std::fs::write(tf_dir.join("bench.repo"), repo_file(&repo_b))?;
-    let changed = hf("hostforge: one package changed")?;
+    let mut changed_runs = Vec::new();
+    for round in 1..=ROUNDS {
+        let dir = work.join(format!("changed-{round}"));
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&cold_dir)
+            .arg(&dir)
+            .status()?;
+        if !st.success() {
+            bail!("cp -a {} {} failed", cold_dir.display(), dir.display());
+        }
+        changed_runs.push(hf(
+            &format!("hostforge: one package changed, round {round}"),
+            &dir,
+        )?);
+    }
+    let (cold, nochange, changed) = (
+        median(&cold_runs),
+        median(&nochange_runs),
+        median(&changed_runs),
+    );
+    // What is left for a look afterwards: the first cold compose's repo and cache.
+    for round in 1..=ROUNDS {
+        for name in ["baseline", "changed", "cold"] {
+            if (name, round) != ("cold", 1) {
+                let _ = std::fs::remove_dir_all(work.join(format!("{name}-{round}")));
+            }
+        }
+    }
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
     let body = format!(
         "## compose\n\n\
@@ -371,7 +450,13 @@ pub fn compose(top: &Path, bin: &Path) -> Result<()> {
          | hostforge cold (empty cache, empty repo) | {cold:.2} | {r1:.2}× baseline | ≤ 0.5× |\n\
          | hostforge, one package changed | {changed:.2} | {r2:.3}× cold | ≤ 0.05× |\n\
          | hostforge, nothing changed | {nochange:.2} | | ≤ 0.1 s |\n\n\
-         Baseline split: dnf {dnf:.2} s, ostree commit {commit:.2} s.\n",
+         Medians of {ROUNDS} runs, each after `sync`: baseline {bl}; cold {cl}; one package \
+         changed {ch} (each from a copy of the repo and cache the cold compose left); nothing \
+         changed {nc}. Baseline split: dnf {dnf:.2} s, ostree commit {commit:.2} s.\n",
+        bl = list(&baseline_runs),
+        cl = list(&cold_runs),
+        ch = list(&changed_runs),
+        nc = list(&nochange_runs),
         n = names.len(),
         mb = size as f64 / 1e6,
         files = (names.len() - 1) * 40,
@@ -592,7 +677,7 @@ pub fn node(top: &Path, bin: &Path) -> Result<()> {
 /// Each side runs three times, alternating, after a `sync` (so no run pays for the
 /// write-back of the one before); the medians are compared.
 pub fn image(top: &Path, bin: &Path) -> Result<()> {
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 5;
     let distro = crate::distro::build(top)?;
     let work = top.join("target/bench-image");
     let _ = Command::new("chattr")
