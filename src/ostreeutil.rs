@@ -332,13 +332,14 @@ pub fn import_archive_commit(src_path: &Path, dest: &ostree::Repo, commit: &str)
                 open_existing(&dest_path)?,
                 open_existing(src_path)?,
                 libdeflater::Decompressor::new(),
+                Vec::new(),
             ))
         },
-        |(dest, src, inflater), csum| -> Result<()> {
+        |(dest, src, inflater, buf), csum| -> Result<()> {
             if dest.has_object(ostree::ObjectType::File, csum, gio::Cancellable::NONE)? {
                 return Ok(());
             }
-            import_filez(src_path, src, dest, csum, inflater)
+            import_filez(src_path, src, (dest, &dest_path), csum, (inflater, buf))
                 .with_context(|| format!("importing file object {csum}"))
         },
     )?;
@@ -356,9 +357,9 @@ pub fn import_archive_commit(src_path: &Path, dest: &ostree::Repo, commit: &str)
 fn import_filez(
     src: &Path,
     src_repo: &ostree::Repo,
-    dest: &ostree::Repo,
+    (dest, dest_path): (&ostree::Repo, &Path),
     csum: &str,
-    inflater: &mut libdeflater::Decompressor,
+    (inflater, content): (&mut libdeflater::Decompressor, &mut Vec<u8>),
 ) -> Result<()> {
     let c = gio::Cancellable::NONE;
     let path = src.join(format!("objects/{}/{}.filez", &csum[..2], &csum[2..]));
@@ -391,6 +392,21 @@ fn import_filez(
     let input = gio::MemoryInputStream::from_bytes(&glib::Bytes::from(&raw[..payload_at]));
     let (_, info, xattrs) = ostree::content_stream_parse(true, &input, payload_at as u64, true, c)
         .with_context(|| format!("parsing the header of {}", path.display()))?;
+    if dest.mode() == ostree::RepoMode::Bare {
+        content.resize(info.size() as usize, 0);
+        let n = inflater
+            .deflate_decompress(&raw[payload_at..], content)
+            .map_err(|e| anyhow::anyhow!("inflating {}: {e:?}", path.display()))?;
+        if n != content.len() {
+            anyhow::bail!(
+                "{}: {n} bytes inflated, {} expected",
+                path.display(),
+                content.len()
+            );
+        }
+        return write_bare_regfile(dest_path, csum, content, &info, &xattrs)
+            .with_context(|| format!("writing file object {csum}"));
+    }
     let mut content = vec![0u8; info.size() as usize];
     let n = inflater
         .deflate_decompress(&raw[payload_at..], &mut content)
@@ -405,6 +421,65 @@ fn import_filez(
     let data = gio::MemoryInputStream::from_bytes(&glib::Bytes::from_owned(content));
     let (stream, len) = ostree::raw_file_to_content_stream(&data, &info, Some(&xattrs), c)?;
     dest.write_content_trusted(csum, &stream, len, c)?;
+    Ok(())
+}
+
+/// A regular file object of a bare repo, written as libostree writes one (owner, mode, xattrs
+/// and an mtime of 0 on the object itself), without its stream copies: aside in the repo's
+/// tmp/, then renamed into place, so a killed run leaves only whole objects.
+fn write_bare_regfile(
+    repo: &Path,
+    csum: &str,
+    content: &[u8],
+    info: &gio::FileInfo,
+    xattrs: &glib::Variant,
+) -> Result<()> {
+    use std::os::fd::AsFd;
+    let dir = repo.join("objects").join(&csum[..2]);
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix("hostforge-file-")
+        .tempfile_in(repo.join("tmp"))?;
+    std::io::Write::write_all(&mut tmp, content)?;
+    let fd = tmp.as_file().as_fd();
+    let attr = |name: &str| info.attribute_uint32(name);
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(attr("unix::uid"))),
+        Some(rustix::fs::Gid::from_raw(attr("unix::gid"))),
+    )?;
+    // After the chown, which clears set-id bits.
+    rustix::fs::fchmod(
+        fd,
+        rustix::fs::Mode::from_raw_mode(attr("unix::mode") & 0o7777),
+    )?;
+    for i in 0..xattrs.n_children() {
+        let x = xattrs.child_value(i);
+        let name = x.child_value(0);
+        let name = name
+            .fixed_array::<u8>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let name = std::ffi::CStr::from_bytes_until_nul(name)
+            .map_err(|_| anyhow::anyhow!("an xattr name without its NUL"))?;
+        let value = x.child_value(1);
+        let value = value
+            .fixed_array::<u8>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        rustix::fs::fsetxattr(fd, name, value, rustix::fs::XattrFlags::empty())
+            .with_context(|| format!("setting xattr {name:?}"))?;
+    }
+    let zero = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::fs::futimens(
+        fd,
+        &rustix::fs::Timestamps {
+            last_access: zero,
+            last_modification: zero,
+        },
+    )?;
+    tmp.persist(dir.join(format!("{}.file", &csum[2..])))?;
     Ok(())
 }
 
@@ -753,6 +828,28 @@ mod tests {
         assert_eq!(ostree(&src, &["ls", "-RX", commit]), listing);
         assert!(listing.contains("user.test"), "{listing}");
         assert!(listing.contains("-04755 1000 1001"), "{listing}");
+        // The objects on disk are as libostree's own pull writes them: owner, mode, and the
+        // regular files' mtime of 0.
+        let theirs = dir.path().join("theirs");
+        let theirs_repo = open_or_create(&theirs, ostree::RepoMode::Bare).unwrap();
+        pull_local(&theirs_repo, &src, &[commit.to_string()]).unwrap();
+        let objects = |repo: &Path| {
+            let mut out = Vec::new();
+            for d in std::fs::read_dir(repo.join("objects")).unwrap() {
+                for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                    let f = f.unwrap();
+                    let m = f.path().symlink_metadata().unwrap();
+                    use std::os::unix::fs::MetadataExt;
+                    // Metadata objects and symlinks get the time of their writing.
+                    let regular = m.is_file() && f.path().extension() == Some("file".as_ref());
+                    let mtime = regular.then(|| m.mtime());
+                    out.push((f.file_name(), m.mode(), m.uid(), m.gid(), mtime));
+                }
+            }
+            out.sort();
+            out
+        };
+        assert_eq!(objects(&dest), objects(&theirs));
         // A bare source is left to libostree's pull.
         let other = open_or_create(&dir.path().join("other"), ostree::RepoMode::Bare).unwrap();
         assert!(!import_archive_commit(&dest, &other, commit).unwrap());
