@@ -392,24 +392,9 @@ fn import_filez(
     let input = gio::MemoryInputStream::from_bytes(&glib::Bytes::from(&raw[..payload_at]));
     let (_, info, xattrs) = ostree::content_stream_parse(true, &input, payload_at as u64, true, c)
         .with_context(|| format!("parsing the header of {}", path.display()))?;
-    if dest.mode() == ostree::RepoMode::Bare {
-        content.resize(info.size() as usize, 0);
-        let n = inflater
-            .deflate_decompress(&raw[payload_at..], content)
-            .map_err(|e| anyhow::anyhow!("inflating {}: {e:?}", path.display()))?;
-        if n != content.len() {
-            anyhow::bail!(
-                "{}: {n} bytes inflated, {} expected",
-                path.display(),
-                content.len()
-            );
-        }
-        return write_bare_regfile(dest_path, csum, content, &info, &xattrs)
-            .with_context(|| format!("writing file object {csum}"));
-    }
-    let mut content = vec![0u8; info.size() as usize];
+    content.resize(info.size() as usize, 0);
     let n = inflater
-        .deflate_decompress(&raw[payload_at..], &mut content)
+        .deflate_decompress(&raw[payload_at..], content)
         .map_err(|e| anyhow::anyhow!("inflating {}: {e:?}", path.display()))?;
     if n != content.len() {
         anyhow::bail!(
@@ -418,6 +403,12 @@ fn import_filez(
             content.len()
         );
     }
+    if dest.mode() == ostree::RepoMode::Bare {
+        return write_bare_regfile(dest_path, csum, content, &info, &xattrs)
+            .with_context(|| format!("writing file object {csum}"));
+    }
+    // libostree's way takes the buffer; the worker's next file starts a new one.
+    let content = std::mem::take(content);
     let data = gio::MemoryInputStream::from_bytes(&glib::Bytes::from_owned(content));
     let (stream, len) = ostree::raw_file_to_content_stream(&data, &info, Some(&xattrs), c)?;
     dest.write_content_trusted(csum, &stream, len, c)?;
@@ -901,6 +892,24 @@ mod tests {
             ],
         );
         let second = second.trim();
+        // A copy of the repo that lost usr/bin/tool's object shows the unchanged usr/ is not
+        // walked with a base: the missing object is not noticed, so not written.
+        let probe = dir.path().join("probe");
+        assert!(Command::new("cp")
+            .arg("-a")
+            .arg(&ours)
+            .arg(&probe)
+            .status()
+            .unwrap()
+            .success());
+        let listed = ostree(&ours, &["ls", "-C", &commit, "/usr/bin/tool"]);
+        let tool = listed.split_whitespace().find(|w| w.len() == 64).unwrap();
+        std::fs::remove_file(probe.join(format!("objects/{}/{}.filez", &tool[..2], &tool[2..])))
+            .unwrap();
+        let probe_repo = open_existing(&probe).unwrap();
+        let written =
+            export_commit_to_archive(&src, &probe_repo, second, Some(&commit), None).unwrap();
+        assert_eq!(written, Some(1), "usr/ was walked");
         let written =
             export_commit_to_archive(&src, &ours_repo, second, Some(&commit), None).unwrap();
         assert_eq!(written, Some(1), "etc/new.conf alone");
