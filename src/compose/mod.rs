@@ -1558,9 +1558,10 @@ fn move_ref(env: &Env, target: &ostree::Repo, built: &str) -> Result<()> {
     else {
         return Ok(());
     };
-    let tx = target.auto_transaction(cancellable)?;
-    target.transaction_set_ref(None, treeref, Some(built));
-    tx.commit(cancellable)?;
+    // The commit's objects were made durable when they went in; the ref file alone is written
+    // (and synced) now. A transaction here cost a syncfs and an fsync of all 256 object
+    // directories for nothing (~35 ms).
+    target.set_ref_immediate(None, treeref, Some(built), cancellable)?;
     update_summary(env, target)
 }
 
