@@ -83,7 +83,6 @@ struct Entry {
     caps: Option<String>,
     linkto: Option<String>,
     digest: Option<String>,
-    content: Option<Vec<u8>>,
     ghost: bool,
 }
 
@@ -267,14 +266,16 @@ pub fn import(
 ) -> Result<String> {
     let nv = nevra(pkg);
     let rpm_pkg = open_verified(rpm_path, pkg, verifier)?;
-    let mut entries = payload_entries(rpm_path, &nv)?;
+    let mut payload =
+        rpm::PackageReader::open(rpm_path).map_err(|e| anyhow!("{nv}: reading payload: {e}"))?;
+    let mut entries = header_entries(&payload.metadata, &nv)?;
     let mut info = package_info(&rpm_pkg, pkg)?;
     // Every path is checked before anything is written.
     check_paths(&entries, &nv)?;
     let cancellable = gio::Cancellable::NONE;
     // Aborted on drop: a failed import leaves no half-open transaction in the cache.
     let tx = repo.auto_transaction(cancellable)?;
-    let commit = write_package(repo, &rpm_pkg, &mut entries, &mut info, pkg)
+    let commit = write_package(repo, &rpm_pkg, &mut payload, &mut entries, &mut info, pkg)
         .with_context(|| format!("importing {nv} into the package cache"))?;
     crate::ostreeutil::commit_transaction(repo, tx, &commit)
         .with_context(|| format!("importing {nv} into the package cache"))?;
@@ -398,22 +399,43 @@ fn check_header_bounds(mut f: impl std::io::Read) -> Result<()> {
     Ok(())
 }
 
-/// The payload's files with their contents.
-fn payload_entries(rpm_path: &Path, nv: &str) -> Result<Vec<Entry>> {
+/// The package's files as its header lists them (their contents come from the payload).
+fn header_entries(metadata: &rpm::PackageMetadata, nv: &str) -> Result<Vec<Entry>> {
+    let files = metadata
+        .get_file_entries()
+        .map_err(|e| anyhow!("{nv}: reading file list: {e}"))?;
+    Ok(files
+        .iter()
+        .map(|m| Entry {
+            path: m.path().to_string_lossy().into_owned(),
+            ftype: m.file_type(),
+            mode: u32::from(m.mode().raw_mode()) & 0o7777,
+            caps: m.caps().map(str::to_string),
+            linkto: m.linkto().map(str::to_string),
+            digest: m.digest().map(|d| d.to_string()),
+            ghost: m.flags().contains(rpm::FileFlags::GHOST),
+        })
+        .collect())
+}
+
+/// Reads the payload one file at a time: `each` gets the path and, for an entry the payload
+/// carries content for, that content (never more than the header declares: a payload that
+/// decompresses to more, a decompression bomb or a lying header, is refused before it fills
+/// memory). Only one file's content is in memory at a time.
+fn read_payload(
+    reader: &mut rpm::PackageReader,
+    nv: &str,
+    mut each: impl FnMut(&str, Option<&[u8]>) -> Result<()>,
+) -> Result<()> {
     use std::io::Read;
-    let mut reader =
-        rpm::PackageReader::open(rpm_path).map_err(|e| anyhow!("{nv}: reading payload: {e}"))?;
-    let mut entries = Vec::new();
+    let mut content = Vec::new();
     while let Some(mut f) = reader
         .next_file()
         .map_err(|e| anyhow!("{nv}: payload is corrupt: {e}"))?
     {
-        let m = f.metadata.clone();
-        let path = m.path().to_string_lossy().into_owned();
-        // Never more than the header declares: a payload that decompresses to more (a
-        // decompression bomb, or a lying header) is refused before it fills memory.
-        let declared = m.size() as u64;
-        let mut content = Vec::new();
+        let path = f.metadata.path().to_string_lossy().into_owned();
+        let declared = f.metadata.size() as u64;
+        content.clear();
         (&mut f)
             .take(declared + 1)
             .read_to_end(&mut content)
@@ -427,18 +449,10 @@ fn payload_entries(rpm_path: &Path, nv: &str) -> Result<Vec<Entry>> {
         let has_payload = f.has_payload();
         f.finish()
             .map_err(|e| anyhow!("{nv}: payload is corrupt at {path}: {e}"))?;
-        entries.push(Entry {
-            path,
-            ftype: m.file_type(),
-            mode: u32::from(m.mode().raw_mode()) & 0o7777,
-            caps: m.caps().map(str::to_string),
-            linkto: m.linkto().map(str::to_string),
-            digest: m.digest().map(|d| d.to_string()),
-            ghost: m.flags().contains(rpm::FileFlags::GHOST),
-            content: has_payload.then_some(content),
-        });
+        drop(f);
+        each(&path, has_payload.then_some(content.as_slice()))?;
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// Per-file facts kept beside the tree: owners, docs, languages.
@@ -524,16 +538,39 @@ impl<'r> PkgTree<'r> {
         Ok(t)
     }
 
-    fn regular(&mut self, comps: &[&str], e: &Entry) -> Result<()> {
-        write_regular(
-            self.repo,
-            &self.mtree,
-            comps,
-            e,
-            &mut self.by_digest,
-            &mut self.dirmeta,
-            &mut self.deferred,
-        )
+    /// A regular file: its content object, or, for a hardlink whose content comes later in
+    /// the payload, a deferred link.
+    fn regular(&mut self, comps: &[&str], e: &Entry, content: Option<&[u8]>) -> Result<()> {
+        let key = e.digest.clone().unwrap_or_default() + &format!(":{:o}", e.mode);
+        let (name, parent) = comps.split_last().unwrap();
+        let dir = ensure_dirs(self.repo, &self.mtree, parent, &mut self.dirmeta)?;
+        let Some(content) = content else {
+            if e.digest.is_some() {
+                self.deferred.push((
+                    comps.iter().map(|s| s.to_string()).collect(),
+                    key,
+                    e.path.clone(),
+                ));
+                return Ok(());
+            }
+            bail!("{} has no content in the payload", e.path);
+        };
+        let xattrs = caps_variant(e.caps.as_deref())
+            .with_context(|| format!("{}: file capabilities", e.path))?;
+        let csum = self.repo.write_regfile_inline(
+            None,
+            0,
+            0,
+            libc::S_IFREG | e.mode,
+            xattrs.as_ref(),
+            content,
+            gio::Cancellable::NONE,
+        )?;
+        if e.digest.is_some() {
+            self.by_digest.insert(key, csum.to_string());
+        }
+        dir.replace_file(name, &csum)?;
+        Ok(())
     }
 
     fn dir(&mut self, comps: &[&str], mode: u32) -> Result<()> {
@@ -572,6 +609,7 @@ impl<'r> PkgTree<'r> {
 fn write_package(
     repo: &ostree::Repo,
     rpm_pkg: &rpm::Package,
+    payload: &mut rpm::PackageReader,
     entries: &mut [Entry],
     info: &mut PkgInfo,
     pkg: &Solved,
@@ -579,7 +617,8 @@ fn write_package(
     let nv = nevra(pkg);
     let cancellable = gio::Cancellable::NONE;
     let mut tree = PkgTree::new(repo)?;
-    // Directories first so their modes apply, then content in path order.
+    // Directories first so their modes apply, then symlinks; regular files as the payload
+    // streams by.
     entries.sort_by(|a, b| {
         (a.ftype != FileType::Dir)
             .cmp(&(b.ftype != FileType::Dir))
@@ -590,12 +629,6 @@ fn write_package(
         let comps = checked_components(&e.path)?;
         if matches!(comps.first(), Some(&"var") | Some(&"run")) {
             tmpfiles.extend(tmpfiles_line(e, &comps).map_err(|err| anyhow!("{nv}: {err}"))?);
-            if e.ftype == FileType::Regular && !e.ghost {
-                // Content in /var is shipped in /usr/share/factory and copied at boot.
-                let mut fac = vec!["usr", "share", "factory"];
-                fac.extend(&comps);
-                tree.regular(&fac, e)?;
-            }
             continue;
         }
         if e.ghost || comps.is_empty() {
@@ -603,7 +636,6 @@ fn write_package(
         }
         match e.ftype {
             FileType::Dir => tree.dir(&comps, e.mode)?,
-            FileType::Regular => tree.regular(&comps, e)?,
             FileType::SymbolicLink => {
                 let csum = tree.symlink(&comps, e.linkto.as_deref().unwrap_or_default())?;
                 info.files.push((e.path.clone(), csum));
@@ -612,6 +644,26 @@ fn write_package(
             _ => {}
         }
     }
+    let index: HashMap<&str, &Entry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    read_payload(payload, &nv, |path, content| {
+        let Some(e) = index
+            .get(path)
+            .filter(|e| e.ftype == FileType::Regular && !e.ghost)
+        else {
+            return Ok(());
+        };
+        let comps = checked_components(&e.path)?;
+        if matches!(comps.first(), Some(&"var") | Some(&"run")) {
+            // Content in /var is shipped in /usr/share/factory and copied at boot.
+            let mut fac = vec!["usr", "share", "factory"];
+            fac.extend(&comps);
+            tree.regular(&fac, e, content)
+        } else if comps.is_empty() {
+            Ok(())
+        } else {
+            tree.regular(&comps, e, content)
+        }
+    })?;
     tree.link_deferred(&nv)?;
     for (path, csum) in by_digest_paths(entries, &tree.by_digest) {
         info.files.push((path, csum));
@@ -630,11 +682,14 @@ fn write_package(
             caps: None,
             linkto: None,
             digest: None,
-            content: Some(text.into_bytes()),
             ghost: false,
         };
         let name = format!("pkg-{}.conf", pkg.name);
-        tree.regular(&["usr", "lib", "tmpfiles.d", &name], &e)?;
+        tree.regular(
+            &["usr", "lib", "tmpfiles.d", &name],
+            &e,
+            Some(text.as_bytes()),
+        )?;
     }
     info.files.sort();
     let root = repo.write_mtree(&tree.mtree, cancellable)?;
@@ -671,48 +726,6 @@ fn by_digest_paths(
             by_digest.get(&key).map(|c| (e.path.clone(), c.clone()))
         })
         .collect()
-}
-
-#[allow(clippy::type_complexity)]
-fn write_regular(
-    repo: &ostree::Repo,
-    mtree: &ostree::MutableTree,
-    comps: &[&str],
-    e: &Entry,
-    by_digest: &mut HashMap<String, String>,
-    dirmeta: &mut DirMetaCache,
-    deferred: &mut Vec<(Vec<String>, String, String)>,
-) -> Result<()> {
-    let key = e.digest.clone().unwrap_or_default() + &format!(":{:o}", e.mode);
-    let (name, parent) = comps.split_last().unwrap();
-    let dir = ensure_dirs(repo, mtree, parent, dirmeta)?;
-    let Some(content) = &e.content else {
-        if e.digest.is_some() {
-            deferred.push((
-                comps.iter().map(|s| s.to_string()).collect(),
-                key,
-                e.path.clone(),
-            ));
-            return Ok(());
-        }
-        bail!("{} has no content in the payload", e.path);
-    };
-    let xattrs = caps_variant(e.caps.as_deref())
-        .with_context(|| format!("{}: file capabilities", e.path))?;
-    let csum = repo.write_regfile_inline(
-        None,
-        0,
-        0,
-        libc::S_IFREG | e.mode,
-        xattrs.as_ref(),
-        content,
-        gio::Cancellable::NONE,
-    )?;
-    if e.digest.is_some() {
-        by_digest.insert(key, csum.to_string());
-    }
-    dir.replace_file(name, &csum)?;
-    Ok(())
 }
 
 /// The `tmpfiles.d` line that recreates a /var or /run entry at boot.
@@ -763,8 +776,11 @@ pub(crate) fn read_all_for_tests(path: &Path) {
         download_size: 0,
     };
     let _ = package_info(&pkg, &solved);
-    if let Ok(entries) = payload_entries(path, "fuzz") {
-        let _ = check_paths(&entries, "fuzz");
+    if let Ok(mut reader) = rpm::PackageReader::open(path) {
+        if let Ok(entries) = header_entries(&reader.metadata, "fuzz") {
+            let _ = check_paths(&entries, "fuzz");
+        }
+        let _ = read_payload(&mut reader, "fuzz", |_, _| Ok(()));
     }
     let _ = m.get_pre_install_script();
     let _ = m.get_post_install_script();
@@ -834,7 +850,17 @@ mod tests {
         let (small, big) = (d.path().join("small.rpm"), d.path().join("big.rpm"));
         build(b"ten bytes\n".to_vec(), &small);
         build(vec![0u8; 1 << 20], &big);
-        assert_eq!(payload_entries(&small, "bomb").unwrap().len(), 1);
+        // The files the payload hands over, one at a time.
+        let read = |p: &Path| -> Result<Vec<(String, usize)>> {
+            let mut reader = rpm::PackageReader::open(p).unwrap();
+            let mut seen = Vec::new();
+            read_payload(&mut reader, "bomb", |path, content| {
+                seen.push((path.to_string(), content.map_or(0, <[u8]>::len)));
+                Ok(())
+            })?;
+            Ok(seen)
+        };
+        assert_eq!(read(&small).unwrap(), [("/usr/share/x".to_string(), 10)]);
         let header_end = |p: &Path| {
             let bytes = std::fs::read(p).unwrap();
             let mut cur = std::io::Cursor::new(&bytes);
@@ -845,7 +871,7 @@ mod tests {
         let (b, b_end) = header_end(&big);
         let franken = d.path().join("franken.rpm");
         std::fs::write(&franken, [&s[..s_end], &b[b_end..]].concat()).unwrap();
-        let Err(e) = payload_entries(&franken, "bomb") else {
+        let Err(e) = read(&franken) else {
             panic!("the oversized payload was read");
         };
         let e = format!("{e:#}");
