@@ -538,8 +538,9 @@ fn walk_dirtrees(
 /// Into an archive repo `dest`: `commit` of the repo at `src_path`, its regular files
 /// compressed on every core by hostforge (libdeflate: raw deflate at the level libostree
 /// would use, `archive.zlib-level`, 6 by default, several times faster than libostree's
-/// zlib; each written aside in the repo's tmp/ and renamed into place, as libostree does, so
-/// a killed run leaves only whole objects), its other objects written in one
+/// zlib; files above 8 MiB streamed through zlib-rs instead, so no worker holds a large
+/// file; all written aside in the repo's tmp/, synced, then renamed into place, as libostree
+/// does, so neither a killed run nor a power cut leaves a partial object), its other objects written in one
 /// transaction, the commit object last (marked partial until the transaction ends). A
 /// dirtree of `base`, a complete commit already in `dest` (the ref's previous commit), is
 /// there with everything under it: those subtrees are not walked, so a recompose that
@@ -605,20 +606,61 @@ pub fn export_commit_to_archive(
                 libdeflater::Compressor::new(lvl),
             ))
         },
-        |(dest, src, deflater), csum| -> Result<Option<bool>> {
-            let written = if dest.has_object(ostree::ObjectType::File, csum, c)? {
-                Some(false)
+        |(dest, src, deflater), csum| -> Result<Staged> {
+            let staged = if dest.has_object(ostree::ObjectType::File, csum, c)? {
+                Staged::Present
             } else {
-                write_filez(src, &dest_path, csum, deflater)
+                match write_filez(src, &dest_path, csum, deflater, level)
                     .with_context(|| format!("writing file object {csum} into the archive repo"))?
-                    .then_some(true)
+                {
+                    Some(aside) => Staged::Aside(aside),
+                    None => Staged::NotRegular,
+                }
             };
             if let Some(bar) = &bar {
                 bar.inc("files");
             }
-            Ok(written)
+            Ok(staged)
         },
     )?;
+    // As libostree's transactions: the data of the new objects reaches the disk before any of
+    // them gets its name in objects/ (a power cut must not leave an empty file there, which
+    // a later export would take for the object), then they are renamed in on every core.
+    let aside: Vec<(&String, &tempfile::TempPath)> = files
+        .iter()
+        .zip(&written)
+        .filter_map(|(csum, w)| match w {
+            Staged::Aside(t) => Some((csum, t)),
+            _ => None,
+        })
+        .collect();
+    if !aside.is_empty() {
+        let tmp = std::fs::File::open(dest_path.join("tmp"))?;
+        rustix::fs::syncfs(&tmp).context("syncing the archive repo's new objects")?;
+    }
+    crate::pool::map(
+        &aside,
+        crate::pool::workers(usize::MAX),
+        || Ok(()),
+        |_, (csum, t)| -> Result<()> {
+            let dir = dest_path.join("objects").join(&csum[..2]);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::rename(t, dir.join(format!("{}.filez", &csum[2..])))
+                .with_context(|| format!("moving {} into {}", t.display(), dir.display()))
+        },
+    )?;
+    // The renamed paths are gone; nothing is left for the TempPaths to remove.
+    let written: Vec<Option<bool>> = written
+        .into_iter()
+        .map(|w| match w {
+            Staged::Present => Some(false),
+            Staged::Aside(t) => {
+                let _ = t.keep();
+                Some(true)
+            }
+            Staged::NotRegular => None,
+        })
+        .collect();
     let tx = dest.auto_transaction(c)?;
     // Symlinks, through libostree.
     for (csum, _) in files.iter().zip(&written).filter(|(_, w)| w.is_none()) {
@@ -649,28 +691,42 @@ pub fn export_commit_to_archive(
     Ok(Some(written.iter().filter(|w| **w != Some(false)).count()))
 }
 
-/// One regular file of `src` as a `.filez` object of the archive repo at `dest`; false for
-/// other file types (left to libostree).
+/// What became of one file object in an archive export.
+enum Staged {
+    /// `dest` has it already.
+    Present,
+    /// Written to `dest`'s tmp/ (named [`FILEZ_ASIDE`]...), not yet renamed in.
+    Aside(tempfile::TempPath),
+    /// A symlink: left to libostree.
+    NotRegular,
+}
+
+/// The name prefix of a `.filez` object written aside in the archive repo's tmp/.
+const FILEZ_ASIDE: &str = "hostforge-filez-";
+
+/// Files above this size are compressed as a stream (zlib-rs, a third slower than
+/// libdeflate, in bounded memory) rather than whole in memory with libdeflate.
+const FILEZ_STREAM_ABOVE: usize = 8 << 20;
+
+/// One regular file of `src` as a `.filez` object written aside in the archive repo at
+/// `dest` (see [`Staged::Aside`]); None for other file types (left to libostree).
 fn write_filez(
     src: &ostree::Repo,
     dest: &Path,
     csum: &str,
     deflater: &mut libdeflater::Compressor,
-) -> Result<bool> {
+    level: i32,
+) -> Result<Option<tempfile::TempPath>> {
+    use std::io::Write;
     let c = gio::Cancellable::NONE;
     let (stream, info, xattrs) = src.load_file(csum, c)?;
     let Some(stream) = stream else {
-        return Ok(false);
+        return Ok(None);
     };
     if info.file_type() != gio::FileType::Regular {
-        return Ok(false);
+        return Ok(None);
     }
     let size = info.size() as usize;
-    let mut content = vec![0u8; size];
-    let (n, _) = stream.read_all(&mut content, c)?;
-    if n != size {
-        anyhow::bail!("{n} bytes read, {size} expected");
-    }
     // [u32 BE header length][4 bytes padding][header variant][raw deflate payload]; the
     // header is (size, uid, gid, mode, rdev, symlink target, xattrs), integers big-endian.
     let attr = |name: &str| info.attribute_uint32(name).to_be();
@@ -684,27 +740,43 @@ fn write_filez(
         xattrs,
     ]);
     let header = header.data();
-    let mut out = Vec::with_capacity(8 + header.len() + deflater.deflate_compress_bound(size));
-    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(header);
-    let at = out.len();
-    out.resize(at + deflater.deflate_compress_bound(size), 0);
-    let n = deflater
-        .deflate_compress(&content, &mut out[at..])
-        .map_err(|e| anyhow::anyhow!("deflate: {e:?}"))?;
-    out.truncate(at + n);
-    let dir = dest.join("objects").join(&csum[..2]);
-    std::fs::create_dir_all(&dir)?;
+    let mut prefix = Vec::with_capacity(8 + header.len());
+    prefix.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    prefix.extend_from_slice(&[0; 4]);
+    prefix.extend_from_slice(header);
     let mut tmp = tempfile::Builder::new()
-        .prefix("hostforge-filez-")
+        .prefix(FILEZ_ASIDE)
         .tempfile_in(dest.join("tmp"))?;
-    std::io::Write::write_all(&mut tmp, &out)?;
+    if size > FILEZ_STREAM_ABOVE {
+        let out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let mut enc =
+            flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level as u32));
+        enc.get_mut().write_all(&prefix)?;
+        let mut input = stream.into_read();
+        let n = std::io::copy(&mut input, &mut enc)?;
+        if n != size as u64 {
+            anyhow::bail!("{n} bytes read, {size} expected");
+        }
+        enc.finish()?.flush()?;
+    } else {
+        let mut content = vec![0u8; size];
+        let (n, _) = stream.read_all(&mut content, c)?;
+        if n != size {
+            anyhow::bail!("{n} bytes read, {size} expected");
+        }
+        let mut out = prefix;
+        let at = out.len();
+        out.resize(at + deflater.deflate_compress_bound(size), 0);
+        let n = deflater
+            .deflate_compress(&content, &mut out[at..])
+            .map_err(|e| anyhow::anyhow!("deflate: {e:?}"))?;
+        out.truncate(at + n);
+        tmp.write_all(&out)?;
+    }
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(dir.join(format!("{}.filez", &csum[2..])))?;
-    Ok(true)
+    Ok(Some(tmp.into_temp_path()))
 }
 
 /// Commits a transaction that wrote `commit` (and maybe set a ref to it), with the commit
@@ -776,6 +848,11 @@ mod tests {
         std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
         let text: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(tree.join("usr/bin/tool"), text).unwrap();
+        // Above FILEZ_STREAM_ABOVE: the export compresses it as a stream.
+        let big: Vec<u8> = (0..9u32 << 20)
+            .map(|i| ((i % 253) ^ (i >> 13)) as u8)
+            .collect();
+        std::fs::write(tree.join("usr/big"), big).unwrap();
         std::fs::write(tree.join("usr/empty"), "").unwrap();
         std::os::unix::fs::symlink("bin/tool", tree.join("usr/link")).unwrap();
         rustix::fs::setxattr(
@@ -861,17 +938,25 @@ mod tests {
         let commit = commit_sample_tree(dir.path(), &src, "bare-user");
         let ours_repo = open_or_create(&ours, ostree::RepoMode::Archive).unwrap();
         let written = export_commit_to_archive(&src, &ours_repo, &commit, None, None).unwrap();
-        assert_eq!(written, Some(3), "two regular files and a symlink");
+        assert_eq!(written, Some(4), "three regular files and a symlink");
         ostree(&ours, &["fsck"]);
+        let leftovers: Vec<_> = std::fs::read_dir(ours.join("tmp"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(FILEZ_ASIDE))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         let theirs_repo = open_or_create(&theirs, ostree::RepoMode::Archive).unwrap();
         pull_local(&theirs_repo, &src, std::slice::from_ref(&commit)).unwrap();
         let listing = ostree(&ours, &["ls", "-RX", &commit]);
         assert_eq!(ostree(&theirs, &["ls", "-RX", &commit]), listing);
         assert!(listing.contains("-04755 1000 1001"), "{listing}");
-        assert_eq!(
-            ostree(&ours, &["cat", &commit, "/usr/bin/tool"]),
-            ostree(&theirs, &["cat", &commit, "/usr/bin/tool"])
-        );
+        for f in ["/usr/bin/tool", "/usr/big"] {
+            assert_eq!(
+                ostree(&ours, &["cat", &commit, f]),
+                ostree(&theirs, &["cat", &commit, f])
+            );
+        }
         // Complete already: nothing to do.
         assert_eq!(
             export_commit_to_archive(&src, &ours_repo, &commit, None, None).unwrap(),
