@@ -288,26 +288,39 @@ pub fn free_port() -> u16 {
 
 impl Daemon {
     /// Runs `cmd` (made by `make` for a free port) and waits up to 10 s for the port to open.
-    pub fn start(what: &str, make: impl FnOnce(u16) -> Command) -> Daemon {
-        let port = free_port();
-        let mut child = make(port)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what} (cargo xtask deps installs it): {e}"));
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+    /// The port is free when picked, but another test may take it before the daemon binds
+    /// it (the daemon then exits and the port answers for someone else): a daemon that is
+    /// gone shortly after its port opened is started again on another port (3 tries).
+    pub fn start(what: &str, make: impl Fn(u16) -> Command) -> Daemon {
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = make(port)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {what} (cargo xtask deps installs it): {e}"));
+            let opened = (0..100).any(|_| {
+                let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+                if !up {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                up
+            });
+            if !opened {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not start on port {port}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            if matches!(child.try_wait(), Ok(None)) {
                 return Daemon {
                     child,
                     port,
                     _dir: None,
                 };
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{what} did not start on port {port}");
+        panic!("{what} exited right after starting, three times (its port taken each time?)");
     }
 
     /// Keeps `dir` (the daemon's state) until the daemon is dropped.
