@@ -141,6 +141,66 @@ pub fn status_text(status: &std::process::ExitStatus) -> String {
     }
 }
 
+/// A program that runs while hostforge goes on with other work: stdout discarded, stderr
+/// into the file `log` (its tail goes into the error). [`Background::wait`] waits for it and
+/// fails as [`run`] does; dropped before that (the work failed), it is killed and reaped.
+pub struct Background {
+    child: Option<std::process::Child>,
+    what: String,
+    log: std::path::PathBuf,
+}
+
+impl Background {
+    /// Starts `cmd` with `stdin` as its standard input.
+    pub fn start(
+        cmd: &mut Command,
+        stdin: impl Into<Stdio>,
+        log: &std::path::Path,
+    ) -> Result<Background> {
+        let what = describe(cmd);
+        let stderr =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Background {
+            child: Some(child),
+            what,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Waits for the program; an error names it, its status and the end of its log.
+    pub fn wait(mut self) -> Result<()> {
+        let mut child = self.child.take().expect("a Background is waited for once");
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.what))?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            bail!(
+                "{} failed ({}):\n{}",
+                self.what,
+                status_text(&status),
+                tail(&log, 15)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Crash-test hook: when `HOSTFORGE_FAULT` names this point, the process aborts here, as a
 /// kill or power loss would stop it. The interruption tests use it; it costs one env lookup.
 pub fn fault_point(name: &str) {
@@ -170,5 +230,46 @@ mod tests {
         // A program that never reads its input is fine too.
         let out = output_with_input(&mut Command::new("true"), Some(&input)).unwrap();
         assert!(out.status.success());
+    }
+
+    /// A background program's failure reads like a foreground one's; one dropped before it
+    /// ends is killed, not left running.
+    #[test]
+    fn background_programs_fail_clearly_and_die_with_their_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let ok = Background::start(&mut Command::new("true"), Stdio::null(), &log).unwrap();
+        ok.wait().unwrap();
+        let failing = Background::start(
+            Command::new("sh").args(["-c", "echo first >&2; echo 'no such table' >&2; exit 3"]),
+            Stdio::null(),
+            &log,
+        )
+        .unwrap();
+        let e = format!("{:#}", failing.wait().unwrap_err());
+        assert!(e.contains("sh -c"), "{e}");
+        assert!(e.contains("exit code 3"), "{e}");
+        assert!(e.contains("first\nno such table"), "{e}");
+        let long = Background::start(
+            Command::new("sh").args(["-c", "echo $$ >&2; exec sleep 60"]),
+            Stdio::null(),
+            &log,
+        )
+        .unwrap();
+        let pid = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
+            })
+            .expect("the child wrote its pid");
+        let started = std::time::Instant::now();
+        drop(long);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // Killed and reaped: the pid names no process any more.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 }

@@ -967,11 +967,11 @@ fn run_trans_file_triggers(
 /// The rpmdb of the composed packages, written by `rpmdb --importdb` (a child process) into a
 /// directory of the work dir while assemble and the scriptlets run on the other core;
 /// [`RpmdbJob::place`] waits for it and puts it at `/usr/share/rpm` in the root, as if it
-/// had been written there then. Dropped before that, the child is killed.
+/// had been written there then. Dropped before that, the child is killed
+/// ([`process::Background`]).
 struct RpmdbJob {
-    child: Option<std::process::Child>,
+    child: process::Background,
     dir: PathBuf,
-    log: PathBuf,
     headers: usize,
 }
 
@@ -989,35 +989,25 @@ fn start_rpmdb(env: &Env, packages: &Packages) -> Result<RpmdbJob> {
     }
     let export = env.work.join("headers.rpmdb");
     std::fs::write(&export, &headers).with_context(|| format!("writing {}", export.display()))?;
-    let log = env.work.join("rpmdb.log");
-    let child = Command::new("rpmdb")
-        .arg("--dbpath")
-        .arg(&dir)
-        .args(["--define", "_db_backend sqlite", "--importdb"])
-        .stdin(std::fs::File::open(&export)?)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("starting rpmdb --importdb (is rpm installed?)")?;
+    let child = process::Background::start(
+        Command::new("rpmdb").arg("--dbpath").arg(&dir).args([
+            "--define",
+            "_db_backend sqlite",
+            "--importdb",
+        ]),
+        std::fs::File::open(&export)?,
+        &env.work.join("rpmdb.log"),
+    )?;
     Ok(RpmdbJob {
-        child: Some(child),
+        child,
         dir,
-        log,
         headers: packages.commits.len(),
     })
 }
 
 impl RpmdbJob {
-    fn place(mut self, env: &Env) -> Result<((), String)> {
-        let status = self.child.take().expect("waited once").wait()?;
-        if !status.success() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            bail!(
-                "writing the rpmdb: rpmdb --importdb {}: {}",
-                process::status_text(&status),
-                process::tail(&log, 20)
-            );
-        }
+    fn place(self, env: &Env) -> Result<((), String)> {
+        self.child.wait().context("writing the rpmdb")?;
         for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
@@ -1027,15 +1017,6 @@ impl RpmdbJob {
         std::fs::rename(&self.dir, &dbpath)
             .with_context(|| format!("moving the rpmdb to {}", dbpath.display()))?;
         Ok(((), format!("{} headers", self.headers)))
-    }
-}
-
-impl Drop for RpmdbJob {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
