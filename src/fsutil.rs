@@ -24,54 +24,6 @@ pub fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Gives `path`, a regular file with other hardlinks, an inode of its own: the same content,
-/// mode and extended attributes in a new file renamed over it (the other links keep the old
-/// inode, untouched). A file with no other link, or none at all, is left as it is.
-pub fn unshare_hardlink(path: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if !meta.is_file() || meta.nlink() < 2 {
-        return Ok(());
-    }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".hostforge-")
-        .tempfile_in(dir)
-        .with_context(|| format!("copying {}", path.display()))?;
-    let copy = || -> Result<()> {
-        // Content, owner, mode (after the owner: chown clears setuid bits), then the extended
-        // attributes one by one (after the owner too: chown drops security.capability).
-        std::fs::copy(path, tmp.path())?;
-        std::os::unix::fs::lchown(tmp.path(), Some(meta.uid()), Some(meta.gid()))?;
-        std::fs::set_permissions(tmp.path(), meta.permissions())?;
-        let mut names = vec![0u8; 4096];
-        let n = rustix::fs::llistxattr(path, &mut names)?;
-        for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name);
-            let mut value = vec![0u8; 65536];
-            let len = rustix::fs::lgetxattr(path, name, &mut value)?;
-            rustix::fs::lsetxattr(
-                tmp.path(),
-                name,
-                &value[..len],
-                rustix::fs::XattrFlags::empty(),
-            )?;
-        }
-        Ok(())
-    };
-    copy().with_context(|| format!("copying {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
-}
-
 /// Whether an error was caused by a full filesystem (ENOSPC or EDQUOT anywhere in its chain,
 /// as an I/O error or in a message from a program, or libostree's refusal to eat into a
 /// repo's `min-free-space` reserve).
@@ -121,49 +73,4 @@ pub fn explain_out_of_space(
         "out of disk space: make room {}{hint}",
         room.join(joiner)
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-    /// The unshared file keeps content, owner, setuid mode and xattrs on an inode of its own;
-    /// its other link is untouched; a file with one link, or none, is left alone.
-    #[test]
-    fn unsharing_a_hardlink_keeps_the_file_as_it_was() {
-        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let (cached, tree) = (dir.path().join("cached"), dir.path().join("tree"));
-        std::fs::write(&cached, b"#!/bin/sh\necho hi\n").unwrap();
-        std::os::unix::fs::chown(&cached, Some(1000), Some(1001)).unwrap();
-        std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o4755)).unwrap();
-        rustix::fs::setxattr(
-            &cached,
-            "user.test",
-            b"kept",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
-        std::fs::hard_link(&cached, &tree).unwrap();
-        unshare_hardlink(&tree).unwrap();
-        let (c, t) = (
-            std::fs::metadata(&cached).unwrap(),
-            std::fs::metadata(&tree).unwrap(),
-        );
-        assert_ne!(c.ino(), t.ino());
-        assert_eq!((c.nlink(), t.nlink()), (1, 1));
-        assert_eq!(
-            std::fs::read(&tree).unwrap(),
-            std::fs::read(&cached).unwrap()
-        );
-        assert_eq!((t.uid(), t.gid(), t.mode()), (1000, 1001, c.mode()));
-        assert_eq!(t.mode() & 0o7777, 0o4755);
-        let mut v = [0u8; 16];
-        let n = rustix::fs::getxattr(&tree, "user.test", &mut v).unwrap();
-        assert_eq!(&v[..n], b"kept");
-        let before = std::fs::metadata(&tree).unwrap().ino();
-        unshare_hardlink(&tree).unwrap();
-        assert_eq!(std::fs::metadata(&tree).unwrap().ino(), before);
-        unshare_hardlink(&dir.path().join("gone")).unwrap();
-    }
 }

@@ -1430,13 +1430,6 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<ostree::RepoCommitModifi
     };
     let policy = selinux_policy(env)?;
     let mut flags = ostree::RepoCommitModifierFlags::NONE;
-    if policy.is_none() && !readonly_exec {
-        // Nothing would change a file still hardlinked to the package cache (no label, no
-        // mode change; the files a filter gives an owner have inodes of their own, see
-        // `write_build_commit`): libostree takes its cached checksum without the filter or
-        // reading its xattrs, as rpm-ostree does.
-        flags |= ostree::RepoCommitModifierFlags::DEVINO_CANONICAL;
-    }
     if policy.is_some() {
         // As rpm-ostree: a path the policy has no label for fails the commit.
         flags |= ostree::RepoCommitModifierFlags::ERROR_ON_UNLABELED;
@@ -1457,11 +1450,6 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<ostree::RepoCommitModifi
 /// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
 fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committed> {
     let cancellable = gio::Cancellable::NONE;
-    // A file that gets an owner must not be taken for the cache's object by its inode (with
-    // DEVINO_CANONICAL the filter would not see it): it gets an inode of its own.
-    for path in owners.keys() {
-        fsutil::unshare_hardlink(&env.root().join(path.trim_start_matches('/')))?;
-    }
     let modifier = commit_modifier(env, owners)?;
     let cache = &env.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
