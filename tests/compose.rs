@@ -56,6 +56,8 @@ fn composes_fixture_node_into_a_valid_commit() {
     assert!(ls.contains("-04755 0 0"), "{ls}");
     assert!(ls.contains("security.capability"), "{ls}");
     assert!(ls.contains("-00644 990 990"), "{ls}");
+    // The package cache's bookkeeping xattr (bare-user) never reaches the commit.
+    assert!(!ls.contains("ostreemeta"), "{ls}");
     assert!(ls.contains("/usr/bin/app-link -> app"), "{ls}");
     let ls = env.ostree(&[
         "ls",
