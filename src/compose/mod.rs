@@ -1322,7 +1322,7 @@ fn layout(env: &Env, packages: &Packages) -> Result<(Owners, String)> {
     std::fs::write(share.join("treefile.json"), tf.flattened_json() + "\n")?;
 
     // Files owned by non-root users get their ids from the composed passwd/group; the commit
-    // filter applies them (libostree skips the devino shortcut for files a filter changed).
+    // filter applies them, or `apply_owners` to files the commit took from the package cache.
     let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap_or_default();
     let group = std::fs::read_to_string(r.join("etc/group")).unwrap_or_default();
     let (uids, gids) = (name_ids(&passwd), name_ids(&group));
@@ -1413,7 +1413,9 @@ fn commit(
 
 /// What the commit changes on the way in: owners from the composed passwd/group,
 /// `readonly-executables`, and SELinux labels from the tree's own policy.
-fn commit_modifier(env: &Env, owners: Owners) -> Result<ostree::RepoCommitModifier> {
+/// The commit's modifier, and whether it takes files still hardlinked to the package cache by
+/// their inode alone (`DEVINO_CANONICAL`: such files then need [`apply_owners`]).
+fn commit_modifier(env: &Env, owners: Owners) -> Result<(ostree::RepoCommitModifier, bool)> {
     let readonly_exec = env.tf.doc.readonly_executables == Some(true);
     let filter = move |_repo: &ostree::Repo, path: &str, info: &gio::FileInfo| {
         if let Some((uid, gid)) = owners.get(path) {
@@ -1430,6 +1432,13 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<ostree::RepoCommitModifi
     };
     let policy = selinux_policy(env)?;
     let mut flags = ostree::RepoCommitModifierFlags::NONE;
+    // Nothing but an owner would change a file still hardlinked to the package cache (no
+    // label, no mode change): libostree takes its cached checksum without calling the filter
+    // or reading the object's metadata, as rpm-ostree does; the owners are applied after.
+    let canonical = policy.is_none() && !readonly_exec;
+    if canonical {
+        flags |= ostree::RepoCommitModifierFlags::DEVINO_CANONICAL;
+    }
     if policy.is_some() {
         // As rpm-ostree: a path the policy has no label for fails the commit.
         flags |= ostree::RepoCommitModifierFlags::ERROR_ON_UNLABELED;
@@ -1444,13 +1453,68 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<ostree::RepoCommitModifi
     modifier.set_sepolicy(policy.as_ref());
     // Reuse checksums of files still hardlinked to the package cache.
     modifier.set_devino_cache(&env.devino);
-    Ok(modifier)
+    Ok((modifier, canonical))
+}
+
+/// Gives the files of `owners` their owner in `mtree` where the commit took them by checksum
+/// from the package cache (a `DEVINO_CANONICAL` hit, which the filter never saw): the cached
+/// object's content, mode and extended attributes (decoded by libostree from its bare-user
+/// metadata, never that bookkeeping itself) written again as a new object with the owner.
+/// Files the filter saw already carry their owner and are left as they are.
+fn apply_owners(repo: &ostree::Repo, mtree: &ostree::MutableTree, owners: &Owners) -> Result<()> {
+    let cancellable = gio::Cancellable::NONE;
+    'paths: for (path, &(uid, gid)) in owners {
+        let mut dir = mtree.clone();
+        let mut names = path.split('/').filter(|n| !n.is_empty()).peekable();
+        while let Some(name) = names.next() {
+            let (file, subdir) = match dir.lookup(name) {
+                Ok(found) => found,
+                // Removed after the packages were installed (remove-files, layout).
+                Err(e) if e.matches(gio::IOErrorEnum::NotFound) => continue 'paths,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("looking up {path} in the commit"))
+                }
+            };
+            match (names.peek(), file, subdir) {
+                (Some(_), _, Some(sub)) => dir = sub,
+                (None, Some(checksum), _) => {
+                    let (input, info, xattrs) = repo
+                        .load_file(&checksum, cancellable)
+                        .with_context(|| format!("reading {path} ({checksum}) from the cache"))?;
+                    if (
+                        info.attribute_uint32("unix::uid"),
+                        info.attribute_uint32("unix::gid"),
+                    ) == (uid, gid)
+                    {
+                        continue 'paths;
+                    }
+                    info.set_attribute_uint32("unix::uid", uid);
+                    info.set_attribute_uint32("unix::gid", gid);
+                    let input = input.unwrap_or_else(|| gio::MemoryInputStream::new().upcast());
+                    let (stream, len) = ostree::raw_file_to_content_stream(
+                        &input,
+                        &info,
+                        Some(&xattrs),
+                        cancellable,
+                    )?;
+                    let owned = repo
+                        .write_content(None, &stream, len, cancellable)
+                        .with_context(|| format!("writing {path} with owner {uid}:{gid}"))?;
+                    dir.replace_file(name, &owned.to_hex())?;
+                    continue 'paths;
+                }
+                // A directory (the filter gave it its owner) or a path through a non-directory.
+                _ => continue 'paths,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
 fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committed> {
     let cancellable = gio::Cancellable::NONE;
-    let modifier = commit_modifier(env, owners)?;
+    let (modifier, canonical) = commit_modifier(env, owners.clone())?;
     let cache = &env.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;
@@ -1458,6 +1522,9 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
     let dir = std::fs::File::open(env.root())?;
     use std::os::fd::AsRawFd;
     cache.write_dfd_to_mtree(dir.as_raw_fd(), ".", &mtree, Some(&modifier), cancellable)?;
+    if canonical {
+        apply_owners(cache, &mtree, &owners)?;
+    }
     let root_file = cache.write_mtree(&mtree, cancellable)?;
     let root_file = root_file
         .downcast::<ostree::RepoFile>()
