@@ -535,18 +535,21 @@ fn walk_dirtrees(
     Ok(())
 }
 
-/// Into an archive repo `dest`: `commit` of the repo at `src_path`, its regular files
-/// compressed on every core by hostforge (libdeflate: raw deflate at the level libostree
-/// would use, `archive.zlib-level`, 6 by default, several times faster than libostree's
-/// zlib; files above 8 MiB streamed through zlib-rs instead, so no worker holds a large
-/// file; all written aside in the repo's tmp/, synced, then renamed into place, as libostree
-/// does, so neither a killed run nor a power cut leaves a partial object), its other objects written in one
-/// transaction, the commit object last (marked partial until the transaction ends). A
-/// dirtree of `base`, a complete commit already in `dest` (the ref's previous commit), is
-/// there with everything under it: those subtrees are not walked, so a recompose that
-/// changed a few directories copies and checks only those. Returns the number of file objects
-/// written, or None, leaving everything to libostree's pull, when `dest` is not an archive
-/// repo or `commit` is already complete in it.
+/// Into an archive repo `dest`: `commit` of the repo at `src_path`, its files compressed on
+/// every core by hostforge (libdeflate: raw deflate at the level libostree would use,
+/// `archive.zlib-level`, 6 by default, several times faster than libostree's zlib; files
+/// above 8 MiB streamed through zlib-rs instead, so no worker holds a large file). As in a
+/// libostree transaction, under the repo's shared lock (a concurrent `ostree prune` waits),
+/// every new object is written aside in the repo's tmp/, all of them reach the disk with one
+/// syncfs, then they are renamed into objects/ and the directories they went into are synced,
+/// the commit object last: neither a killed run nor a power cut leaves a partial object, or a
+/// commit object without the objects it refers to. Unlike a transaction, only the object
+/// directories that got something are synced (libostree syncs all 256). A dirtree of `base`,
+/// a complete commit already in `dest` (the ref's previous commit), is there with
+/// everything under it: those subtrees are not walked, so a recompose that changed a few
+/// directories copies and checks only those. Returns the number of file objects written, or
+/// None, leaving everything to libostree's pull, when `dest` is not an archive repo or
+/// `commit` is already complete in it.
 pub fn export_commit_to_archive(
     src_path: &Path,
     dest: &ostree::Repo,
@@ -554,7 +557,6 @@ pub fn export_commit_to_archive(
     base: Option<&str>,
     progress: Option<&crate::progress::Progress>,
 ) -> Result<Option<usize>> {
-    let c = gio::Cancellable::NONE;
     if dest.mode() != ostree::RepoMode::Archive {
         return Ok(None);
     }
@@ -569,6 +571,7 @@ pub fn export_commit_to_archive(
         .path()
         .path()
         .context("the destination repo has no local path")?;
+    let _lock = RepoLock::shared(dest)?;
     let level = dest
         .config()
         .integer("archive", "zlib-level")
@@ -592,6 +595,12 @@ pub fn export_commit_to_archive(
     files.dedup();
     metas.sort();
     metas.dedup();
+    let object_path = |csum: &str, ext: &str| {
+        dest_path
+            .join("objects")
+            .join(&csum[..2])
+            .join(format!("{}.{ext}", &csum[2..]))
+    };
     let bar = progress.map(|p| p.bar("commit", files.len() as u64));
     let written = crate::pool::map(
         &files,
@@ -600,22 +609,15 @@ pub fn export_commit_to_archive(
         || {
             let lvl = libdeflater::CompressionLvl::new(level)
                 .map_err(|e| anyhow::anyhow!("deflate level {level}: {e:?}"))?;
-            Ok((
-                open_existing(&dest_path)?,
-                open_existing(src_path)?,
-                libdeflater::Compressor::new(lvl),
-            ))
+            Ok((open_existing(src_path)?, libdeflater::Compressor::new(lvl)))
         },
-        |(dest, src, deflater), csum| -> Result<Staged> {
-            let staged = if dest.has_object(ostree::ObjectType::File, csum, c)? {
-                Staged::Present
+        |(src, deflater), csum| -> Result<Option<tempfile::TempPath>> {
+            let staged = if object_path(csum, "filez").exists() {
+                None
             } else {
-                match write_filez(src, &dest_path, csum, deflater, level)
-                    .with_context(|| format!("writing file object {csum} into the archive repo"))?
-                {
-                    Some(aside) => Staged::Aside(aside),
-                    None => Staged::NotRegular,
-                }
+                let aside = write_filez(src, &dest_path, csum, deflater, level)
+                    .with_context(|| format!("writing file object {csum} into the archive repo"))?;
+                Some(aside)
             };
             if let Some(bar) = &bar {
                 bar.inc("files");
@@ -623,82 +625,158 @@ pub fn export_commit_to_archive(
             Ok(staged)
         },
     )?;
-    // As libostree's transactions: the data of the new objects reaches the disk before any of
-    // them gets its name in objects/ (a power cut must not leave an empty file there, which
-    // a later export would take for the object), then they are renamed in on every core.
-    let aside: Vec<(&String, &tempfile::TempPath)> = files
+    // The metadata objects are the same bytes in every kind of repo: copied as they are,
+    // checked against their names.
+    let mut aside: Vec<(std::path::PathBuf, tempfile::TempPath)> = files
         .iter()
-        .zip(&written)
-        .filter_map(|(csum, w)| match w {
-            Staged::Aside(t) => Some((csum, t)),
-            _ => None,
-        })
+        .zip(written)
+        .filter_map(|(csum, w)| Some((object_path(csum, "filez"), w?)))
         .collect();
-    if !aside.is_empty() {
-        let tmp = std::fs::File::open(dest_path.join("tmp"))?;
-        rustix::fs::syncfs(&tmp).context("syncing the archive repo's new objects")?;
+    let file_objects = aside.len();
+    let src_object = |csum: &str, ext: &str| {
+        src_path
+            .join("objects")
+            .join(&csum[..2])
+            .join(format!("{}.{ext}", &csum[2..]))
+    };
+    let metadata = metas
+        .iter()
+        .map(|m| (m, "dirmeta"))
+        .chain(trees.iter().map(|t| (t, "dirtree")));
+    for (csum, ext) in metadata {
+        let to = object_path(csum, ext);
+        if !to.exists() {
+            let tmp = copy_metadata_object(&src_object(csum, ext), &dest_path, Some(csum))?;
+            aside.push((to, tmp));
+        }
     }
+    // The commit object goes in last, once everything it refers to is in place.
+    let mut last = Vec::new();
+    let detached = src_object(commit, "commitmeta");
+    if detached.exists() {
+        let tmp = copy_metadata_object(&detached, &dest_path, None)?;
+        last.push((object_path(commit, "commitmeta"), tmp));
+    }
+    let tmp = copy_metadata_object(&src_object(commit, "commit"), &dest_path, Some(commit))?;
+    last.push((object_path(commit, "commit"), tmp));
+    let tmp = std::fs::File::open(dest_path.join("tmp"))?;
+    rustix::fs::syncfs(&tmp).context("syncing the archive repo's new objects")?;
+    rename_objects_in(aside)?;
+    rename_objects_in(last)?;
+    Ok(Some(file_objects))
+}
+
+/// libostree's repo lock, held while objects are written outside a transaction (a transaction
+/// holds it shared; `ostree prune` exclusive, so it cannot remove them before a ref names
+/// them). Released when dropped.
+pub struct RepoLock<'a>(&'a ostree::Repo);
+
+#[allow(unsafe_code)]
+impl<'a> RepoLock<'a> {
+    /// Waits for the shared lock (as long as the repo's `core.lock-timeout-secs`).
+    pub fn shared(repo: &'a ostree::Repo) -> Result<Self> {
+        use glib::translate::{from_glib_full, ToGlibPtr};
+        let mut error = std::ptr::null_mut();
+        // SAFETY: a live repo, no cancellable, and an error out-pointer libostree fills on
+        // failure (taken over by `from_glib_full`).
+        let ok = unsafe {
+            ostree::ffi::ostree_repo_lock_push(
+                repo.to_glib_none().0,
+                ostree::ffi::OSTREE_REPO_LOCK_SHARED,
+                std::ptr::null_mut(),
+                &mut error,
+            )
+        };
+        if ok == glib::ffi::GFALSE {
+            let error: glib::Error = unsafe { from_glib_full(error) };
+            return Err(error).context("locking the repo");
+        }
+        Ok(RepoLock(repo))
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for RepoLock<'_> {
+    fn drop(&mut self) {
+        use glib::translate::ToGlibPtr;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: as in `shared`; this pops the lock pushed there. An error (the lock file
+        // gone) leaves nothing to undo: it is freed.
+        unsafe {
+            if ostree::ffi::ostree_repo_lock_pop(
+                self.0.to_glib_none().0,
+                ostree::ffi::OSTREE_REPO_LOCK_SHARED,
+                std::ptr::null_mut(),
+                &mut error,
+            ) == glib::ffi::GFALSE
+            {
+                glib::ffi::g_error_free(error);
+            }
+        }
+    }
+}
+
+/// A copy of the metadata object `from` written aside in the repo at `dest`'s tmp/ (0644, as
+/// libostree writes objects), checked against `csum` when it has one (a detached metadata
+/// object has none).
+fn copy_metadata_object(
+    from: &Path,
+    dest: &Path,
+    csum: Option<&str>,
+) -> Result<tempfile::TempPath> {
+    use sha2::Digest;
+    use std::io::Write;
+    let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    if let Some(csum) = csum {
+        let got = hex(&sha2::Sha256::digest(&data));
+        if got != csum {
+            anyhow::bail!("{} holds an object of checksum {got}", from.display());
+        }
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(FILEZ_ASIDE)
+        .tempfile_in(dest.join("tmp"))?;
+    tmp.write_all(&data)?;
+    finish_aside(tmp)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Renames objects written aside (and synced) to their names in objects/, on every core,
+/// then syncs each object directory that got one, so the renames are durable before anything
+/// that refers to the objects is written.
+fn rename_objects_in(objects: Vec<(std::path::PathBuf, tempfile::TempPath)>) -> Result<()> {
     crate::pool::map(
-        &aside,
+        &objects,
         crate::pool::workers(usize::MAX),
         || Ok(()),
-        |_, (csum, t)| -> Result<()> {
-            let dir = dest_path.join("objects").join(&csum[..2]);
-            std::fs::create_dir_all(&dir)?;
-            std::fs::rename(t, dir.join(format!("{}.filez", &csum[2..])))
-                .with_context(|| format!("moving {} into {}", t.display(), dir.display()))
+        |_, (to, tmp)| -> Result<()> {
+            let dir = to.parent().expect("an object path has a directory");
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(tmp, to)
+                .with_context(|| format!("moving {} to {}", tmp.display(), to.display()))
+        },
+    )?;
+    let mut dirs: Vec<&Path> = objects.iter().filter_map(|(to, _)| to.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    crate::pool::map(
+        &dirs,
+        crate::pool::workers(usize::MAX),
+        || Ok(()),
+        |_, dir| -> Result<()> {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", dir.display()))
         },
     )?;
     // The renamed paths are gone; nothing is left for the TempPaths to remove.
-    let written: Vec<Option<bool>> = written
-        .into_iter()
-        .map(|w| match w {
-            Staged::Present => Some(false),
-            Staged::Aside(t) => {
-                let _ = t.keep();
-                Some(true)
-            }
-            Staged::NotRegular => None,
-        })
-        .collect();
-    let tx = dest.auto_transaction(c)?;
-    // Symlinks, through libostree.
-    for (csum, _) in files.iter().zip(&written).filter(|(_, w)| w.is_none()) {
-        let (stream, info, xattrs) = src.load_file(csum, c)?;
-        // A symlink has no content stream; its target is in `info`.
-        let stream = stream.unwrap_or_else(|| gio::MemoryInputStream::new().upcast());
-        let (content, len) = ostree::raw_file_to_content_stream(&stream, &info, Some(&xattrs), c)?;
-        dest.write_content(Some(csum), &content, len, c)
-            .with_context(|| format!("writing file object {csum} into the repo"))?;
+    for (_, tmp) in objects {
+        let _ = tmp.keep();
     }
-    let objects = metas
-        .iter()
-        .map(|m| (ostree::ObjectType::DirMeta, m))
-        .chain(trees.iter().map(|t| (ostree::ObjectType::DirTree, t)));
-    for (kind, csum) in objects {
-        if !dest.has_object(kind, csum, c)? {
-            let v = src.load_variant(kind, csum)?;
-            dest.write_metadata(kind, Some(csum), &v, c)
-                .with_context(|| format!("writing {kind:?} object {csum} into the repo"))?;
-        }
-    }
-    let v = src.load_variant(ostree::ObjectType::Commit, commit)?;
-    dest.write_metadata(ostree::ObjectType::Commit, Some(commit), &v, c)?;
-    if let Some(detached) = src.read_commit_detached_metadata(commit, c)? {
-        dest.write_commit_detached_metadata(commit, Some(&detached), c)?;
-    }
-    commit_transaction(dest, tx, commit)?;
-    Ok(Some(written.iter().filter(|w| **w != Some(false)).count()))
-}
-
-/// What became of one file object in an archive export.
-enum Staged {
-    /// `dest` has it already.
-    Present,
-    /// Written to `dest`'s tmp/ (named [`FILEZ_ASIDE`]...), not yet renamed in.
-    Aside(tempfile::TempPath),
-    /// A symlink: left to libostree.
-    NotRegular,
+    Ok(())
 }
 
 /// The name prefix of a `.filez` object written aside in the archive repo's tmp/.
@@ -708,27 +786,35 @@ const FILEZ_ASIDE: &str = "hostforge-filez-";
 /// libdeflate, in bounded memory) rather than whole in memory with libdeflate.
 const FILEZ_STREAM_ABOVE: usize = 8 << 20;
 
-/// One regular file of `src` as a `.filez` object written aside in the archive repo at
-/// `dest` (see [`Staged::Aside`]); None for other file types (left to libostree).
+/// One file (regular or symlink) of `src` as a `.filez` object written aside in the archive
+/// repo at `dest`, to be renamed into objects/.
 fn write_filez(
     src: &ostree::Repo,
     dest: &Path,
     csum: &str,
     deflater: &mut libdeflater::Compressor,
     level: i32,
-) -> Result<Option<tempfile::TempPath>> {
+) -> Result<tempfile::TempPath> {
     use std::io::Write;
     let c = gio::Cancellable::NONE;
     let (stream, info, xattrs) = src.load_file(csum, c)?;
-    let Some(stream) = stream else {
-        return Ok(None);
+    let target = match info.file_type() {
+        gio::FileType::Regular => None,
+        gio::FileType::SymbolicLink => Some(
+            info.symlink_target()
+                .context("a symlink object without a target")?,
+        ),
+        other => anyhow::bail!("an object of file type {other:?}"),
     };
-    if info.file_type() != gio::FileType::Regular {
-        return Ok(None);
-    }
-    let size = info.size() as usize;
-    // [u32 BE header length][4 bytes padding][header variant][raw deflate payload]; the
-    // header is (size, uid, gid, mode, rdev, symlink target, xattrs), integers big-endian.
+    // As libostree: a symlink's size is what its file info says (0 from a bare-user repo).
+    let size = if info.has_attribute("standard::size") {
+        info.size() as usize
+    } else {
+        0
+    };
+    // [u32 BE header length][4 bytes padding][header variant][raw deflate payload, regular
+    // files only]; the header is (size, uid, gid, mode, rdev, symlink target, xattrs),
+    // integers big-endian.
     let attr = |name: &str| info.attribute_uint32(name).to_be();
     let header = glib::Variant::tuple_from_iter([
         (size as u64).to_be().to_variant(),
@@ -736,7 +822,10 @@ fn write_filez(
         attr("unix::gid").to_variant(),
         attr("unix::mode").to_variant(),
         0u32.to_variant(),
-        "".to_variant(),
+        target
+            .as_deref()
+            .map_or("", |t| t.to_str().unwrap_or_default())
+            .to_variant(),
         xattrs,
     ]);
     let header = header.data();
@@ -747,6 +836,14 @@ fn write_filez(
     let mut tmp = tempfile::Builder::new()
         .prefix(FILEZ_ASIDE)
         .tempfile_in(dest.join("tmp"))?;
+    let stream = match (target, stream) {
+        (None, Some(stream)) => stream,
+        (None, None) => anyhow::bail!("a regular file object without content"),
+        (Some(_), _) => {
+            tmp.write_all(&prefix)?;
+            return finish_aside(tmp);
+        }
+    };
     if size > FILEZ_STREAM_ABOVE {
         let out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         let mut enc =
@@ -773,10 +870,15 @@ fn write_filez(
         out.truncate(at + n);
         tmp.write_all(&out)?;
     }
+    finish_aside(tmp)
+}
+
+/// An object written aside, given the mode libostree gives objects (0644).
+fn finish_aside(tmp: tempfile::NamedTempFile) -> Result<tempfile::TempPath> {
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    Ok(Some(tmp.into_temp_path()))
+    Ok(tmp.into_temp_path())
 }
 
 /// Commits a transaction that wrote `commit` (and maybe set a ref to it), with the commit
@@ -951,6 +1053,38 @@ mod tests {
         let listing = ostree(&ours, &["ls", "-RX", &commit]);
         assert_eq!(ostree(&theirs, &["ls", "-RX", &commit]), listing);
         assert!(listing.contains("-04755 1000 1001"), "{listing}");
+        // The same objects as libostree's pull writes, mode 0644, metadata objects and the
+        // symlink byte for byte (regular files differ only in their deflate streams).
+        let link = ostree(&ours, &["ls", "-C", &commit, "/usr/link"]);
+        let link = link.split_whitespace().find(|w| w.len() == 64).unwrap();
+        let objects = |repo: &Path| {
+            let mut out = std::collections::BTreeMap::new();
+            for d in std::fs::read_dir(repo.join("objects")).unwrap() {
+                for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                    let path = f.unwrap().path();
+                    let name = format!(
+                        "{}{}",
+                        path.parent()
+                            .unwrap()
+                            .file_name()
+                            .unwrap()
+                            .to_str()
+                            .unwrap(),
+                        path.file_name().unwrap().to_str().unwrap()
+                    );
+                    use std::os::unix::fs::MetadataExt;
+                    let mode = path.metadata().unwrap().mode();
+                    let whole = !name.ends_with(".filez") || name.starts_with(link);
+                    out.insert(name, (mode, whole.then(|| std::fs::read(&path).unwrap())));
+                }
+            }
+            out
+        };
+        let (o, t) = (objects(&ours), objects(&theirs));
+        assert_eq!(o.len(), t.len());
+        for (name, (mode, bytes)) in &t {
+            assert_eq!(o.get(name), Some(&(*mode, bytes.clone())), "{name}");
+        }
         for f in ["/usr/bin/tool", "/usr/big"] {
             assert_eq!(
                 ostree(&ours, &["cat", &commit, f]),
