@@ -265,38 +265,40 @@ pub fn import(
     verifier: Option<&rpm::signature::pgp::Verifier>,
 ) -> Result<String> {
     let nv = nevra(pkg);
-    let rpm_pkg = open_verified(rpm_path, pkg, verifier)?;
-    let mut payload =
-        rpm::PackageReader::open(rpm_path).map_err(|e| anyhow!("{nv}: reading payload: {e}"))?;
+    let mut payload = open_verified(rpm_path, pkg, verifier)?;
     let mut entries = header_entries(&payload.metadata, &nv)?;
-    let mut info = package_info(&rpm_pkg, pkg)?;
+    let mut info = package_info(&payload.metadata, pkg)?;
     // Every path is checked before anything is written.
     check_paths(&entries, &nv)?;
     let cancellable = gio::Cancellable::NONE;
     // Aborted on drop: a failed import leaves no half-open transaction in the cache.
     let tx = repo.auto_transaction(cancellable)?;
-    let commit = write_package(repo, &rpm_pkg, &mut payload, &mut entries, &mut info, pkg)
+    let commit = write_package(repo, &mut payload, &mut entries, &mut info, pkg)
         .with_context(|| format!("importing {nv} into the package cache"))?;
     crate::ostreeutil::commit_transaction(repo, tx, &commit)
         .with_context(|| format!("importing {nv} into the package cache"))?;
     Ok(commit)
 }
 
-/// The RPM at `rpm_path`, its digests checked and, for a `gpgcheck=1` repo, its signature.
+/// The RPM at `rpm_path` opened for import, its header parsed once and checked: its digests
+/// (the header's, and the payload's read as a stream: the package is never held whole in
+/// memory), that it is the package the repodata promised and, for a `gpgcheck=1` repo, its
+/// signature. The reader stands at the start of the payload.
 fn open_verified(
     rpm_path: &Path,
     pkg: &Solved,
     verifier: Option<&rpm::signature::pgp::Verifier>,
-) -> Result<rpm::Package> {
+) -> Result<rpm::PackageReader> {
     let nv = nevra(pkg);
-    let rpm_pkg =
+    let reader =
         open_rpm(rpm_path).with_context(|| format!("{nv}: reading RPM {}", rpm_path.display()))?;
-    rpm_pkg
-        .verify_digests()
-        .map_err(|e| anyhow!("{nv}: RPM digest check failed, the package is corrupt: {e}"))?;
+    let m = &reader.metadata;
+    m.verify_digests()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| check_payload_digests(m, rpm_path))
+        .map_err(|e| anyhow!("{nv}: RPM digest check failed, the package is corrupt: {e:#}"))?;
     // The header must be the package the repodata promised: a repo that lists one package
     // and serves another (with a matching checksum) is refused before anything is unpacked.
-    let m = &rpm_pkg.metadata;
     let header_nevra = nevra(&Solved {
         name: m.get_name().unwrap_or_default().to_string(),
         epoch: u64::from(m.get_epoch().unwrap_or(0)),
@@ -313,34 +315,88 @@ fn open_verified(
         );
     }
     if let Some(v) = verifier {
-        if rpm_pkg
-            .metadata
-            .signatures()
-            .map(|s| s.is_empty())
-            .unwrap_or(true)
-        {
+        if m.signatures().map(|s| s.is_empty()).unwrap_or(true) {
             bail!(
                 "{nv}: package is not signed, but its repo [{}] has gpgcheck=1",
                 pkg.repo_id
             );
         }
-        rpm_pkg.verify_signature(v).map_err(|e| {
+        // The signature covers the header, and the header the payload's digest, checked above.
+        m.verify_signature(v).map_err(|e| {
             anyhow!(
                 "{nv}: signature check against the gpgkey of repo [{}] failed: {e}",
                 pkg.repo_id
             )
         })?;
     }
-    Ok(rpm_pkg)
+    Ok(reader)
 }
 
-/// Parses an RPM file whose header structure was checked first: the rpm crate indexes its
+/// Checks the payload digests the header of the RPM at `path` gives against its payload as
+/// it is in the file, read as a stream: every digest of the compressed payload present must
+/// match. A package without one is accepted, as by the rpm crate (payload digests exist
+/// since rpm 4.14); the `ALT` digests, of the uncompressed archive, are not checked.
+fn check_payload_digests(m: &rpm::PackageMetadata, path: &Path) -> Result<()> {
+    use rpm::IndexTag as T;
+    use sha2::Digest as _;
+    use std::io::{Read, Seek};
+    #[derive(Clone, Copy, PartialEq)]
+    enum Algo {
+        Sha256,
+        Sha512,
+        Sha3,
+    }
+    let wanted: Vec<(T, Algo, &str)> = [
+        (T::RPMTAG_PAYLOADSHA256, Algo::Sha256),
+        (T::RPMTAG_PAYLOAD_SHA512, Algo::Sha512),
+        (T::RPMTAG_PAYLOAD_SHA3_256, Algo::Sha3),
+    ]
+    .into_iter()
+    .filter_map(|(tag, algo)| Some((tag, algo, m.header.get_entry_data_as_string(tag).ok()?)))
+    .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let uses = |a: Algo| wanted.iter().any(|(_, algo, _)| *algo == a);
+    let mut sha256 = uses(Algo::Sha256).then(sha2::Sha256::new);
+    let mut sha512 = uses(Algo::Sha512).then(sha2::Sha512::new);
+    let mut sha3 = uses(Algo::Sha3).then(sha3::Sha3_256::new);
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(
+        m.get_package_segment_offsets().payload,
+    ))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha256.iter_mut().for_each(|h| h.update(&buf[..n]));
+        sha512.iter_mut().for_each(|h| h.update(&buf[..n]));
+        sha3.iter_mut().for_each(|h| h.update(&buf[..n]));
+    }
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let got = |a: Algo| match a {
+        Algo::Sha256 => sha256.clone().map(|h| hex(&h.finalize())),
+        Algo::Sha512 => sha512.clone().map(|h| hex(&h.finalize())),
+        Algo::Sha3 => sha3.clone().map(|h| hex(&h.finalize())),
+    };
+    for (tag, algo, expected) in &wanted {
+        let actual = got(*algo).unwrap_or_default();
+        if actual != *expected {
+            bail!("payload digest {tag:?} mismatch: the header says {expected}, the payload is {actual}");
+        }
+    }
+    Ok(())
+}
+
+/// Opens an RPM file whose header structure was checked first: the rpm crate indexes its
 /// header store with the offsets the file gives, and panics on one that points outside it
 /// (found by `crate::fuzz`).
-pub(crate) fn open_rpm(path: &Path) -> Result<rpm::Package> {
+pub(crate) fn open_rpm(path: &Path) -> Result<rpm::PackageReader> {
     let mut f = std::fs::File::open(path)?;
     check_header_bounds(&mut f)?;
-    rpm::Package::open(path).map_err(|e| anyhow!("{e}"))
+    rpm::PackageReader::open(path).map_err(|e| anyhow!("{e}"))
 }
 
 /// Checks the signature header and the main header of an RPM: every index entry's data lies
@@ -456,7 +512,7 @@ fn read_payload(
 }
 
 /// Per-file facts kept beside the tree: owners, docs, languages.
-fn package_info(rpm_pkg: &rpm::Package, pkg: &Solved) -> Result<PkgInfo> {
+fn package_info(metadata: &rpm::PackageMetadata, pkg: &Solved) -> Result<PkgInfo> {
     let nv = nevra(pkg);
     let mut info = PkgInfo {
         nevra: nv.clone(),
@@ -465,8 +521,7 @@ fn package_info(rpm_pkg: &rpm::Package, pkg: &Solved) -> Result<PkgInfo> {
         import_version: IMPORT_VERSION,
         ..Default::default()
     };
-    let file_entries = rpm_pkg
-        .metadata
+    let file_entries = metadata
         .get_file_entries()
         .map_err(|e| anyhow!("{nv}: reading file list: {e}"))?;
     for m in &file_entries {
@@ -608,7 +663,6 @@ impl<'r> PkgTree<'r> {
 /// transaction, and points the package's ref at it.
 fn write_package(
     repo: &ostree::Repo,
-    rpm_pkg: &rpm::Package,
     payload: &mut rpm::PackageReader,
     entries: &mut [Entry],
     info: &mut PkgInfo,
@@ -697,7 +751,7 @@ fn write_package(
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
     let mut header = Vec::new();
-    rpm_pkg
+    payload
         .metadata
         .write(&mut header)
         .map_err(|e| anyhow!("{nv}: serializing header: {e}"))?;
@@ -759,10 +813,10 @@ pub fn nevra_index(infos: &[PkgInfo]) -> BTreeMap<String, String> {
 /// `crate::fuzz`, which feed it mutated packages.
 #[cfg(test)]
 pub(crate) fn read_all_for_tests(path: &Path) {
-    let Ok(pkg) = open_rpm(path) else {
+    let Ok(mut reader) = open_rpm(path) else {
         return;
     };
-    let m = &pkg.metadata;
+    let m = &reader.metadata.clone();
     let solved = Solved {
         name: m.get_name().unwrap_or_default().to_string(),
         epoch: m.get_epoch().unwrap_or_default().into(),
@@ -775,13 +829,12 @@ pub(crate) fn read_all_for_tests(path: &Path) {
         checksum: String::new(),
         download_size: 0,
     };
-    let _ = package_info(&pkg, &solved);
-    if let Ok(mut reader) = rpm::PackageReader::open(path) {
-        if let Ok(entries) = header_entries(&reader.metadata, "fuzz") {
-            let _ = check_paths(&entries, "fuzz");
-        }
-        let _ = read_payload(&mut reader, "fuzz", |_, _| Ok(()));
+    let _ = package_info(m, &solved);
+    let _ = check_payload_digests(m, path);
+    if let Ok(entries) = header_entries(m, "fuzz") {
+        let _ = check_paths(&entries, "fuzz");
     }
+    let _ = read_payload(&mut reader, "fuzz", |_, _| Ok(()));
     let _ = m.get_pre_install_script();
     let _ = m.get_post_install_script();
     let _ = m.get_post_trans_script();
@@ -817,11 +870,15 @@ mod tests {
             checksum: String::new(),
             download_size: 0,
         };
-        open_verified(&path, &solved("evil", 0), None).unwrap();
+        if let Err(e) = open_verified(&path, &solved("evil", 0), None) {
+            panic!("{e:#}");
+        }
         for (name, epoch) in [("glibc", 0), ("evil", 1)] {
             let e = format!(
                 "{:#}",
-                open_verified(&path, &solved(name, epoch), None).unwrap_err()
+                open_verified(&path, &solved(name, epoch), None)
+                    .err()
+                    .expect("refused")
             );
             assert!(
                 e.contains("is evil-6.6-1.x86_64 by its header") && e.contains("[mirror]"),
