@@ -362,7 +362,7 @@ fn import_filez(
     (inflater, content): (&mut libdeflater::Decompressor, &mut Vec<u8>),
 ) -> Result<()> {
     let c = gio::Cancellable::NONE;
-    let path = src.join(format!("objects/{}/{}.filez", &csum[..2], &csum[2..]));
+    let path = loose_object_path(src, csum, "filez");
     let raw = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     // [u32 BE header length][4 bytes padding][header variant][raw deflate payload]
     if raw.len() < 8 {
@@ -426,8 +426,8 @@ fn write_bare_regfile(
     xattrs: &glib::Variant,
 ) -> Result<()> {
     use std::os::fd::AsFd;
-    let dir = repo.join("objects").join(&csum[..2]);
-    std::fs::create_dir_all(&dir)?;
+    let to = loose_object_path(repo, csum, "file");
+    std::fs::create_dir_all(to.parent().expect("an object path has a directory"))?;
     let mut tmp = tempfile::Builder::new()
         .prefix("hostforge-file-")
         .tempfile_in(repo.join("tmp"))?;
@@ -470,8 +470,15 @@ fn write_bare_regfile(
             last_modification: zero,
         },
     )?;
-    tmp.persist(dir.join(format!("{}.file", &csum[2..])))?;
+    tmp.persist(to)?;
     Ok(())
+}
+
+/// Where a repo at `repo` keeps the loose object `csum` of kind `ext` ("filez", "dirtree", ...).
+fn loose_object_path(repo: &Path, csum: &str, ext: &str) -> std::path::PathBuf {
+    repo.join("objects")
+        .join(&csum[..2])
+        .join(format!("{}.{ext}", &csum[2..]))
 }
 
 /// The hex checksum in a variant of type `ay` (32 bytes).
@@ -482,7 +489,7 @@ fn hex_checksum(v: &glib::Variant) -> Result<String> {
     if bytes.len() != 32 {
         anyhow::bail!("a checksum of {} bytes in an ostree object", bytes.len());
     }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 /// The root dirtree and dirmeta of the commit object `v`.
@@ -595,12 +602,7 @@ pub fn export_commit_to_archive(
     files.dedup();
     metas.sort();
     metas.dedup();
-    let object_path = |csum: &str, ext: &str| {
-        dest_path
-            .join("objects")
-            .join(&csum[..2])
-            .join(format!("{}.{ext}", &csum[2..]))
-    };
+    let object_path = |csum: &str, ext: &str| loose_object_path(&dest_path, csum, ext);
     let bar = progress.map(|p| p.bar("commit", files.len() as u64));
     let written = crate::pool::map(
         &files,
@@ -633,12 +635,7 @@ pub fn export_commit_to_archive(
         .filter_map(|(csum, w)| Some((object_path(csum, "filez"), w?)))
         .collect();
     let file_objects = aside.len();
-    let src_object = |csum: &str, ext: &str| {
-        src_path
-            .join("objects")
-            .join(&csum[..2])
-            .join(format!("{}.{ext}", &csum[2..]))
-    };
+    let src_object = |csum: &str, ext: &str| loose_object_path(src_path, csum, ext);
     let metadata = metas
         .iter()
         .map(|m| (m, "dirmeta"))
@@ -728,7 +725,7 @@ fn copy_metadata_object(
     use std::io::Write;
     let data = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
     if let Some(csum) = csum {
-        let got = hex(&sha2::Sha256::digest(&data));
+        let got = hex::encode(sha2::Sha256::digest(&data));
         if got != csum {
             anyhow::bail!("{} holds an object of checksum {got}", from.display());
         }
@@ -738,10 +735,6 @@ fn copy_metadata_object(
         .tempfile_in(dest.join("tmp"))?;
     tmp.write_all(&data)?;
     finish_aside(tmp)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Renames objects written aside (and synced) to their names in objects/, on every core,

@@ -338,29 +338,32 @@ fn open_verified(
 /// since rpm 4.14); the `ALT` digests, of the uncompressed archive, are not checked.
 fn check_payload_digests(m: &rpm::PackageMetadata, path: &Path) -> Result<()> {
     use rpm::IndexTag as T;
-    use sha2::Digest as _;
+    use sha2::digest::DynDigest;
     use std::io::{Read, Seek};
-    #[derive(Clone, Copy, PartialEq)]
-    enum Algo {
-        Sha256,
-        Sha512,
-        Sha3,
-    }
-    let wanted: Vec<(T, Algo, &str)> = [
-        (T::RPMTAG_PAYLOADSHA256, Algo::Sha256),
-        (T::RPMTAG_PAYLOAD_SHA512, Algo::Sha512),
-        (T::RPMTAG_PAYLOAD_SHA3_256, Algo::Sha3),
+    let hasher = |tag| -> Box<dyn DynDigest> {
+        match tag {
+            T::RPMTAG_PAYLOADSHA256 => Box::new(sha2::Sha256::default()),
+            T::RPMTAG_PAYLOAD_SHA512 => Box::new(sha2::Sha512::default()),
+            _ => Box::new(sha3::Sha3_256::default()),
+        }
+    };
+    let mut checks: Vec<(T, &str, Box<dyn DynDigest>)> = [
+        T::RPMTAG_PAYLOADSHA256,
+        T::RPMTAG_PAYLOAD_SHA512,
+        T::RPMTAG_PAYLOAD_SHA3_256,
     ]
     .into_iter()
-    .filter_map(|(tag, algo)| Some((tag, algo, m.header.get_entry_data_as_string(tag).ok()?)))
+    .filter_map(|tag| {
+        Some((
+            tag,
+            m.header.get_entry_data_as_string(tag).ok()?,
+            hasher(tag),
+        ))
+    })
     .collect();
-    if wanted.is_empty() {
+    if checks.is_empty() {
         return Ok(());
     }
-    let uses = |a: Algo| wanted.iter().any(|(_, algo, _)| *algo == a);
-    let mut sha256 = uses(Algo::Sha256).then(sha2::Sha256::new);
-    let mut sha512 = uses(Algo::Sha512).then(sha2::Sha512::new);
-    let mut sha3 = uses(Algo::Sha3).then(sha3::Sha3_256::new);
     let mut f = std::fs::File::open(path)?;
     f.seek(std::io::SeekFrom::Start(
         m.get_package_segment_offsets().payload,
@@ -371,20 +374,15 @@ fn check_payload_digests(m: &rpm::PackageMetadata, path: &Path) -> Result<()> {
         if n == 0 {
             break;
         }
-        sha256.iter_mut().for_each(|h| h.update(&buf[..n]));
-        sha512.iter_mut().for_each(|h| h.update(&buf[..n]));
-        sha3.iter_mut().for_each(|h| h.update(&buf[..n]));
+        checks.iter_mut().for_each(|(_, _, h)| h.update(&buf[..n]));
     }
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let got = |a: Algo| match a {
-        Algo::Sha256 => sha256.clone().map(|h| hex(&h.finalize())),
-        Algo::Sha512 => sha512.clone().map(|h| hex(&h.finalize())),
-        Algo::Sha3 => sha3.clone().map(|h| hex(&h.finalize())),
-    };
-    for (tag, algo, expected) in &wanted {
-        let actual = got(*algo).unwrap_or_default();
-        if actual != *expected {
-            bail!("payload digest {tag:?} mismatch: the header says {expected}, the payload is {actual}");
+    for (tag, expected, h) in checks {
+        let actual = hex::encode(h.finalize());
+        if actual != expected {
+            bail!(
+                "payload digest {tag:?} mismatch: the header says {expected}, the payload is \
+                 {actual}"
+            );
         }
     }
     Ok(())

@@ -1463,52 +1463,61 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<(ostree::RepoCommitModif
 /// Files the filter saw already carry their owner and are left as they are.
 fn apply_owners(repo: &ostree::Repo, mtree: &ostree::MutableTree, owners: &Owners) -> Result<()> {
     let cancellable = gio::Cancellable::NONE;
-    'paths: for (path, &(uid, gid)) in owners {
-        let mut dir = mtree.clone();
-        let mut names = path.split('/').filter(|n| !n.is_empty()).peekable();
-        while let Some(name) = names.next() {
-            let (file, subdir) = match dir.lookup(name) {
-                Ok(found) => found,
-                // Removed after the packages were installed (remove-files, layout).
-                Err(e) if e.matches(gio::IOErrorEnum::NotFound) => continue 'paths,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("looking up {path} in the commit"))
-                }
-            };
-            match (names.peek(), file, subdir) {
-                (Some(_), _, Some(sub)) => dir = sub,
-                (None, Some(checksum), _) => {
-                    let (input, info, xattrs) = repo
-                        .load_file(&checksum, cancellable)
-                        .with_context(|| format!("reading {path} ({checksum}) from the cache"))?;
-                    if (
-                        info.attribute_uint32("unix::uid"),
-                        info.attribute_uint32("unix::gid"),
-                    ) == (uid, gid)
-                    {
-                        continue 'paths;
-                    }
-                    info.set_attribute_uint32("unix::uid", uid);
-                    info.set_attribute_uint32("unix::gid", gid);
-                    let input = input.unwrap_or_else(|| gio::MemoryInputStream::new().upcast());
-                    let (stream, len) = ostree::raw_file_to_content_stream(
-                        &input,
-                        &info,
-                        Some(&xattrs),
-                        cancellable,
-                    )?;
-                    let owned = repo
-                        .write_content(None, &stream, len, cancellable)
-                        .with_context(|| format!("writing {path} with owner {uid}:{gid}"))?;
-                    dir.replace_file(name, &owned.to_hex())?;
-                    continue 'paths;
-                }
-                // A directory (the filter gave it its owner) or a path through a non-directory.
-                _ => continue 'paths,
-            }
+    for (path, &(uid, gid)) in owners {
+        // Gone when removed after the packages were installed (remove-files, layout); a
+        // directory got its owner from the filter.
+        let Some((dir, name, checksum)) = mtree_file(mtree, path)? else {
+            continue;
+        };
+        let (input, info, xattrs) = repo
+            .load_file(&checksum, cancellable)
+            .with_context(|| format!("reading {path} ({checksum}) from the cache"))?;
+        let owner = |i: &gio::FileInfo| {
+            (
+                i.attribute_uint32("unix::uid"),
+                i.attribute_uint32("unix::gid"),
+            )
+        };
+        if owner(&info) == (uid, gid) {
+            continue;
         }
+        info.set_attribute_uint32("unix::uid", uid);
+        info.set_attribute_uint32("unix::gid", gid);
+        let input = input.unwrap_or_else(|| gio::MemoryInputStream::new().upcast());
+        let (stream, len) =
+            ostree::raw_file_to_content_stream(&input, &info, Some(&xattrs), cancellable)?;
+        let owned = repo
+            .write_content(None, &stream, len, cancellable)
+            .with_context(|| format!("writing {path} with owner {uid}:{gid}"))?;
+        dir.replace_file(name, &owned.to_hex())?;
     }
     Ok(())
+}
+
+/// The non-directory at `path` in `mtree`: its directory, its name and its checksum; None when
+/// there is no such path or it is a directory.
+fn mtree_file<'p>(
+    mtree: &ostree::MutableTree,
+    path: &'p str,
+) -> Result<Option<(ostree::MutableTree, &'p str, String)>> {
+    let lookup = |dir: &ostree::MutableTree, name: &str| match dir.lookup(name) {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if e.matches(gio::IOErrorEnum::NotFound) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up {path} in the commit")),
+    };
+    let path = path.trim_matches('/');
+    let (parents, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let mut dir = mtree.clone();
+    for comp in parents.split('/').filter(|c| !c.is_empty()) {
+        match lookup(&dir, comp)? {
+            Some((_, Some(sub))) => dir = sub,
+            _ => return Ok(None),
+        }
+    }
+    Ok(match lookup(&dir, name)? {
+        Some((Some(checksum), _)) => Some((dir, name, checksum.to_string())),
+        _ => None,
+    })
 }
 
 /// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
