@@ -98,6 +98,14 @@ impl DirMetaCache {
         self.cache.insert((uid, gid, mode), hex.clone());
         Ok(hex)
     }
+
+    /// The permission bits of a directory metadata object this cache wrote.
+    pub fn mode_of(&self, checksum: &str) -> Option<u32> {
+        self.cache
+            .iter()
+            .find(|(_, c)| c.as_str() == checksum)
+            .map(|(&(_, _, mode), _)| mode & 0o7777)
+    }
 }
 
 /// Builds an `a{sv}` commit metadata dictionary.

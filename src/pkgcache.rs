@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// Bump when the import format changes so old cache entries are re-imported.
-pub const IMPORT_VERSION: u32 = 1;
+pub const IMPORT_VERSION: u32 = 2;
 
 /// What the cache remembers about a package beside its files.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -32,6 +32,24 @@ pub struct PkgInfo {
     pub docs: Vec<String>,
     /// Files with a language tag: (path, lang).
     pub langs: Vec<(String, String)>,
+    /// The package's tree as assembly lays it out, each directory before what it holds.
+    #[serde(default)]
+    pub layout: Vec<Placed>,
+}
+
+/// One entry of a package's tree in the cache commit, as libostree's user-mode checkout
+/// would place it (paths relative to the root, without a leading `/`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Placed {
+    /// A directory and its permission bits.
+    Dir(String, u32),
+    /// A regular file hardlinked to its content object (checksum).
+    Link(String, String),
+    /// A regular file a user-mode checkout copies instead of hardlinking (it is empty, or
+    /// unreadable to its owner): content object and permission bits.
+    Copy(String, String, u32),
+    /// A symbolic link and its target.
+    Symlink(String, String),
 }
 
 /// The cache ref of a package.
@@ -575,6 +593,13 @@ struct PkgTree<'r> {
     dirmeta: DirMetaCache,
     by_digest: HashMap<String, String>,
     deferred: Vec<(Vec<String>, String, String)>,
+    /// What each content object written is: a regular file (mode, empty) or a symlink.
+    objects: HashMap<String, Object>,
+}
+
+enum Object {
+    Regular { mode: u32, empty: bool },
+    Symlink(String),
 }
 
 impl<'r> PkgTree<'r> {
@@ -585,6 +610,7 @@ impl<'r> PkgTree<'r> {
             dirmeta: DirMetaCache::default(),
             by_digest: HashMap::new(),
             deferred: Vec::new(),
+            objects: HashMap::new(),
         };
         let root_meta = t.dirmeta.get(repo, 0, 0, 0o755)?;
         t.mtree.set_metadata_checksum(&root_meta);
@@ -622,6 +648,13 @@ impl<'r> PkgTree<'r> {
         if e.digest.is_some() {
             self.by_digest.insert(key, csum.to_string());
         }
+        self.objects.insert(
+            csum.to_string(),
+            Object::Regular {
+                mode: e.mode & 0o7777,
+                empty: content.is_empty(),
+            },
+        );
         dir.replace_file(name, &csum)?;
         Ok(())
     }
@@ -638,8 +671,49 @@ impl<'r> PkgTree<'r> {
         let csum = self
             .repo
             .write_symlink(None, 0, 0, None, target, gio::Cancellable::NONE)?;
+        self.objects
+            .insert(csum.to_string(), Object::Symlink(target.to_string()));
         dir.replace_file(name, &csum)?;
         Ok(csum.to_string())
+    }
+
+    /// The entries under `dir` (at `prefix`) in a checkout's order: its files by name, then
+    /// each subdirectory and what it holds.
+    fn layout(&self, prefix: &str, dir: &ostree::MutableTree, out: &mut Vec<Placed>) -> Result<()> {
+        let join = |name: &str| {
+            if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}/{name}")
+            }
+        };
+        let files: BTreeMap<String, String> = dir.copy_files().into_iter().collect();
+        for (name, csum) in files {
+            let path = join(&name);
+            out.push(match self.objects.get(&csum) {
+                Some(Object::Symlink(target)) => Placed::Symlink(path, target.clone()),
+                // As libostree's user-mode checkout: empty files and files their owner cannot
+                // read are copied, never hardlinked.
+                Some(&Object::Regular { mode, empty }) if empty || mode & 0o400 == 0 => {
+                    Placed::Copy(path, csum, mode)
+                }
+                Some(Object::Regular { .. }) => Placed::Link(path, csum),
+                None => bail!("{path}: no object recorded for {csum}"),
+            });
+        }
+        let subdirs: BTreeMap<String, ostree::MutableTree> =
+            dir.copy_subdirs().into_iter().collect();
+        for (name, sub) in subdirs {
+            let path = join(&name);
+            let meta = sub.metadata_checksum();
+            let mode = self
+                .dirmeta
+                .mode_of(&meta)
+                .ok_or_else(|| anyhow!("{path}: unknown directory metadata {meta}"))?;
+            out.push(Placed::Dir(path.clone(), mode));
+            self.layout(&path, &sub, out)?;
+        }
+        Ok(())
     }
 
     /// Hardlinks whose content came after them in the payload.
@@ -744,6 +818,7 @@ fn write_package(
         )?;
     }
     info.files.sort();
+    tree.layout("", &tree.mtree, &mut info.layout)?;
     let root = repo.write_mtree(&tree.mtree, cancellable)?;
     let root = root
         .downcast::<ostree::RepoFile>()

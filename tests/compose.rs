@@ -1098,3 +1098,72 @@ fn static_delta_serves_an_update_as_one_delta() {
     let without = pull("without-delta", &["--disable-static-deltas"]);
     assert!(!without.contains("delta part"), "{without}");
 }
+
+/// The assembly lays the packages out as libostree's user-mode, union checkout of their cache
+/// commits does (what it did before): committing both trees gives the same files, modes,
+/// owners, extended attributes and checksums.
+#[test]
+fn assembly_matches_a_libostree_checkout_of_the_packages() {
+    let env = Env::new();
+    let tf = env.treefile("node.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &[]));
+    let cache_repo = env.cache().join("repo");
+    let cache = ostree::Repo::new_for_path(&cache_repo);
+    cache.open(ostree::gio::Cancellable::NONE).unwrap();
+    let mut refs: Vec<String> = ostree_at(&cache_repo, &["refs", "--list", "hostforge/pkg"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    refs.sort();
+    assert!(refs.len() >= 8, "{refs:?}");
+    let mut infos = Vec::new();
+    let checked_out = env.path().join("checked-out");
+    let placed = env.path().join("placed");
+    std::fs::create_dir_all(&checked_out).unwrap();
+    std::fs::create_dir_all(&placed).unwrap();
+    for r in &refs {
+        let commit = ostree_at(&cache_repo, &["rev-parse", r]).trim().to_string();
+        infos.push(hostforge::pkgcache::read_info(&cache, &commit).unwrap());
+        ostree_at(
+            &cache_repo,
+            &[
+                "checkout",
+                "--user-mode",
+                "--union",
+                "--require-hardlinks",
+                &commit,
+                checked_out.to_str().unwrap(),
+            ],
+        );
+    }
+    hostforge::compose::place::place_packages(&cache_repo, &placed, &infos, |_| {}).unwrap();
+    // The fixtures exercise every kind of entry.
+    let kinds: std::collections::BTreeSet<&str> = infos
+        .iter()
+        .flat_map(|i| &i.layout)
+        .map(|p| match p {
+            hostforge::pkgcache::Placed::Dir(..) => "dir",
+            hostforge::pkgcache::Placed::Link(..) => "link",
+            hostforge::pkgcache::Placed::Copy(..) => "copy",
+            hostforge::pkgcache::Placed::Symlink(..) => "symlink",
+        })
+        .collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    let scratch = env.path().join("scratch");
+    ostree_at(&scratch, &["init", "--mode=archive"]);
+    let mut listings = Vec::new();
+    for (branch, dir) in [("a", &checked_out), ("b", &placed)] {
+        ostree_at(
+            &scratch,
+            &[
+                "commit",
+                "-b",
+                branch,
+                &format!("--tree=dir={}", dir.display()),
+            ],
+        );
+        listings.push(ostree_at(&scratch, &["ls", "-R", "-X", "-C", branch]));
+    }
+    assert!(listings[0].lines().count() > 50, "{}", listings[0]);
+    assert_eq!(listings[0], listings[1]);
+}

@@ -6,6 +6,7 @@
 mod cpiogz;
 mod initramfs;
 mod kernel;
+pub mod place;
 mod postprocess;
 mod scripts;
 
@@ -99,8 +100,6 @@ struct Env {
     repos: Vec<RepoDef>,
     /// The `--ex-lockfile` pins.
     pins: Option<Lock>,
-    /// (device, inode) -> checksum of every file the assemble step hardlinked from the cache.
-    devino: ostree::RepoDevInoCache,
 }
 
 impl Env {
@@ -412,7 +411,6 @@ fn setup(opts: Options) -> Result<(Env, std::fs::File)> {
         work,
         repos,
         pins,
-        devino: ostree::RepoDevInoCache::new(),
     };
     Ok((env, lock))
 }
@@ -641,11 +639,9 @@ fn assemble(
     let r = env.root();
     std::fs::create_dir_all(&r)?;
     let bar = env.progress.bar("assemble", packages.commits.len() as u64);
-    for (commit, info) in packages.commits.iter().zip(&packages.infos) {
-        check_out_over_root(env, commit, ostree::RepoCheckoutOverwriteMode::UnionFiles)
-            .with_context(|| format!("checking out {}", info.nevra))?;
-        bar.inc(&info.name);
-    }
+    place::place_packages(&env.cache_path, &r, &packages.infos, |info| {
+        bar.inc(&info.name)
+    })?;
     drop(bar);
     check_out_layers(env, &input.layers)?;
     if env.tf.doc.preserve_passwd.unwrap_or(true) && !env.tf.container() {
@@ -790,7 +786,6 @@ fn check_out_over_root(
         mode: ostree::RepoCheckoutMode::User,
         overwrite_mode: overwrite,
         no_copy_fallback: true,
-        devino_to_csum_cache: Some(env.devino.clone()),
         ..Default::default()
     };
     env.cache.checkout_at(
@@ -1451,8 +1446,6 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<(ostree::RepoCommitModif
     // new object (the label is part of its checksum), so the devino shortcut below only
     // helps files whose label did not change.
     modifier.set_sepolicy(policy.as_ref());
-    // Reuse checksums of files still hardlinked to the package cache.
-    modifier.set_devino_cache(&env.devino);
     Ok((modifier, canonical))
 }
 
@@ -1527,6 +1520,9 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
     let cache = &env.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;
+    // Files still hardlinked to the package cache (packages and layers) are known by their
+    // inode: libostree maps every loose object's (device, inode) to its checksum.
+    cache.scan_hardlinks(cancellable)?;
     let mtree = ostree::MutableTree::new();
     let dir = std::fs::File::open(env.root())?;
     use std::os::fd::AsRawFd;
