@@ -894,7 +894,27 @@ pub fn commit_transaction(
 ) -> Result<ostree::RepoTransactionStats> {
     let cancellable = gio::Cancellable::NONE;
     repo.mark_commit_partial(commit, true)?;
-    let stats = tx.commit(cancellable)?;
+    if repo.is_disable_fsync() {
+        let stats = tx.commit(cancellable)?;
+        repo.mark_commit_partial(commit, false)?;
+        return Ok(stats);
+    }
+    // The same order as libostree's (objects durable before they are renamed in, everything
+    // durable before the commit stops being partial), with one syncfs on each side instead of
+    // an fsync of each of the 256 object directories (a disk cache flush each, ~20 ms here).
+    let sync = || {
+        // SAFETY: the repo's directory fd stays open while the repo is alive.
+        #[allow(unsafe_code)]
+        let dfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(repo.dfd()) };
+        rustix::fs::syncfs(dfd).context("syncfs on the repo")
+    };
+    sync()?;
+    repo.set_disable_fsync(true);
+    let stats = tx.commit(cancellable);
+    repo.set_disable_fsync(false);
+    let stats = stats?;
+    sync()?;
+    // Not synced: lost in a crash, the marker only makes the commit be written again.
     repo.mark_commit_partial(commit, false)?;
     Ok(stats)
 }

@@ -64,24 +64,39 @@ pub fn pkg_ref(nevra: &str) -> String {
     format!("hostforge/pkg/{escaped}")
 }
 
-/// Returns the cached commit of `pkg` if it was imported from the same RPM by this version.
-pub fn lookup(repo: &ostree::Repo, pkg: &Solved) -> Result<Option<String>> {
+/// Returns the cached commit of `pkg` and what the cache knows of it, if it was imported from
+/// the same RPM by this version (and its import finished: a partial commit is imported again).
+pub fn lookup(repo: &ostree::Repo, pkg: &Solved) -> Result<Option<(String, PkgInfo)>> {
     let Some(commit) = ostreeutil::resolve(repo, &pkg_ref(&nevra(pkg)))? else {
         return Ok(None);
     };
-    let info = read_info(repo, &commit)?;
+    let (v, state) = repo
+        .load_commit(&commit)
+        .with_context(|| format!("loading cache commit {commit}"))?;
+    if state.contains(ostree::RepoCommitState::PARTIAL) {
+        return Ok(None);
+    }
+    let info = info_of(&commit, &v)?;
     if info.sha256 == pkg.checksum && info.import_version == IMPORT_VERSION {
-        Ok(Some(commit))
+        Ok(Some((commit, info)))
     } else {
         Ok(None)
     }
 }
 
 pub fn read_info(repo: &ostree::Repo, commit: &str) -> Result<PkgInfo> {
-    let meta = ostreeutil::commit_meta(repo, commit)?;
+    let v = repo
+        .load_variant(ostree::ObjectType::Commit, commit)
+        .with_context(|| format!("loading cache commit {commit}"))?;
+    info_of(commit, &v)
+}
+
+/// The package info in the metadata of cache commit `commit` (the commit object `v`).
+fn info_of(commit: &str, v: &glib::Variant) -> Result<PkgInfo> {
+    let meta = glib::VariantDict::new(Some(&v.child_value(0)));
     let json = ostreeutil::meta_str(&meta, "hostforge.pkginfo")
         .ok_or_else(|| anyhow!("cache commit {commit} has no hostforge.pkginfo"))?;
-    Ok(serde_json::from_str(&json)?)
+    serde_json::from_str(&json).with_context(|| format!("cache commit {commit}: package info"))
 }
 
 /// The RPM lead, signature and header (everything but the payload), kept for the rpmdb and
@@ -275,13 +290,14 @@ fn ensure_dirs(
     Ok(cur)
 }
 
-/// Imports the RPM at `rpm_path` (already checksum-verified) into the cache repo.
+/// Imports the RPM at `rpm_path` (already checksum-verified) into the cache repo: its commit
+/// and what the cache knows of it.
 pub fn import(
     repo: &ostree::Repo,
     rpm_path: &Path,
     pkg: &Solved,
     verifier: Option<&rpm::signature::pgp::Verifier>,
-) -> Result<String> {
+) -> Result<(String, PkgInfo)> {
     let nv = nevra(pkg);
     let mut payload = open_verified(rpm_path, pkg, verifier)?;
     let mut entries = header_entries(&payload.metadata, &nv)?;
@@ -295,7 +311,7 @@ pub fn import(
         .with_context(|| format!("importing {nv} into the package cache"))?;
     crate::ostreeutil::commit_transaction(repo, tx, &commit)
         .with_context(|| format!("importing {nv} into the package cache"))?;
-    Ok(commit)
+    Ok((commit, info))
 }
 
 /// The RPM at `rpm_path` opened for import, its header parsed once and checked: its digests

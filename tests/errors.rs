@@ -355,6 +355,37 @@ fn interrupted_during_commit_recovers() {
     interrupted_at("commit");
 }
 
+/// A package whose cache commit is still marked partial (a crash between its objects being
+/// renamed in and its import being marked complete: the syncs are done by then, the marker's
+/// removal is not) is imported again rather than trusted.
+#[test]
+fn a_partial_package_import_is_imported_again() {
+    let env = Env::new();
+    good_first(&env);
+    let cache = env.cache().join("repo");
+    let r = common::ostree_at(&cache, &["refs", "--list", "hostforge/pkg"])
+        .lines()
+        .find(|l| l.contains("/app-1"))
+        .expect("app in the cache")
+        .to_string();
+    let commit = common::ostree_at(&cache, &["rev-parse", &r])
+        .trim()
+        .to_string();
+    std::fs::write(
+        cache.join("state").join(format!("{commit}.commitpartial")),
+        "",
+    )
+    .unwrap();
+    let tf = env.treefile("good.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &["--force-nocache"]));
+    assert_eq!(env.json()["downloaded"], 1);
+    assert!(!cache
+        .join("state")
+        .join(format!("{commit}.commitpartial"))
+        .exists());
+    common::ostree_at(&cache, &["fsck", "--quiet"]);
+}
+
 /// Two composes on one repo and cachedir at once: the second waits for the first (it says
 /// so) and both end with the ref at a complete commit; the repos stay consistent.
 #[test]

@@ -523,13 +523,11 @@ fn inputhash(
 }
 
 fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> {
-    let mut commits: Vec<Option<String>> = Vec::with_capacity(solved.len());
+    let mut cached: Vec<Option<(String, PkgInfo)>> = Vec::with_capacity(solved.len());
     for p in solved {
-        commits.push(pkgcache::lookup(&env.cache, p)?);
+        cached.push(pkgcache::lookup(&env.cache, p)?);
     }
-    let missing: Vec<usize> = (0..solved.len())
-        .filter(|&i| commits[i].is_none())
-        .collect();
+    let missing: Vec<usize> = (0..solved.len()).filter(|&i| cached[i].is_none()).collect();
     let mut stats = FetchStats {
         cache_hits: solved.len() - missing.len(),
         ..Default::default()
@@ -551,41 +549,39 @@ fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> 
             repo.open(gio::Cancellable::NONE)?;
             Ok(repo)
         },
-        |repo, &i| -> Result<(usize, String, u64)> {
+        |repo, &i| -> Result<(usize, (String, PkgInfo), u64)> {
             let pkg = &solved[i];
             let repodef = repos
                 .iter()
                 .find(|r| r.id == pkg.repo_id)
                 .ok_or_else(|| anyhow!("package from unknown repo {}", pkg.repo_id))?;
             let dest = dl_dir.join(format!("{}.rpm", pkg.checksum));
-            let size = rpmmd::download(repodef, pkg, &dest).with_context(|| {
+            let fetched = rpmmd::fetch(repodef, pkg, &dest).with_context(|| {
                 format!(
                     "downloading {} from repo [{}]",
                     rpmmd::nevra(pkg),
                     pkg.repo_id
                 )
             })?;
-            let imported = pkgcache::import(repo, &dest, pkg, verifiers.get(&pkg.repo_id));
-            let _ = std::fs::remove_file(&dest);
+            let imported = pkgcache::import(repo, &fetched.path, pkg, verifiers.get(&pkg.repo_id));
+            if fetched.temporary {
+                let _ = std::fs::remove_file(&fetched.path);
+            }
             let imported = imported?;
             bar.inc(&pkg.name);
-            Ok((i, imported, size))
+            Ok((i, imported, fetched.size))
         },
     );
     drop(bar);
-    for (i, commit, size) in imported? {
-        commits[i] = Some(commit);
+    for (i, imported, size) in imported? {
+        cached[i] = Some(imported);
         stats.downloaded += 1;
         stats.bytes_downloaded += size;
     }
-    let commits: Vec<String> = commits
+    let (commits, infos): (Vec<String>, Vec<PkgInfo>) = cached
         .into_iter()
         .map(|c| c.expect("every package imported"))
-        .collect();
-    let infos = commits
-        .iter()
-        .map(|c| pkgcache::read_info(&env.cache, c))
-        .collect::<Result<_>>()?;
+        .unzip();
     let detail = format!(
         "{} downloaded and imported, {} from cache",
         stats.downloaded, stats.cache_hits
@@ -960,19 +956,52 @@ fn run_trans_file_triggers(
 }
 
 /// The rpmdb of the composed packages, written by `rpmdb --importdb` (a child process) into a
-/// directory of the work dir while assemble and the scriptlets run on the other core;
+/// scratch directory while assemble and the scriptlets run on the other core;
 /// [`RpmdbJob::place`] waits for it and puts it at `/usr/share/rpm` in the root, as if it
 /// had been written there then. Dropped before that, the child is killed
-/// ([`process::Background`]).
+/// ([`process::Background`]) and the scratch directory removed.
 struct RpmdbJob {
-    child: process::Background,
+    child: Option<process::Background>,
     dir: PathBuf,
+    export: PathBuf,
     headers: usize,
 }
 
+/// Where `rpmdb --importdb` writes: a directory in memory (`/dev/shm`) when there is one,
+/// since sqlite's ~10,000 small writes for a hundred packages cost twice as long on disk here
+/// and the database is scratch until it is placed; else the work dir. One per cachedir (the
+/// cachedir's lock makes it this compose's; one a killed compose left is removed next time).
+fn rpmdb_scratch(env: &Env) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let cachedir = env
+        .opts
+        .cachedir
+        .canonicalize()
+        .unwrap_or_else(|_| env.opts.cachedir.clone());
+    let key = hex::encode(&Sha256::digest(cachedir.as_os_str().as_encoded_bytes())[..8]);
+    let dir = shm.join(format!("hostforge-rpmdb-{key}"));
+    if shm.is_dir() && postprocess::remove_any(&dir).is_ok() && std::fs::create_dir(&dir).is_ok() {
+        return dir;
+    }
+    env.work.join("rpmdb")
+}
+
+fn importdb(dir: &Path, export: &Path, log: &Path) -> Result<process::Background> {
+    process::Background::start(
+        Command::new("rpmdb").arg("--dbpath").arg(dir).args([
+            "--define",
+            "_db_backend sqlite",
+            "--importdb",
+        ]),
+        std::fs::File::open(export)?,
+        log,
+    )
+}
+
 fn start_rpmdb(env: &Env, packages: &Packages) -> Result<RpmdbJob> {
-    let dir = env.work.join("rpmdb");
-    postprocess::remove_any(&dir)?;
+    let on_disk = env.work.join("rpmdb");
+    postprocess::remove_any(&on_disk)?;
+    let dir = rpmdb_scratch(env);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut headers = Vec::new();
     for c in &packages.commits {
@@ -984,34 +1013,64 @@ fn start_rpmdb(env: &Env, packages: &Packages) -> Result<RpmdbJob> {
     }
     let export = env.work.join("headers.rpmdb");
     std::fs::write(&export, &headers).with_context(|| format!("writing {}", export.display()))?;
-    let child = process::Background::start(
-        Command::new("rpmdb").arg("--dbpath").arg(&dir).args([
-            "--define",
-            "_db_backend sqlite",
-            "--importdb",
-        ]),
-        std::fs::File::open(&export)?,
-        &env.work.join("rpmdb.log"),
-    )?;
+    let child = importdb(&dir, &export, &env.work.join("rpmdb.log"))?;
     Ok(RpmdbJob {
-        child,
+        child: Some(child),
         dir,
+        export,
         headers: packages.commits.len(),
     })
 }
 
 impl RpmdbJob {
-    fn place(self, env: &Env) -> Result<((), String)> {
-        self.child.wait().context("writing the rpmdb")?;
+    fn place(mut self, env: &Env) -> Result<((), String)> {
+        let log = env.work.join("rpmdb.log");
+        let child = self.child.take().expect("placed once");
+        let on_disk = env.work.join("rpmdb");
+        if let Err(e) = child.wait() {
+            if self.dir == on_disk {
+                return Err(e.context("writing the rpmdb"));
+            }
+            // Out of room in memory (a small /dev/shm in a container): again on disk.
+            let _ = postprocess::remove_any(&self.dir);
+            self.dir = on_disk.clone();
+            std::fs::create_dir_all(&self.dir)?;
+            importdb(&self.dir, &self.export, &log)?
+                .wait()
+                .context("writing the rpmdb")?;
+        }
         for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         let dbpath = env.root().join("usr/share/rpm");
         postprocess::remove_any(&dbpath)?;
         std::fs::create_dir_all(env.root().join("usr/share"))?;
-        std::fs::rename(&self.dir, &dbpath)
-            .with_context(|| format!("moving the rpmdb to {}", dbpath.display()))?;
+        if self.dir == on_disk {
+            std::fs::rename(&self.dir, &dbpath)
+                .with_context(|| format!("moving the rpmdb to {}", dbpath.display()))?;
+        } else {
+            std::fs::create_dir(&dbpath)?;
+            for entry in std::fs::read_dir(&self.dir)? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    let to = dbpath.join(entry.file_name());
+                    std::fs::copy(entry.path(), &to)
+                        .with_context(|| format!("copying the rpmdb to {}", to.display()))?;
+                }
+            }
+            postprocess::remove_any(&self.dir)?;
+        }
         Ok(((), format!("{} headers", self.headers)))
+    }
+}
+
+impl Drop for RpmdbJob {
+    fn drop(&mut self) {
+        // Killed first (dropped), then its directory removed.
+        drop(self.child.take());
+        if self.dir.starts_with("/dev/shm") {
+            let _ = postprocess::remove_any(&self.dir);
+        }
     }
 }
 

@@ -377,10 +377,38 @@ fn read_url(url: &str) -> Result<Vec<u8>> {
     }
 }
 
-/// Downloads one package into `dest`, checking size and checksum against the repodata.
-pub fn download(repo: &RepoDef, pkg: &Solved, dest: &Path) -> Result<u64> {
+/// Where a package checked against the repodata is read from: the file in a local
+/// (`file://`) repo itself, or a download (`temporary`: removed after the import).
+pub struct Fetched {
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    pub temporary: bool,
+}
+
+/// The package's file, its checksum checked against the repodata: in place for a local repo
+/// (never copied), downloaded into `dest` otherwise.
+pub fn fetch(repo: &RepoDef, pkg: &Solved, dest: &Path) -> Result<Fetched> {
     let url = package_url(repo, pkg)?;
-    let data = read_url(&url)?;
+    let Some(path) = url.strip_prefix("file://") else {
+        let size = download(repo, pkg, dest)?;
+        return Ok(Fetched {
+            path: dest.to_path_buf(),
+            size,
+            temporary: true,
+        });
+    };
+    let mut file = std::fs::File::open(path).with_context(|| format!("reading {url}"))?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {url}"))?;
+    check_checksum(repo, pkg, &url, &hex::encode(hasher.finalize()))?;
+    Ok(Fetched {
+        path: path.into(),
+        size,
+        temporary: false,
+    })
+}
+
+fn check_checksum(repo: &RepoDef, pkg: &Solved, url: &str, got: &str) -> Result<()> {
     if pkg.checksum_type != "sha256" {
         bail!(
             "{}: repo [{}] uses {} checksums; only sha256 repodata is supported",
@@ -389,7 +417,6 @@ pub fn download(repo: &RepoDef, pkg: &Solved, dest: &Path) -> Result<u64> {
             pkg.checksum_type
         );
     }
-    let got = hex::encode(Sha256::digest(&data));
     if got != pkg.checksum {
         bail!(
             "{}: checksum mismatch for {url}: repodata says sha256:{} but the file has \
@@ -398,6 +425,14 @@ pub fn download(repo: &RepoDef, pkg: &Solved, dest: &Path) -> Result<u64> {
             pkg.checksum
         );
     }
+    Ok(())
+}
+
+/// Downloads one package into `dest`, checking its checksum against the repodata.
+fn download(repo: &RepoDef, pkg: &Solved, dest: &Path) -> Result<u64> {
+    let url = package_url(repo, pkg)?;
+    let data = read_url(&url)?;
+    check_checksum(repo, pkg, &url, &hex::encode(Sha256::digest(&data)))?;
     let tmp = dest.with_extension("part");
     std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, dest)?;
