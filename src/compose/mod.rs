@@ -304,6 +304,8 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         }
         Checked::Changed(input) => input,
     };
+    // The previous compose's root, set aside by its commit step, goes while this one builds.
+    let previous_root = OldRoots::remove_in_background(&env.work)?;
     let packages = run.step("fetch", || fetch_and_import(env, &solved))?;
     let rpmdb = start_rpmdb(env, &packages)?;
     run.step("assemble", || assemble(env, target, &input, &packages))?;
@@ -323,6 +325,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
     };
     let committed = run.step("commit", || commit(env, target, &tree, owners))?;
     let diff = package_diff(target, &tree)?;
+    previous_root.finish()?;
     Ok(Outcome::Committed {
         tree: Box::new(tree),
         committed,
@@ -594,6 +597,59 @@ fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> 
         },
         detail,
     ))
+}
+
+/// Build roots of earlier composes (`root.old`, set aside by the commit step, and any
+/// `trash-*` a killed compose left) removed on a thread of their own while this compose
+/// resolves, fetches and assembles (the unlinks of a whole tree are CPU time the commit step,
+/// compressing on every core, has none of to spare).
+struct OldRoots(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl OldRoots {
+    fn remove_in_background(work: &Path) -> Result<OldRoots> {
+        let old = work.join("root.old");
+        if old.exists() {
+            let trash = work.join(format!("trash-{}", std::process::id()));
+            postprocess::remove_any(&trash)?;
+            std::fs::rename(&old, &trash)
+                .with_context(|| format!("moving {} aside", old.display()))?;
+        }
+        let mut doomed = Vec::new();
+        for entry in
+            std::fs::read_dir(work).with_context(|| format!("reading {}", work.display()))?
+        {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with("trash-") {
+                doomed.push(entry.path());
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(OldRoots(None));
+        }
+        Ok(OldRoots(Some(std::thread::spawn(move || {
+            for d in doomed {
+                postprocess::remove_any(&d).with_context(|| format!("removing {}", d.display()))?;
+            }
+            Ok(())
+        }))))
+    }
+
+    /// Waits for the removal (an error of it is the compose's).
+    fn finish(mut self) -> Result<()> {
+        match self.0.take() {
+            Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for OldRoots {
+    fn drop(&mut self) {
+        // A failed compose still lets the removal end (what is left goes next time).
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Empties the work dir of an earlier (possibly interrupted) compose.
@@ -1439,28 +1495,17 @@ fn commit(
 ) -> Result<(Committed, String)> {
     let committed = write_build_commit(env, tree, owners)?;
     let built = &committed.commit;
-    // The root is in the cache repo now: set aside, it is removed on the other core while the
-    // commit goes into --repo (an interrupted removal is finished by the next compose).
+    // The root is in the cache repo now: set aside, it is removed while the next compose
+    // builds (`OldRoots`).
     let aside = env.work.join("root.old");
     postprocess::remove_any(&aside)?;
     std::fs::rename(env.root(), &aside)
         .with_context(|| format!("moving {} aside", env.root().display()))?;
-    std::thread::scope(|s| -> Result<()> {
-        let removal = s.spawn(|| {
-            std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))
-        });
-        let into_target = (|| -> Result<()> {
-            copy_into_target(env, target, tree.input.parent.as_deref(), built)?;
-            sign_commit(env, target, built)?;
-            static_delta(env, target, tree.input.parent.as_deref(), built)?;
-            process::fault_point("commit");
-            move_ref(env, target, built)
-        })();
-        let removed = removal
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        into_target.and(removed)
-    })?;
+    copy_into_target(env, target, tree.input.parent.as_deref(), built)?;
+    sign_commit(env, target, built)?;
+    static_delta(env, target, tree.input.parent.as_deref(), built)?;
+    process::fault_point("commit");
+    move_ref(env, target, built)?;
     let detail = format!("{} => {built}", env.ref_name());
     Ok((committed, detail))
 }
