@@ -484,9 +484,12 @@ fn write_bare_regfile(
 
 /// Where a repo at `repo` keeps the loose object `csum` of kind `ext` ("filez", "dirtree", ...).
 fn loose_object_path(repo: &Path, csum: &str, ext: &str) -> std::path::PathBuf {
-    repo.join("objects")
-        .join(&csum[..2])
-        .join(format!("{}.{ext}", &csum[2..]))
+    repo.join("objects").join(loose_object_relpath(csum, ext))
+}
+
+/// The loose object `csum` of kind `ext`, relative to the repo's `objects/` directory.
+pub fn loose_object_relpath(csum: &str, ext: &str) -> String {
+    format!("{}/{}.{ext}", &csum[..2], &csum[2..])
 }
 
 /// The hex checksum in a variant of type `ay` (32 bytes).

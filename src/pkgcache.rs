@@ -76,7 +76,7 @@ pub fn lookup(repo: &ostree::Repo, pkg: &Solved) -> Result<Option<(String, PkgIn
     if state.contains(ostree::RepoCommitState::PARTIAL) {
         return Ok(None);
     }
-    let info = info_of(&commit, &v)?;
+    let info = info_of(&commit, &glib::VariantDict::new(Some(&v.child_value(0))))?;
     if info.sha256 == pkg.checksum && info.import_version == IMPORT_VERSION {
         Ok(Some((commit, info)))
     } else {
@@ -85,16 +85,12 @@ pub fn lookup(repo: &ostree::Repo, pkg: &Solved) -> Result<Option<(String, PkgIn
 }
 
 pub fn read_info(repo: &ostree::Repo, commit: &str) -> Result<PkgInfo> {
-    let v = repo
-        .load_variant(ostree::ObjectType::Commit, commit)
-        .with_context(|| format!("loading cache commit {commit}"))?;
-    info_of(commit, &v)
+    info_of(commit, &ostreeutil::commit_meta(repo, commit)?)
 }
 
-/// The package info in the metadata of cache commit `commit` (the commit object `v`).
-fn info_of(commit: &str, v: &glib::Variant) -> Result<PkgInfo> {
-    let meta = glib::VariantDict::new(Some(&v.child_value(0)));
-    let json = ostreeutil::meta_str(&meta, "hostforge.pkginfo")
+/// The package info in `meta`, the metadata of cache commit `commit`.
+fn info_of(commit: &str, meta: &glib::VariantDict) -> Result<PkgInfo> {
+    let json = ostreeutil::meta_str(meta, "hostforge.pkginfo")
         .ok_or_else(|| anyhow!("cache commit {commit} has no hostforge.pkginfo"))?;
     serde_json::from_str(&json).with_context(|| format!("cache commit {commit}: package info"))
 }

@@ -1028,7 +1028,7 @@ struct RpmdbJob {
 /// and the database is scratch until it is placed; else the work dir. One per cachedir (the
 /// cachedir's lock makes it this compose's; one a killed compose left is removed next time).
 fn rpmdb_scratch(env: &Env) -> PathBuf {
-    let shm = Path::new("/dev/shm");
+    let shm = Path::new(crate::image::scratch::SHM);
     let cachedir = env
         .opts
         .cachedir
@@ -1124,7 +1124,7 @@ impl Drop for RpmdbJob {
     fn drop(&mut self) {
         // Killed first (dropped), then its directory removed.
         drop(self.child.take());
-        if self.dir.starts_with("/dev/shm") {
+        if self.dir.starts_with(crate::image::scratch::SHM) {
             let _ = postprocess::remove_any(&self.dir);
         }
     }

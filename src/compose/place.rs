@@ -59,7 +59,7 @@ fn split(path: &str) -> (&str, &str) {
 
 /// The content object's path under `objects/` in a bare-user repo.
 fn loose(csum: &str) -> String {
-    format!("{}/{}.file", &csum[..2], &csum[2..])
+    crate::ostreeutil::loose_object_relpath(csum, "file")
 }
 
 impl Placer {
