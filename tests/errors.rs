@@ -386,6 +386,34 @@ fn a_partial_package_import_is_imported_again() {
     common::ostree_at(&cache, &["fsck", "--quiet"]);
 }
 
+/// A compose sets its build root aside as `work/root.old`; the next one that builds removes
+/// it, and any `trash-*` a killed compose left, while it works.
+#[test]
+fn earlier_build_roots_are_removed_by_the_next_compose() {
+    let env = Env::new();
+    good_first(&env);
+    let work = env.cache().join("work");
+    assert!(work.join("root.old/usr").is_dir());
+    let left = work.join("trash-4194304");
+    std::fs::create_dir_all(left.join("usr/bin")).unwrap();
+    std::fs::write(left.join("usr/bin/stale"), "x").unwrap();
+    let first_old = std::fs::metadata(work.join("root.old")).unwrap();
+    let tf = env.treefile("good.yaml", GOOD);
+    assert_ok(&env.compose(&tf, &["--force-nocache"]));
+    assert!(!left.exists());
+    let trash: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("trash-"))
+        .collect();
+    assert!(trash.is_empty(), "{trash:?}");
+    // Only this compose's root is left, set aside.
+    use std::os::unix::fs::MetadataExt;
+    let now_old = std::fs::metadata(work.join("root.old")).unwrap();
+    assert_ne!(first_old.ino(), now_old.ino());
+    assert!(!work.join("root").exists());
+}
+
 /// Two composes on one repo and cachedir at once: the second waits for the first (it says
 /// so) and both end with the ref at a complete commit; the repos stay consistent.
 #[test]
