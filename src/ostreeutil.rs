@@ -6,7 +6,7 @@ use ostree::gio;
 use ostree::glib;
 use ostree::prelude::*;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Opens the repo at `path`, creating it with `mode` when it does not exist.
 pub fn open_or_create(path: &Path, mode: ostree::RepoMode) -> Result<ostree::Repo> {
@@ -568,11 +568,15 @@ fn walk_dirtrees(
 /// directories copies and checks only those. Returns the number of file objects written, or
 /// None, leaving everything to libostree's pull, when `dest` is not an archive repo or
 /// `commit` is already complete in it.
+///
+/// `ahead`: file objects already compressed for `dest` ([`Precompress`]); those the commit
+/// holds go in as they are.
 pub fn export_commit_to_archive(
     src_path: &Path,
     dest: &ostree::Repo,
     commit: &str,
     base: Option<&str>,
+    ahead: Option<Precompress>,
     progress: Option<&crate::progress::Progress>,
 ) -> Result<Option<usize>> {
     if dest.mode() != ostree::RepoMode::Archive {
@@ -590,11 +594,11 @@ pub fn export_commit_to_archive(
         .path()
         .context("the destination repo has no local path")?;
     let _lock = RepoLock::shared(dest)?;
-    let level = dest
-        .config()
-        .integer("archive", "zlib-level")
-        .unwrap_or(6)
-        .clamp(1, 9);
+    let level = archive_level(dest);
+    let mut ahead = match ahead {
+        Some(a) => a.finish()?,
+        None => HashMap::new(),
+    };
     let src = open_existing(src_path)?;
     let mut known = std::collections::HashSet::new();
     if let Some(base) = base.filter(|b| complete(b)) {
@@ -613,6 +617,15 @@ pub fn export_commit_to_archive(
     files.dedup();
     metas.sort();
     metas.dedup();
+    // Those compressed ahead are done; the rest are compressed now.
+    let mut compressed = Vec::new();
+    files.retain(|f| match ahead.remove(f) {
+        Some(tmp) => {
+            compressed.push((f.clone(), tmp));
+            false
+        }
+        None => true,
+    });
     let object_path = |csum: &str, ext: &str| loose_object_path(&dest_path, csum, ext);
     let bar = progress.map(|p| p.bar("commit", files.len() as u64));
     let written = crate::pool::map(
@@ -644,6 +657,11 @@ pub fn export_commit_to_archive(
         .iter()
         .zip(written)
         .filter_map(|(csum, w)| Some((object_path(csum, "filez"), w?)))
+        .chain(
+            compressed
+                .into_iter()
+                .map(|(csum, tmp)| (object_path(&csum, "filez"), tmp)),
+        )
         .collect();
     let file_objects = aside.len();
     let src_object = |csum: &str, ext: &str| loose_object_path(src_path, csum, ext);
@@ -672,6 +690,162 @@ pub fn export_commit_to_archive(
     rename_objects_in(aside)?;
     rename_objects_in(last)?;
     Ok(Some(file_objects))
+}
+
+/// The deflate level of an archive repo's file objects (`archive.zlib-level`, as libostree).
+fn archive_level(repo: &ostree::Repo) -> i32 {
+    repo.config()
+        .integer("archive", "zlib-level")
+        .unwrap_or(6)
+        .clamp(1, 9)
+}
+
+/// File objects of one repo compressed for an archive repo before the commit that holds them
+/// exists, on a thread of their own (the compose's commit step walks its tree on one core
+/// meanwhile): [`export_commit_to_archive`] stops it, renames in those its commit holds
+/// instead of compressing them again, and compresses the rest. They wait in the archive
+/// repo's tmp/; dropped unused, the thread stops and they are removed.
+pub struct Precompress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<HashMap<String, tempfile::TempPath>>>>,
+}
+
+impl Precompress {
+    /// Starts on those of `csums` (file objects of the repo at `src_path`), then of `files`
+    /// (regular files on disk, to be committed as they are: owner, mode, no extended
+    /// attributes), that `dest` does not hold; None when `dest` is not an archive repo.
+    pub fn start(
+        src_path: &Path,
+        dest: &ostree::Repo,
+        csums: Vec<String>,
+        files: Vec<PathBuf>,
+    ) -> Result<Option<Self>> {
+        use std::sync::atomic::Ordering;
+        if dest.mode() != ostree::RepoMode::Archive || (csums.is_empty() && files.is_empty()) {
+            return Ok(None);
+        }
+        let dest_path = dest
+            .path()
+            .path()
+            .context("the destination repo has no local path")?;
+        let (src_path, level) = (src_path.to_path_buf(), archive_level(dest));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("precompress".into())
+            .spawn(move || {
+                let src = open_existing(&src_path)?;
+                let lvl = libdeflater::CompressionLvl::new(level)
+                    .map_err(|e| anyhow::anyhow!("deflate level {level}: {e:?}"))?;
+                let mut deflater = libdeflater::Compressor::new(lvl);
+                let mut done = HashMap::new();
+                for csum in csums {
+                    if stopped.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if done.contains_key(&csum)
+                        || loose_object_path(&dest_path, &csum, "filez").exists()
+                    {
+                        continue;
+                    }
+                    let tmp = write_filez(&src, &dest_path, &csum, &mut deflater, level)
+                        .with_context(|| format!("compressing file object {csum} ahead"))?;
+                    done.insert(csum, tmp);
+                }
+                for path in files {
+                    if stopped.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let ahead = file_ahead(&path, &dest_path, &mut deflater, level)
+                        .with_context(|| format!("compressing {} ahead", path.display()))?;
+                    if let Some((csum, tmp)) = ahead {
+                        done.insert(csum, tmp);
+                    }
+                }
+                Ok(done)
+            })
+            .context("starting the precompress thread")?;
+        Ok(Some(Precompress {
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// What was compressed, by checksum. The thread stops after the file it is on: what is
+    /// left is the export's, on every core.
+    fn finish(mut self) -> Result<HashMap<String, tempfile::TempPath>> {
+        let thread = self.thread.take().expect("finished once");
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the precompress thread panicked"))?
+    }
+}
+
+impl Drop for Precompress {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The regular file at `path` (up to [`FILEZ_STREAM_ABOVE`]) as a file object for the archive
+/// repo at `dest`, read once: its checksum (owner and mode from the file, no extended
+/// attributes), and the object written aside; None when `dest` has it, it is larger, or it
+/// is not there.
+fn file_ahead(
+    path: &Path,
+    dest: &Path,
+    deflater: &mut libdeflater::Compressor,
+    level: i32,
+) -> Result<Option<(String, tempfile::TempPath)>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut f = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        f => f?,
+    };
+    let m = f.metadata()?;
+    if !m.is_file() || m.len() > FILEZ_STREAM_ABOVE as u64 {
+        return Ok(None);
+    }
+    let mut content = Vec::with_capacity(m.len() as usize);
+    f.read_to_end(&mut content)?;
+    let info = gio::FileInfo::new();
+    info.set_file_type(gio::FileType::Regular);
+    info.set_size(content.len() as i64);
+    info.set_attribute_uint32("unix::uid", m.uid());
+    info.set_attribute_uint32("unix::gid", m.gid());
+    info.set_attribute_uint32("unix::mode", m.mode());
+    let xattrs = glib::Variant::array_from_iter_with_type(
+        glib::VariantTy::new("(ayay)").expect("a valid type"),
+        std::iter::empty::<glib::Variant>(),
+    );
+    let bytes = glib::Bytes::from_owned(content);
+    let stream = || gio::MemoryInputStream::from_bytes(&bytes);
+    let csum = ostree::checksum_file_from_input(
+        &info,
+        Some(&xattrs),
+        Some(&stream()),
+        ostree::ObjectType::File,
+        gio::Cancellable::NONE,
+    )
+    .map_err(|e| anyhow::anyhow!("checksumming: {e}"))?
+    .to_string();
+    if loose_object_path(dest, &csum, "filez").exists() {
+        return Ok(None);
+    }
+    let tmp = write_filez_of(
+        dest,
+        Some(stream().upcast()),
+        &info,
+        xattrs,
+        deflater,
+        level,
+    )?;
+    Ok(Some((csum, tmp)))
 }
 
 /// libostree's repo lock, held while objects are written outside a transaction (a transaction
@@ -799,9 +973,22 @@ fn write_filez(
     deflater: &mut libdeflater::Compressor,
     level: i32,
 ) -> Result<tempfile::TempPath> {
+    let (stream, info, xattrs) = src.load_file(csum, gio::Cancellable::NONE)?;
+    write_filez_of(dest, stream, &info, xattrs, deflater, level)
+}
+
+/// A file object (content `stream`, `info`, `xattrs`) as a `.filez` object written aside in
+/// the archive repo at `dest`.
+fn write_filez_of(
+    dest: &Path,
+    stream: Option<gio::InputStream>,
+    info: &gio::FileInfo,
+    xattrs: glib::Variant,
+    deflater: &mut libdeflater::Compressor,
+    level: i32,
+) -> Result<tempfile::TempPath> {
     use std::io::Write;
     let c = gio::Cancellable::NONE;
-    let (stream, info, xattrs) = src.load_file(csum, c)?;
     let target = match info.file_type() {
         gio::FileType::Regular => None,
         gio::FileType::SymbolicLink => Some(
@@ -967,6 +1154,15 @@ mod tests {
         assert!(dir.path().join("repo/objects").is_dir());
     }
 
+    /// The objects written aside that are still in `repo`'s tmp/.
+    fn aside_in_tmp(repo: &Path) -> Vec<String> {
+        std::fs::read_dir(repo.join("tmp"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(FILEZ_ASIDE))
+            .collect()
+    }
+
     /// A tree with what a content object's header carries: a setuid file owned by 1000:1001,
     /// an empty file with an xattr, a symlink, committed into a new repo of `mode` at `repo`.
     fn commit_sample_tree(dir: &Path, repo: &Path, mode: &str) -> String {
@@ -1063,15 +1259,11 @@ mod tests {
         );
         let commit = commit_sample_tree(dir.path(), &src, "bare-user");
         let ours_repo = open_or_create(&ours, ostree::RepoMode::Archive).unwrap();
-        let written = export_commit_to_archive(&src, &ours_repo, &commit, None, None).unwrap();
+        let written =
+            export_commit_to_archive(&src, &ours_repo, &commit, None, None, None).unwrap();
         assert_eq!(written, Some(4), "three regular files and a symlink");
         ostree(&ours, &["fsck"]);
-        let leftovers: Vec<_> = std::fs::read_dir(ours.join("tmp"))
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(FILEZ_ASIDE))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(aside_in_tmp(&ours), Vec::<String>::new());
         let theirs_repo = open_or_create(&theirs, ostree::RepoMode::Archive).unwrap();
         pull_local(&theirs_repo, &src, std::slice::from_ref(&commit)).unwrap();
         let listing = ostree(&ours, &["ls", "-RX", &commit]);
@@ -1117,7 +1309,7 @@ mod tests {
         }
         // Complete already: nothing to do.
         assert_eq!(
-            export_commit_to_archive(&src, &ours_repo, &commit, None, None).unwrap(),
+            export_commit_to_archive(&src, &ours_repo, &commit, None, None, None).unwrap(),
             None
         );
         // A second commit adds a directory; with the first as base, only its file is
@@ -1151,10 +1343,10 @@ mod tests {
             .unwrap();
         let probe_repo = open_existing(&probe).unwrap();
         let written =
-            export_commit_to_archive(&src, &probe_repo, second, Some(&commit), None).unwrap();
+            export_commit_to_archive(&src, &probe_repo, second, Some(&commit), None, None).unwrap();
         assert_eq!(written, Some(1), "usr/ was walked");
         let written =
-            export_commit_to_archive(&src, &ours_repo, second, Some(&commit), None).unwrap();
+            export_commit_to_archive(&src, &ours_repo, second, Some(&commit), None, None).unwrap();
         assert_eq!(written, Some(1), "etc/new.conf alone");
         ostree(&ours, &["fsck"]);
         assert_eq!(
@@ -1163,8 +1355,90 @@ mod tests {
         );
         let bare = open_or_create(&dir.path().join("bare"), ostree::RepoMode::Bare).unwrap();
         assert_eq!(
-            export_commit_to_archive(&src, &bare, &commit, None, None).unwrap(),
+            export_commit_to_archive(&src, &bare, &commit, None, None, None).unwrap(),
             None
         );
+    }
+
+    /// File objects compressed ahead go into the archive repo as the export would write them:
+    /// the repo passes fsck and holds the same tree; one the commit does not hold is not
+    /// renamed in, and nothing is left in tmp/. A file read from disk gets the commit's
+    /// checksum. Started for a repo of another kind, nothing starts.
+    #[test]
+    fn file_objects_compressed_ahead_go_in_as_the_export_writes_them() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let (src, ours) = (dir.path().join("src"), dir.path().join("ours"));
+        let first = commit_sample_tree(dir.path(), &src, "bare-user");
+        // A second commit whose new file is in the source repo but not in `first`.
+        let tree = dir.path().join("tree");
+        std::fs::write(tree.join("usr/other"), "only in the second commit\n").unwrap();
+        let tree_arg = format!("--tree=dir={}", tree.display());
+        ostree(&src, &["commit", "-b", "t2", &tree_arg]);
+        let csums = |commit: &str| -> Vec<String> {
+            ostree(&src, &["ls", "-RC", commit])
+                .lines()
+                .filter(|l| l.starts_with('-') || l.starts_with('l'))
+                .filter_map(|l| Some(l.split_whitespace().nth(4)?.to_string()))
+                .collect()
+        };
+        let first_files = csums(&first);
+        assert_eq!(first_files.len(), 4, "three regular files and a symlink");
+        let other = csums("t2")
+            .into_iter()
+            .find(|c| !first_files.contains(c))
+            .unwrap();
+        let ours_repo = open_or_create(&ours, ostree::RepoMode::Archive).unwrap();
+        let mut ahead = first_files.clone();
+        ahead.push(other.clone());
+        let pre = Precompress::start(&src, &ours_repo, ahead, vec![])
+            .unwrap()
+            .unwrap();
+        // Let it finish: the export stops it after the file it is on.
+        while !pre.thread.as_ref().unwrap().is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let written =
+            export_commit_to_archive(&src, &ours_repo, &first, None, Some(pre), None).unwrap();
+        assert_eq!(written, Some(4));
+        ostree(&ours, &["fsck"]);
+        assert_eq!(
+            ostree(&ours, &["ls", "-RX", &first]),
+            ostree(&src, &["ls", "-RX", &first])
+        );
+        let unused = format!("objects/{}/{}.filez", &other[..2], &other[2..]);
+        assert!(!ours.join(unused).exists());
+        assert_eq!(aside_in_tmp(&ours), Vec::<String>::new());
+        // Dropped unused: stopped, its files removed.
+        let pre = Precompress::start(&src, &ours_repo, vec![other], vec![]).unwrap();
+        drop(pre);
+        assert_eq!(aside_in_tmp(&ours), Vec::<String>::new());
+        // A file on disk gets the checksum the commit gave it (owner and mode from the file);
+        // one with an extended attribute does not (none are read).
+        let listed = |path: &str| {
+            let l = ostree(&src, &["ls", "-C", &first, path]);
+            l.split_whitespace()
+                .find(|w| w.len() == 64)
+                .unwrap()
+                .to_string()
+        };
+        let fresh = dir.path().join("fresh");
+        open_or_create(&fresh, ostree::RepoMode::Archive).unwrap();
+        let mut deflater =
+            libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+        let (csum, _tmp) = file_ahead(&tree.join("usr/bin/tool"), &fresh, &mut deflater, 6)
+            .unwrap()
+            .unwrap();
+        assert_eq!(csum, listed("/usr/bin/tool"));
+        let (csum, _tmp) = file_ahead(&tree.join("usr/empty"), &fresh, &mut deflater, 6)
+            .unwrap()
+            .unwrap();
+        assert_ne!(csum, listed("/usr/empty"));
+        assert!(file_ahead(&tree.join("nothing"), &fresh, &mut deflater, 6)
+            .unwrap()
+            .is_none());
+        let bare = open_or_create(&dir.path().join("bare"), ostree::RepoMode::Bare).unwrap();
+        assert!(Precompress::start(&src, &bare, first_files, vec![])
+            .unwrap()
+            .is_none());
     }
 }

@@ -287,15 +287,18 @@ fn ensure_dirs(
 }
 
 /// Imports the RPM at `rpm_path` (already checksum-verified) into the cache repo: its commit
-/// and what the cache knows of it.
+/// and what the cache knows of it. `verified` sees the package's header once its digests,
+/// identity and signature were checked, before the payload is unpacked.
 pub fn import(
     repo: &ostree::Repo,
     rpm_path: &Path,
     pkg: &Solved,
     verifier: Option<&rpm::signature::pgp::Verifier>,
+    verified: impl FnOnce(&rpm::PackageMetadata),
 ) -> Result<(String, PkgInfo)> {
     let nv = nevra(pkg);
     let mut payload = open_verified(rpm_path, pkg, verifier)?;
+    verified(&payload.metadata);
     let mut entries = header_entries(&payload.metadata, &nv)?;
     let mut info = package_info(&payload.metadata, pkg)?;
     // Every path is checked before anything is written.

@@ -8,6 +8,7 @@ mod initramfs;
 mod kernel;
 pub mod place;
 mod postprocess;
+mod rpmdb;
 mod scripts;
 
 use crate::fsutil;
@@ -23,11 +24,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use ostree::gio;
 use ostree::glib;
 use ostree::prelude::*;
+use rpmdb::{HeaderFeed, RpmdbJob};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// This build's version, recorded in commits and hashed into the input hash.
 pub const HOSTFORGE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -145,6 +146,8 @@ struct Packages {
     commits: Vec<String>,
     infos: Vec<PkgInfo>,
     stats: FetchStats,
+    /// Which of them this compose downloaded (indexes).
+    fetched: Vec<usize>,
 }
 
 /// Everything the tree steps settled, which the commit records.
@@ -304,13 +307,15 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         }
         Checked::Changed(input) => input,
     };
+    // Written while the packages are fetched and assembled, from their headers.
+    let rpmdb = RpmdbJob::start(env, solved.len())?;
+    let packages = run.step("fetch", || fetch_and_import(env, &solved, &rpmdb.feed()))?;
     // The previous compose's root, set aside by its commit step, goes while this one builds.
     let previous_root = OldRoots::remove_in_background(&env.work)?;
-    let packages = run.step("fetch", || fetch_and_import(env, &solved))?;
-    let rpmdb = start_rpmdb(env, &packages)?;
     run.step("assemble", || assemble(env, target, &input, &packages))?;
     run.step("scripts", || run_scriptlets(env, &packages))?;
     run.step("rpmdb", || rpmdb.place(env))?;
+    let ahead = compress_ahead(env, target, &packages)?;
     let version = run.step("postprocess", || {
         postprocess_tree(env, target, &input, &packages)
     })?;
@@ -323,7 +328,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         kver,
         repo_generated,
     };
-    let committed = run.step("commit", || commit(env, target, &tree, owners))?;
+    let committed = run.step("commit", || commit(env, target, &tree, owners, ahead))?;
     let diff = package_diff(target, &tree)?;
     previous_root.finish()?;
     Ok(Outcome::Committed {
@@ -525,10 +530,18 @@ fn inputhash(
     Ok((Checked::Changed(input), Some(detail)))
 }
 
-fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> {
+fn fetch_and_import(
+    env: &Env,
+    solved: &[Solved],
+    rpmdb: &HeaderFeed,
+) -> Result<(Packages, String)> {
     let mut cached: Vec<Option<(String, PkgInfo)>> = Vec::with_capacity(solved.len());
-    for p in solved {
-        cached.push(pkgcache::lookup(&env.cache, p)?);
+    for (i, p) in solved.iter().enumerate() {
+        let hit = pkgcache::lookup(&env.cache, p)?;
+        if let Some((commit, _)) = &hit {
+            rpmdb.cached(i, commit);
+        }
+        cached.push(hit);
     }
     let missing: Vec<usize> = (0..solved.len()).filter(|&i| cached[i].is_none()).collect();
     let mut stats = FetchStats {
@@ -566,18 +579,31 @@ fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> 
                     pkg.repo_id
                 )
             })?;
-            let imported = pkgcache::import(repo, &fetched.path, pkg, verifiers.get(&pkg.repo_id));
+            // The rpmdb takes the header as soon as it is checked, not once the files are in.
+            let mut header_sent = false;
+            let imported =
+                pkgcache::import(repo, &fetched.path, pkg, verifiers.get(&pkg.repo_id), |m| {
+                    if let Ok(bytes) = m.header_bytes() {
+                        rpmdb.header(i, bytes);
+                        header_sent = true;
+                    }
+                });
             if fetched.temporary {
                 let _ = std::fs::remove_file(&fetched.path);
             }
             let imported = imported?;
+            if !header_sent {
+                rpmdb.cached(i, &imported.0);
+            }
             bar.inc(&pkg.name);
             Ok((i, imported, fetched.size))
         },
     );
     drop(bar);
+    let mut fetched = Vec::new();
     for (i, imported, size) in imported? {
         cached[i] = Some(imported);
+        fetched.push(i);
         stats.downloaded += 1;
         stats.bytes_downloaded += size;
     }
@@ -594,6 +620,7 @@ fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> 
             commits,
             infos,
             stats,
+            fetched,
         },
         detail,
     ))
@@ -601,8 +628,8 @@ fn fetch_and_import(env: &Env, solved: &[Solved]) -> Result<(Packages, String)> 
 
 /// Build roots of earlier composes (`root.old`, set aside by the commit step, and any
 /// `trash-*` a killed compose left) removed on a thread of their own while this compose
-/// resolves, fetches and assembles (the unlinks of a whole tree are CPU time the commit step,
-/// compressing on every core, has none of to spare).
+/// assembles and commits. Started after the fetch: a package import's syncfs would otherwise
+/// flush what the removal dirtied too (about half of a one-package fetch here).
 struct OldRoots(Option<std::thread::JoinHandle<Result<()>>>);
 
 impl OldRoots {
@@ -1011,125 +1038,6 @@ fn run_trans_file_triggers(
     Ok(count)
 }
 
-/// The rpmdb of the composed packages, written by `rpmdb --importdb` (a child process) into a
-/// scratch directory while assemble and the scriptlets run on the other core;
-/// [`RpmdbJob::place`] waits for it and puts it at `/usr/share/rpm` in the root, as if it
-/// had been written there then. Dropped before that, the child is killed
-/// ([`process::Background`]) and the scratch directory removed.
-struct RpmdbJob {
-    child: Option<process::Background>,
-    dir: PathBuf,
-    export: PathBuf,
-    headers: usize,
-}
-
-/// Where `rpmdb --importdb` writes: a directory in memory (`/dev/shm`) when there is one,
-/// since sqlite's ~10,000 small writes for a hundred packages cost twice as long on disk here
-/// and the database is scratch until it is placed; else the work dir. One per cachedir (the
-/// cachedir's lock makes it this compose's; one a killed compose left is removed next time).
-fn rpmdb_scratch(env: &Env) -> PathBuf {
-    let shm = Path::new(crate::image::scratch::SHM);
-    let cachedir = env
-        .opts
-        .cachedir
-        .canonicalize()
-        .unwrap_or_else(|_| env.opts.cachedir.clone());
-    let key = hex::encode(&Sha256::digest(cachedir.as_os_str().as_encoded_bytes())[..8]);
-    let dir = shm.join(format!("hostforge-rpmdb-{key}"));
-    if shm.is_dir() && postprocess::remove_any(&dir).is_ok() && std::fs::create_dir(&dir).is_ok() {
-        return dir;
-    }
-    env.work.join("rpmdb")
-}
-
-fn importdb(dir: &Path, export: &Path, log: &Path) -> Result<process::Background> {
-    process::Background::start(
-        Command::new("rpmdb").arg("--dbpath").arg(dir).args([
-            "--define",
-            "_db_backend sqlite",
-            "--importdb",
-        ]),
-        std::fs::File::open(export)?,
-        log,
-    )
-}
-
-fn start_rpmdb(env: &Env, packages: &Packages) -> Result<RpmdbJob> {
-    let on_disk = env.work.join("rpmdb");
-    postprocess::remove_any(&on_disk)?;
-    let dir = rpmdb_scratch(env);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut headers = Vec::new();
-    for c in &packages.commits {
-        let meta = pkgcache::read_rpm_metadata(&env.cache, c)?;
-        headers.extend(
-            meta.header_bytes()
-                .map_err(|e| anyhow!("serializing header: {e}"))?,
-        );
-    }
-    let export = env.work.join("headers.rpmdb");
-    std::fs::write(&export, &headers).with_context(|| format!("writing {}", export.display()))?;
-    let child = importdb(&dir, &export, &env.work.join("rpmdb.log"))?;
-    Ok(RpmdbJob {
-        child: Some(child),
-        dir,
-        export,
-        headers: packages.commits.len(),
-    })
-}
-
-impl RpmdbJob {
-    fn place(mut self, env: &Env) -> Result<((), String)> {
-        let log = env.work.join("rpmdb.log");
-        let child = self.child.take().expect("placed once");
-        let on_disk = env.work.join("rpmdb");
-        if let Err(e) = child.wait() {
-            if self.dir == on_disk {
-                return Err(e.context("writing the rpmdb"));
-            }
-            // Out of room in memory (a small /dev/shm in a container): again on disk.
-            let _ = postprocess::remove_any(&self.dir);
-            self.dir = on_disk.clone();
-            std::fs::create_dir_all(&self.dir)?;
-            importdb(&self.dir, &self.export, &log)?
-                .wait()
-                .context("writing the rpmdb")?;
-        }
-        for f in ["rpmdb.sqlite-shm", "rpmdb.sqlite-wal", ".rpm.lock"] {
-            let _ = std::fs::remove_file(self.dir.join(f));
-        }
-        let dbpath = env.root().join("usr/share/rpm");
-        postprocess::remove_any(&dbpath)?;
-        std::fs::create_dir_all(env.root().join("usr/share"))?;
-        if self.dir == on_disk {
-            std::fs::rename(&self.dir, &dbpath)
-                .with_context(|| format!("moving the rpmdb to {}", dbpath.display()))?;
-        } else {
-            std::fs::create_dir(&dbpath)?;
-            for entry in std::fs::read_dir(&self.dir)? {
-                let entry = entry?;
-                if entry.file_type()?.is_file() {
-                    let to = dbpath.join(entry.file_name());
-                    std::fs::copy(entry.path(), &to)
-                        .with_context(|| format!("copying the rpmdb to {}", to.display()))?;
-                }
-            }
-            postprocess::remove_any(&self.dir)?;
-        }
-        Ok(((), format!("{} headers", self.headers)))
-    }
-}
-
-impl Drop for RpmdbJob {
-    fn drop(&mut self) {
-        // Killed first (dropped), then its directory removed.
-        drop(self.child.take());
-        if self.dir.starts_with(crate::image::scratch::SHM) {
-            let _ = postprocess::remove_any(&self.dir);
-        }
-    }
-}
-
 /// `automatic-version-prefix` as rpm-ostree numbers it: `P`, then `P.1`, `P.2`, ... after a
 /// previous version in the series (`.` being `automatic-version-suffix`). A prefix with a
 /// `<date:FORMAT>` tag (GLib's strftime-like formats, at `epoch`, UTC) always ends in a
@@ -1492,6 +1400,7 @@ fn commit(
     target: &ostree::Repo,
     tree: &Tree,
     owners: Owners,
+    ahead: Option<ostreeutil::Precompress>,
 ) -> Result<(Committed, String)> {
     let committed = write_build_commit(env, tree, owners)?;
     let built = &committed.commit;
@@ -1501,13 +1410,43 @@ fn commit(
     postprocess::remove_any(&aside)?;
     std::fs::rename(env.root(), &aside)
         .with_context(|| format!("moving {} aside", env.root().display()))?;
-    copy_into_target(env, target, tree.input.parent.as_deref(), built)?;
+    copy_into_target(env, target, tree.input.parent.as_deref(), built, ahead)?;
     sign_commit(env, target, built)?;
     static_delta(env, target, tree.input.parent.as_deref(), built)?;
     process::fault_point("commit");
     move_ref(env, target, built)?;
     let detail = format!("{} => {built}", env.ref_name());
     Ok((committed, detail))
+}
+
+/// Whether the commit takes package files with the checksums they have in the package cache
+/// (no SELinux labels, no `readonly-executables`).
+fn keeps_package_checksums(env: &Env) -> bool {
+    env.tf.doc.selinux == Some(false) && env.tf.doc.readonly_executables != Some(true)
+}
+
+/// For an archive `target`, the files of the packages this compose downloaded and the rpmdb,
+/// compressed on the other core while the tree is finished and committed into the cache: the
+/// commit step's export takes those the commit holds. Only when the commit keeps the package
+/// files' checksums (else few would be used).
+fn compress_ahead(
+    env: &Env,
+    target: &ostree::Repo,
+    packages: &Packages,
+) -> Result<Option<ostreeutil::Precompress>> {
+    if !keeps_package_checksums(env) {
+        return Ok(None);
+    }
+    let files = packages.fetched.iter().flat_map(|&i| {
+        packages.infos[i].layout.iter().filter_map(|p| match p {
+            pkgcache::Placed::Link(_, csum) | pkgcache::Placed::Copy(_, csum, _) => {
+                Some(csum.clone())
+            }
+            _ => None,
+        })
+    });
+    let rpmdb = env.root().join("usr/share/rpm/rpmdb.sqlite");
+    ostreeutil::Precompress::start(&env.cache_path, target, files.collect(), vec![rpmdb])
 }
 
 /// What the commit changes on the way in: owners from the composed passwd/group,
@@ -1535,6 +1474,7 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<(ostree::RepoCommitModif
     // label, no mode change): libostree takes its cached checksum without calling the filter
     // or reading the object's metadata, as rpm-ostree does; the owners are applied after.
     let canonical = policy.is_none() && !readonly_exec;
+    debug_assert_eq!(canonical, keeps_package_checksums(env));
     if canonical {
         flags |= ostree::RepoCommitModifierFlags::DEVINO_CANONICAL;
     }
@@ -1621,6 +1561,7 @@ fn mtree_file<'p>(
 fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committed> {
     let cancellable = gio::Cancellable::NONE;
     let (modifier, canonical) = commit_modifier(env, owners.clone())?;
+
     let cache = &env.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;
@@ -1688,12 +1629,14 @@ fn copy_into_target(
     target: &ostree::Repo,
     parent: Option<&str>,
     built: &str,
+    ahead: Option<ostreeutil::Precompress>,
 ) -> Result<()> {
     let exported = ostreeutil::export_commit_to_archive(
         &env.cache_path,
         target,
         built,
         parent,
+        ahead,
         Some(&env.progress),
     )
     .with_context(|| format!("copying commit {built} into the target repo"))?;
