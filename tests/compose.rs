@@ -185,6 +185,38 @@ fn same_inputs_give_the_same_commit_from_cold_and_warm_caches() {
     );
 }
 
+/// With no room in /dev/shm (a small tmpfs there, in a mount namespace of the compose's own),
+/// the rpmdb is written again on disk, the run says so, and the commit is the one a compose
+/// with room makes.
+#[test]
+fn an_rpmdb_that_does_not_fit_in_dev_shm_is_written_on_disk() {
+    let (roomy, full) = (Env::new(), Env::new());
+    let tf = roomy.treefile("node.yaml", GOOD);
+    assert_ok(&roomy.compose(&tf, &[]));
+    let tf = full.treefile("node.yaml", GOOD);
+    let compose = full.compose_cmd(&tf, &[]);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=4k hostforge-test /dev/shm && exec \"$@\"")
+        .arg("sh")
+        .arg(compose.get_program())
+        .args(compose.get_args());
+    for (k, v) in compose.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().unwrap();
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("the rpmdb did not fit in /dev/shm/hostforge-rpmdb-"),
+        "{err}"
+    );
+    assert_eq!(full.rev("test/node"), roomy.rev("test/node"));
+}
+
 #[test]
 fn dry_run_prints_the_package_set_and_writes_nothing() {
     let env = Env::new();

@@ -173,6 +173,12 @@ impl RpmdbJob {
                 return Err(e.context("writing the rpmdb"));
             }
             // Out of room in memory (a small /dev/shm in a container): again on disk.
+            let why = format!("{e:#}");
+            env.progress.info(&format!(
+                "the rpmdb did not fit in {}, writing it on disk instead: {}",
+                self.dir.display(),
+                why.lines().next().unwrap_or_default()
+            ));
             let _ = postprocess::remove_any(&self.dir);
             self.dir = on_disk(env);
             std::fs::create_dir_all(&self.dir)?;
