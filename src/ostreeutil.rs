@@ -1397,9 +1397,22 @@ mod tests {
         while !pre.thread.as_ref().unwrap().is_finished() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        use std::os::unix::fs::MetadataExt;
+        let inodes = |paths: Vec<PathBuf>| -> std::collections::BTreeSet<u64> {
+            paths.iter().map(|p| p.metadata().unwrap().ino()).collect()
+        };
+        let staged = aside_in_tmp(&ours);
+        assert_eq!(staged.len(), 5, "{staged:?}");
+        let staged = inodes(staged.iter().map(|n| ours.join("tmp").join(n)).collect());
         let written =
             export_commit_to_archive(&src, &ours_repo, &first, None, Some(pre), None).unwrap();
         assert_eq!(written, Some(4));
+        // The objects are the files compressed ahead, renamed in.
+        let objects = first_files
+            .iter()
+            .map(|c| loose_object_path(&ours, c, "filez"))
+            .collect();
+        assert!(inodes(objects).is_subset(&staged));
         ostree(&ours, &["fsck"]);
         assert_eq!(
             ostree(&ours, &["ls", "-RX", &first]),

@@ -1473,8 +1473,8 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<(ostree::RepoCommitModif
     // Nothing but an owner would change a file still hardlinked to the package cache (no
     // label, no mode change): libostree takes its cached checksum without calling the filter
     // or reading the object's metadata, as rpm-ostree does; the owners are applied after.
-    let canonical = policy.is_none() && !readonly_exec;
-    debug_assert_eq!(canonical, keeps_package_checksums(env));
+    // (There is no policy exactly when the treefile says `selinux: false`.)
+    let canonical = keeps_package_checksums(env);
     if canonical {
         flags |= ostree::RepoCommitModifierFlags::DEVINO_CANONICAL;
     }
@@ -1561,7 +1561,6 @@ fn mtree_file<'p>(
 fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committed> {
     let cancellable = gio::Cancellable::NONE;
     let (modifier, canonical) = commit_modifier(env, owners.clone())?;
-
     let cache = &env.cache;
     // Aborted on drop: an error below leaves no half-open transaction in the cache.
     let tx = cache.auto_transaction(cancellable)?;

@@ -4,9 +4,10 @@
 //! The job starts as soon as the package set is known. Headers go to the child through a pipe
 //! in the order of the package set, each as soon as it is known (a cache hit's at once, read
 //! from the cache by a feeder thread; a download's once its digests and signature are checked,
-//! before its files are imported). [`RpmdbJob::place`] waits for the database and puts it at `/usr/share/rpm` in the
-//! root, as if it had been written there then. Dropped before that (the compose failed), the
-//! child is killed ([`process::Background`]) and the scratch directory removed.
+//! before its files are imported). [`RpmdbJob::place`] waits for the database and puts it at
+//! `/usr/share/rpm` in the root, as if it had been written there then. Dropped before that
+//! (the compose failed), the child is killed ([`process::Background`]) and the scratch
+//! directory removed.
 
 use super::postprocess;
 use super::Env;
