@@ -310,6 +310,18 @@ pub fn commit_epoch(repo: &ostree::Repo, commit: &str) -> Result<u64> {
 /// commit without its tree. Returns `false` (nothing done) when `src` is not an archive repo
 /// of its own (bare sources are better served by libostree's hardlinking pull).
 pub fn import_archive_commit(src_path: &Path, dest: &ostree::Repo, commit: &str) -> Result<bool> {
+    import_archive_commit_telling(src_path, dest, commit, &|_| {})
+}
+
+/// [`import_archive_commit`], with file objects imported in checksum order and `dir_done`
+/// called with each object directory's name (`00` to `ff`, in order) once every file object
+/// of the commit in it is there (the metadata objects come after all of them).
+pub fn import_archive_commit_telling(
+    src_path: &Path,
+    dest: &ostree::Repo,
+    commit: &str,
+    dir_done: &(dyn Fn(&str) + Sync),
+) -> Result<bool> {
     let c = gio::Cancellable::NONE;
     let src = open_existing(src_path)?;
     if src.mode() != ostree::RepoMode::Archive || src.parent().is_some() {
@@ -331,8 +343,32 @@ pub fn import_archive_commit(src_path: &Path, dest: &ostree::Repo, commit: &str)
             t => meta.push((t, o.checksum().to_string())),
         }
     }
+    files.sort_unstable();
+    // Items done, and how many from the start are all done; the directory of the next
+    // object not done is the first not told.
+    let progress = std::sync::Mutex::new((vec![false; files.len()], 0usize, 0usize));
+    let dir_of = |i: usize| -> usize {
+        files
+            .get(i)
+            .and_then(|f| usize::from_str_radix(&f[..2], 16).ok())
+            .unwrap_or(256)
+    };
+    let mark = |i: usize| {
+        let mut g = progress.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, prefix, told) = &mut *g;
+        done[i] = true;
+        while *prefix < done.len() && done[*prefix] {
+            *prefix += 1;
+        }
+        let upto = dir_of(*prefix);
+        while *told < upto {
+            dir_done(&format!("{:02x}", *told));
+            *told += 1;
+        }
+    };
+    let indexed: Vec<(usize, &String)> = files.iter().enumerate().collect();
     crate::pool::map(
-        &files,
+        &indexed,
         crate::pool::workers(usize::MAX),
         // A Repo is not Sync: each worker reads and writes through its own.
         || {
@@ -343,14 +379,18 @@ pub fn import_archive_commit(src_path: &Path, dest: &ostree::Repo, commit: &str)
                 Vec::new(),
             ))
         },
-        |(dest, src, inflater, buf), csum| -> Result<()> {
-            if dest.has_object(ostree::ObjectType::File, csum, gio::Cancellable::NONE)? {
-                return Ok(());
+        |(dest, src, inflater, buf), &(i, csum)| -> Result<()> {
+            if !dest.has_object(ostree::ObjectType::File, csum, gio::Cancellable::NONE)? {
+                import_filez(src_path, src, (dest, &dest_path), csum, (inflater, buf))
+                    .with_context(|| format!("importing file object {csum}"))?;
             }
-            import_filez(src_path, src, (dest, &dest_path), csum, (inflater, buf))
-                .with_context(|| format!("importing file object {csum}"))
+            mark(i);
+            Ok(())
         },
     )?;
+    if files.is_empty() {
+        (0..256).for_each(|d| dir_done(&format!("{d:02x}")));
+    }
     for (t, csum) in meta.iter().chain(std::iter::once(&(
         ostree::ObjectType::Commit,
         commit.to_string(),

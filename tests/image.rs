@@ -21,6 +21,22 @@ fn image_builds_are_reproducible_and_never_half_written() {
         .status()
         .unwrap();
     assert!(same.success(), "two builds of the same commit differ");
+    // qcow2, written while the disk is filled: the same disk, and the same file each time.
+    let (qa, qb) = (dir.path().join("a.qcow2"), dir.path().join("b.qcow2"));
+    assert_ok(&image_build(&repo, r, "qemu.yaml", "qcow2", &qa, None));
+    assert_ok(&image_build(&repo, r, "qemu.yaml", "qcow2", &qb, None));
+    run(Command::new("qemu-img").arg("check").arg(&qa));
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(&a)
+        .arg(&qa));
+    let same = Command::new("cmp")
+        .arg("-s")
+        .arg(&qa)
+        .arg(&qb)
+        .status()
+        .unwrap();
+    assert!(same.success(), "two qcow2 builds of the same commit differ");
 
     // An interrupted build leaves the previous image as it was, and no new one.
     let before = std::fs::metadata(&a).unwrap().modified().unwrap();

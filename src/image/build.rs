@@ -3,11 +3,11 @@
 //! | step | what it does |
 //! |---|---|
 //! | prepare | loads the layout, resolves the refs, claims the workspace, starts grub-mkimage |
-//! | pull | makes a sysroot in scratch space and pulls the commits into its repo |
-//! | deploy | deploys them; meanwhile a thread formats the root partition and adds the repo's objects (the bulk of the root filesystem, which the deployments hardlink) |
+//! | pull | makes a sysroot in scratch space and pulls the commits into its repo; meanwhile (from a local repo) a thread formats the root partition and adds each object directory the pull has completed (the bulk of the root filesystem, which the deployments hardlink) |
+//! | deploy | deploys them; meanwhile that thread adds the rest of the repo's objects |
 //! | filesystems | fills the /boot partition and the rest of the root partition |
 //! | bootloader | the ESP, BIOS GRUB's boot code, the GPT |
-//! | output | converts or compresses, and renames the image over the output |
+//! | output | completes the qcow2 image (streamed since the pull, see `qcow2`), or converts or compresses, and renames the image over the output |
 //! | cleanup | removes the workspace |
 //!
 //! A failing step leaves the previous output as it was: the workspace is removed when the
@@ -16,11 +16,12 @@
 use super::filesystems::{self as fs, DirStamp, OBJECTS};
 use super::layout::{self, Bootloader, Format, Layout, PartType};
 use super::scratch::{remove_staging, Workspace};
-use super::{ext2fs, gpt, grub, sysroot};
+use super::{ext2fs, gpt, grub, qcow2, sysroot};
 use crate::progress::{Progress, Timer};
 use crate::{ostreeutil, process};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::JoinHandle;
@@ -94,8 +95,8 @@ fn build_steps(req: &BuildRequest) -> Result<()> {
     let progress = Progress::new(req.quiet, false);
     let started = Timer::start();
     let (plan, grub_images) = step(&progress, "prepare", || prepare(req))?;
-    let pulled = step(&progress, "pull", || pull(&plan))?;
-    let mut disk = step(&progress, "deploy", || deploy(&plan, &pulled))?;
+    let (pulled, filling) = step(&progress, "pull", || pull(&plan))?;
+    let mut disk = step(&progress, "deploy", || deploy(&plan, &pulled, filling))?;
     step(&progress, "filesystems", || filesystems(&plan, &mut disk))?;
     step(&progress, "bootloader", || {
         bootloader(&plan, grub_images, &mut disk)
@@ -324,87 +325,64 @@ struct Pulled {
     epoch: u64,
 }
 
-fn pull(plan: &Plan) -> Result<(Pulled, String)> {
-    let layout = &plan.layout;
-    let grub = layout.uses_grub().then_some(plan.separate_boot());
-    let sysroot = sysroot::create(
-        &plan.sysroot_dir(),
-        &layout.ostree.osname,
-        grub,
-        layout.ostree.sysroot_readonly,
-    )?;
-    let srepo = sysroot.repo();
-    let remote = plan.req.remote.as_ref();
-    if let Some(remote) = remote {
-        sysroot::add_remote(&srepo, remote)?;
-    }
-    let (new, previous, detail) = match (plan.req.source, remote) {
-        (Source::Url(url), Some(remote)) => {
-            let mut refs: Vec<&str> = plan.req.previous.into_iter().collect();
-            refs.push(plan.req.treeref);
-            let (mut commits, fetched) =
-                sysroot::pull_url(&srepo, &remote.name, Some(url), &refs, plan.req.quiet)?;
-            let new = commits.pop().expect("one per ref");
-            let detail = format!(
-                "{new}, {} objects, {:.1} MiB fetched",
-                fetched.objects,
-                fetched.bytes as f64 / MIB as f64
-            );
-            (new, commits.pop(), detail)
-        }
-        (Source::Url(url), None) => {
-            bail!("pulling from {url} needs the remote (its name and trusted key)")
-        }
-        (Source::Repo(repo), _) => {
-            let pull = |r: &str| -> Result<String> {
-                let commit = sysroot::pull_into(&srepo, repo, r)?;
-                if let Some(remote) = remote {
-                    // The ref `ostree admin upgrade` compares the remote's against.
-                    srepo
-                        .set_ref_immediate(
-                            Some(&remote.name),
-                            r,
-                            Some(&commit),
-                            ostree::gio::Cancellable::NONE,
-                        )
-                        .with_context(|| {
-                            format!("setting ref {}:{r} in the sysroot repo", remote.name)
-                        })?;
-                }
-                Ok(commit)
-            };
-            let previous = match plan.req.previous {
-                Some(prev) => Some(pull(prev)?),
-                None => None,
-            };
-            let new = pull(plan.req.treeref)?;
-            (new.clone(), previous, new)
-        }
-    };
-    let epoch = ostreeutil::commit_epoch(&srepo, &new)?;
-    Ok((
-        Pulled {
-            sysroot,
-            new,
-            previous,
-            epoch,
-        },
-        detail,
-    ))
-}
-
-/// The disk image on its way: the file, and the root filesystem open for filling.
-struct Disk {
+/// The disk being written while the commits are pulled and deployed: the image file (or the
+/// device), the qcow2 image streamed from it, and a thread that formats the root partition
+/// and fills in the sysroot repo's objects (the bulk of the root filesystem, which the
+/// deployments hardlink): each object directory as soon as the pull has put all of the
+/// commit's file objects in it, then the rest once the pull is over.
+struct Filling {
     path: PathBuf,
     file: std::fs::File,
-    root_fs: Option<ext2fs::Fs>,
-    epoch: u64,
+    qcow2: Option<qcow2::Stream>,
+    /// `Some(dir)`: the pull is done with `dir`; `None`: the pull is over. Dropped without
+    /// `None`, the thread stops.
+    dirs: Option<std::sync::mpsc::Sender<Option<String>>>,
+    thread: Option<JoinHandle<Result<FilledObjects>>>,
 }
 
-fn deploy(plan: &Plan, pulled: &Pulled) -> Result<(Disk, String)> {
+/// The root filesystem with the repo's objects in, and the object directories' stamps as
+/// they were filled in.
+type FilledObjects = (ext2fs::Fs, Vec<DirStamp>);
+
+impl Filling {
+    /// Tells the thread the pull `dir` is done with (a name under `ostree/repo/objects`).
+    fn dir_done(&self) -> impl Fn(&str) + Sync {
+        let tx = std::sync::Mutex::new(self.dirs.clone().expect("until the pull is over"));
+        move |dir: &str| {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(Some(dir.to_string()));
+        }
+    }
+
+    /// Tells the thread the pull is over, waits for it, and returns the root filesystem and
+    /// the object directories' stamps as it filled them.
+    fn pull_over(&mut self) -> Result<FilledObjects> {
+        if let Some(tx) = self.dirs.take() {
+            let _ = tx.send(None);
+        }
+        self.thread
+            .take()
+            .expect("joined once")
+            .join()
+            .map_err(|_| anyhow!("the root filesystem thread panicked"))?
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        drop(self.dirs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Creates the image (or opens the device and wipes its partition tables), starts the qcow2
+/// image beside it when that is the output, and starts the root filesystem thread.
+fn start_filling(plan: &Plan, epoch: u64) -> Result<Filling> {
     let req = plan.req;
-    let layout = &plan.layout;
-    let epoch = pulled.epoch;
     let (path, file) = if req.device {
         let path = req.out.to_path_buf();
         let mut file = std::fs::OpenOptions::new()
@@ -432,44 +410,193 @@ fn deploy(plan: &Plan, pulled: &Pulled) -> Result<(Disk, String)> {
         file.set_len(plan.disk_bytes)?;
         (path, file)
     };
+    // An uncompressed qcow2 image is written while the disk is filled (see `qcow2`).
+    let qcow2 = if !req.device && plan.format == Format::Qcow2 && !req.compress {
+        let out = plan.work.staging.join("disk.qcow2");
+        Some(qcow2::Stream::start(&path, &out, plan.disk_bytes)?)
+    } else {
+        None
+    };
+    let report = qcow2.as_ref().map(qcow2::Stream::sender);
+    let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
     let sysroot_dir = plan.sysroot_dir();
     let root = plan.root();
-    let osname = &layout.ostree.osname;
-    let root_fs = std::thread::scope(|scope| -> Result<ext2fs::Fs> {
-        // Nothing writes to ostree/repo/objects after the pull: its files go into the root
-        // filesystem while ostree deploys (the deployments are hardlinks to them).
-        let objects = scope.spawn(|| -> Result<(ext2fs::Fs, Vec<DirStamp>)> {
-            let mut root_fs = fs::format_ext4(
-                &path,
-                plan.offset(root),
-                plan.bytes(root),
-                &plan.label(root),
-                plan.uuid(root),
-                epoch,
-            )?;
+    let (offset, bytes, label, uuid) = (
+        plan.offset(root),
+        plan.bytes(root),
+        plan.label(root),
+        plan.uuid(root).to_string(),
+    );
+    let image = path.clone();
+    let thread = std::thread::Builder::new()
+        .name("rootfs".into())
+        .spawn(move || -> Result<FilledObjects> {
+            let mut root_fs = fs::format_ext4(&image, offset, bytes, &label, &uuid, epoch)?;
+            if let Some(tx) = report {
+                root_fs.report_data_to(tx);
+            }
+            let what = || format!("filling the {label} filesystem");
+            loop {
+                match rx.recv() {
+                    Ok(Some(dir)) => {
+                        // Its file objects are all there; metadata objects come later.
+                        let rel = Path::new(OBJECTS).join(dir);
+                        let file = |n: &std::ffi::OsStr| n.as_bytes().ends_with(b".file");
+                        if sysroot_dir.join(&rel).is_dir() {
+                            root_fs
+                                .add_picked(&sysroot_dir, &rel, file)
+                                .with_context(what)?;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => bail!("stopped before the pull was over"),
+                }
+            }
             let stamps = fs::dir_stamps(&sysroot_dir.join(OBJECTS))?;
             root_fs
                 .add(&sysroot_dir, Path::new(OBJECTS))
-                .with_context(|| format!("filling the {} filesystem", plan.label(root)))?;
+                .with_context(what)?;
             Ok((root_fs, stamps))
-        });
+        })
+        .context("starting the root filesystem thread")?;
+    Ok(Filling {
+        path,
+        file,
+        qcow2,
+        dirs: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+fn pull(plan: &Plan) -> Result<((Pulled, Option<Filling>), String)> {
+    let layout = &plan.layout;
+    let grub = layout.uses_grub().then_some(plan.separate_boot());
+    let sysroot = sysroot::create(
+        &plan.sysroot_dir(),
+        &layout.ostree.osname,
+        grub,
+        layout.ostree.sysroot_readonly,
+    )?;
+    let srepo = sysroot.repo();
+    let remote = plan.req.remote.as_ref();
+    if let Some(remote) = remote {
+        sysroot::add_remote(&srepo, remote)?;
+    }
+    let mut filling = None;
+    let (new, previous, detail) = match (plan.req.source, remote) {
+        (Source::Url(url), Some(remote)) => {
+            let mut refs: Vec<&str> = plan.req.previous.into_iter().collect();
+            refs.push(plan.req.treeref);
+            let (mut commits, fetched) =
+                sysroot::pull_url(&srepo, &remote.name, Some(url), &refs, plan.req.quiet)?;
+            let new = commits.pop().expect("one per ref");
+            let detail = format!(
+                "{new}, {} objects, {:.1} MiB fetched",
+                fetched.objects,
+                fetched.bytes as f64 / MIB as f64
+            );
+            (new, commits.pop(), detail)
+        }
+        (Source::Url(url), None) => {
+            bail!("pulling from {url} needs the remote (its name and trusted key)")
+        }
+        (Source::Repo(repo), _) => {
+            // The new commit's time is known before it is pulled: the disk can be written
+            // while it is.
+            let src = ostreeutil::open_existing(repo)?;
+            let commit = ostreeutil::resolve(&src, plan.req.treeref)?
+                .ok_or_else(|| anyhow!("ref {} is not in {}", plan.req.treeref, repo.display()))?;
+            filling = Some(start_filling(
+                plan,
+                ostreeutil::commit_epoch(&src, &commit)?,
+            )?);
+            let told = filling.as_ref().map(Filling::dir_done);
+            let pull = |r: &str, tell: bool| -> Result<String> {
+                let commit = match (&told, tell) {
+                    (Some(told), true) => sysroot::pull_into_telling(&srepo, repo, r, told)?,
+                    _ => sysroot::pull_into(&srepo, repo, r)?,
+                };
+                if let Some(remote) = remote {
+                    // The ref `ostree admin upgrade` compares the remote's against.
+                    srepo
+                        .set_ref_immediate(
+                            Some(&remote.name),
+                            r,
+                            Some(&commit),
+                            ostree::gio::Cancellable::NONE,
+                        )
+                        .with_context(|| {
+                            format!("setting ref {}:{r} in the sysroot repo", remote.name)
+                        })?;
+                }
+                Ok(commit)
+            };
+            let previous = match plan.req.previous {
+                Some(prev) => Some(pull(prev, false)?),
+                None => None,
+            };
+            let new = pull(plan.req.treeref, true)?;
+            (new.clone(), previous, new)
+        }
+    };
+    let epoch = ostreeutil::commit_epoch(&srepo, &new)?;
+    Ok((
+        (
+            Pulled {
+                sysroot,
+                new,
+                previous,
+                epoch,
+            },
+            filling,
+        ),
+        detail,
+    ))
+}
+
+/// The disk image on its way: the file, the root filesystem open for filling, and the qcow2
+/// image being written from it.
+struct Disk {
+    path: PathBuf,
+    file: std::fs::File,
+    root_fs: Option<ext2fs::Fs>,
+    qcow2: Option<qcow2::Stream>,
+    epoch: u64,
+}
+
+fn deploy(plan: &Plan, pulled: &Pulled, filling: Option<Filling>) -> Result<(Disk, String)> {
+    let layout = &plan.layout;
+    let epoch = pulled.epoch;
+    let mut filling = match filling {
+        Some(f) => f,
+        None => start_filling(plan, epoch)?,
+    };
+    let sysroot_dir = plan.sysroot_dir();
+    let osname = &layout.ostree.osname;
+    // Nothing writes to ostree/repo/objects after the pull: the rest of its files go into the
+    // root filesystem while ostree deploys (the deployments are hardlinks to them).
+    let (root_fs, stamps) = std::thread::scope(|scope| {
+        let objects = scope.spawn(|| filling.pull_over());
         let deployed = deploy_commits(plan, pulled);
         let objects = objects
             .join()
             .map_err(|_| anyhow!("the root filesystem thread panicked"))?;
         deployed?;
-        let (root_fs, stamps) = objects?;
-        if fs::dir_stamps(&sysroot_dir.join(OBJECTS))? != stamps {
-            bail!(
-                "ostree/repo/objects changed during the deploy; the root filesystem would miss it"
-            );
-        }
-        Ok(root_fs)
+        objects
     })?;
+    if fs::dir_stamps(&sysroot_dir.join(OBJECTS))? != stamps {
+        bail!("ostree/repo/objects changed during the deploy; the root filesystem would miss it");
+    }
+    let (path, file, qcow2) = (
+        filling.path.clone(),
+        filling.file.try_clone()?,
+        filling.qcow2.take(),
+    );
     let disk = Disk {
         path,
         file,
         root_fs: Some(root_fs),
+        qcow2,
         epoch,
     };
     Ok((disk, osname.clone()))
@@ -673,7 +800,10 @@ fn output(plan: &Plan, pulled: Pulled, disk: Disk) -> Result<((), String)> {
         return Ok(((), format!("installed on {}", req.out.display())));
     }
     let Disk {
-        path: raw, file, ..
+        path: raw,
+        file,
+        qcow2,
+        ..
     } = disk;
     drop(file);
     drop(pulled);
@@ -697,6 +827,10 @@ fn output(plan: &Plan, pulled: Pulled, disk: Disk) -> Result<((), String)> {
             .context("compressing with zstd (apt-get install zstd)")?;
             z
         }
+        (Format::Qcow2, false) if qcow2.is_some() => qcow2
+            .expect("checked")
+            .finish()
+            .context("writing the qcow2 image")?,
         (Format::Qcow2, compress) => {
             let q = staging.join("disk.qcow2");
             let convert = |direct: bool| {

@@ -68,6 +68,17 @@ fn open_handle(image: &Path, offset: u64, flags: u32) -> Result<sys::ext2_filsys
     Ok(fs)
 }
 
+/// The names in directory `dir`, in byte order.
+fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
 fn cstr(s: &[u8]) -> Result<CString> {
     CString::new(s).map_err(|_| anyhow!("{:?} contains a NUL byte", String::from_utf8_lossy(s)))
 }
@@ -90,6 +101,8 @@ pub struct Fs {
     /// Whether `copy_file_range` works from the tree into the image.
     in_kernel_copy: bool,
     buf: Vec<u8>,
+    /// Told the byte range in the image of every file's blocks once its data is in them.
+    data_written: Option<std::sync::mpsc::Sender<(u64, u64)>>,
 }
 
 // SAFETY: the handle belongs to this value alone and libext2fs keeps no thread-local
@@ -134,6 +147,7 @@ impl Fs {
             xattr_value: vec![0; 65536],
             in_kernel_copy: true,
             buf: vec![0; 1 << 20],
+            data_written: None,
         };
         // SAFETY: fs is a valid handle from here on.
         unsafe {
@@ -144,6 +158,13 @@ impl Fs {
         check(unsafe { sys::ext2fs_read_bitmaps(fs) }, what)?;
         me.dirs.insert(PathBuf::new(), ROOT_INO);
         Ok(me)
+    }
+
+    /// Reports to `tx`, from here on, the byte range in the image of each run of a file's
+    /// blocks once its data is written there (whole blocks: the end of the last one is
+    /// zeros). Nothing writes those blocks again.
+    pub fn report_data_to(&mut self, tx: std::sync::mpsc::Sender<(u64, u64)>) {
+        self.data_written = Some(tx);
     }
 
     /// Writes out bitmaps, group descriptors and superblock, and closes the filesystem.
@@ -161,6 +182,41 @@ impl Fs {
     /// they are, so a second call on a parent adds only what is new; `rel` itself is not
     /// looked at again by later calls.
     pub fn add(&mut self, src: &Path, rel: &Path) -> Result<()> {
+        let ino = self.make_dirs(src, rel)?;
+        if ino == ROOT_INO {
+            self.copy_xattrs(src, ino)?;
+        }
+        self.fill(src, rel, ino)?;
+        self.complete.insert(rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Adds the entries of directory `src/rel` whose names `pick` (with its parent
+    /// directories, as [`Fs::add`]) that are not in the filesystem yet; a later call, or
+    /// [`Fs::add`] on it or a parent, adds only the others. So that the filesystem is the
+    /// same run after run, the caller knows which of them are there by now.
+    pub fn add_picked(
+        &mut self,
+        src: &Path,
+        rel: &Path,
+        pick: impl Fn(&std::ffi::OsStr) -> bool,
+    ) -> Result<()> {
+        let ino = self.make_dirs(src, rel)?;
+        for name in sorted_names(&src.join(rel))? {
+            let r = rel.join(&name);
+            if !pick(&name) || self.complete.contains(&r) || self.dirs.contains_key(&r) {
+                continue;
+            }
+            if let Some(c) = self.add_entry(src, &r, ino)? {
+                self.fill(src, &r, c)?;
+            }
+            self.complete.insert(r);
+        }
+        Ok(())
+    }
+
+    /// The inode of directory `rel`, made (as in `src`) with its parents where missing.
+    fn make_dirs(&mut self, src: &Path, rel: &Path) -> Result<u32> {
         let mut cur = PathBuf::new();
         let mut ino = ROOT_INO;
         for comp in rel.components() {
@@ -173,23 +229,11 @@ impl Fs {
                     .ok_or_else(|| anyhow!("{} is not a directory", src.join(&cur).display()))?,
             };
         }
-        if ino == ROOT_INO {
-            self.copy_xattrs(src, ino)?;
-        }
-        self.fill(src, rel, ino)?;
-        self.complete.insert(rel.to_path_buf());
-        Ok(())
+        Ok(ino)
     }
 
     fn fill(&mut self, src: &Path, rel: &Path, ino: u32) -> Result<()> {
-        let dir = src.join(rel);
-        let mut names: Vec<OsString> = std::fs::read_dir(&dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .with_context(|| format!("reading {}", dir.display()))?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
+        for name in sorted_names(&src.join(rel))? {
             let r = rel.join(&name);
             if self.complete.contains(&r) {
                 continue;
@@ -392,6 +436,10 @@ impl Fs {
             let to = self.offset + pblk * self.block_size;
             self.copy_range(&src, from, end, to)
                 .with_context(|| format!("copying the data of {}", path.display()))?;
+            if let Some(tx) = &self.data_written {
+                // A receiver that is gone has failed, and its owner says so.
+                let _ = tx.send((to, len * self.block_size));
+            }
         }
         Ok(())
     }

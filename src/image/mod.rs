@@ -13,6 +13,7 @@
 //! | [`scratch`] | workspaces: claimed under a lock, on tmpfs when there is room, swept |
 //! | [`grub`] | GRUB's menu from ostree's entries, its images and BIOS boot code |
 //! | [`gpt`], [`layout`] | the partition table; disk layouts (`images/*.yaml`) |
+//! | `qcow2` | qcow2 images, written while the raw disk is filled |
 
 pub mod build;
 mod ext2fs;
@@ -23,6 +24,7 @@ pub mod gpt;
 pub mod grub;
 pub mod layout;
 pub mod ops;
+mod qcow2;
 pub mod scratch;
 pub mod sysroot;
 

@@ -416,12 +416,7 @@ pub fn status(img: &Path) -> Result<(Vec<Deployment>, Option<UpdateState>)> {
 fn replace_image(o: &Opened, img: &Path, op: &str) -> Result<()> {
     let final_path = if o.qcow2 {
         let q = o.work.staging.join("work.qcow2");
-        process::run(
-            Command::new("qemu-img")
-                .args(["convert", "-f", "raw", "-O", "qcow2"])
-                .arg(&o.raw)
-                .arg(&q),
-        )?;
+        super::qcow2::convert(&o.raw, &q).context("writing the qcow2 image")?;
         q
     } else {
         o.raw.clone()

@@ -10,10 +10,22 @@ use std::path::Path;
 /// Pulls `r` from `repo` into the sysroot's repo by checksum (a stale summary file cannot
 /// redirect it) and gives it the same ref there, so deploy's cleanup keeps it.
 pub fn pull_into(sysroot_repo: &ostree::Repo, repo: &Path, r: &str) -> Result<String> {
+    pull_into_telling(sysroot_repo, repo, r, &|_| {})
+}
+
+/// [`pull_into`], calling `dir_done` with each object directory's name once the commit's
+/// file objects in it are all there, when the pull can tell (from an archive repo; see
+/// [`ostreeutil::import_archive_commit_telling`]).
+pub fn pull_into_telling(
+    sysroot_repo: &ostree::Repo,
+    repo: &Path,
+    r: &str,
+    dir_done: &(dyn Fn(&str) + Sync),
+) -> Result<String> {
     let src = ostreeutil::open_existing(repo)?;
     let commit = ostreeutil::resolve(&src, r)?
         .ok_or_else(|| anyhow!("ref {r} is not in {}", repo.display()))?;
-    let imported = ostreeutil::import_archive_commit(repo, sysroot_repo, &commit)
+    let imported = ostreeutil::import_archive_commit_telling(repo, sysroot_repo, &commit, dir_done)
         .with_context(|| format!("pulling {r} ({commit}) from {}", repo.display()))?;
     if !imported {
         ostreeutil::pull_local(sysroot_repo, repo, std::slice::from_ref(&commit))
