@@ -849,7 +849,9 @@ pub fn image(top: &Path, bin: &Path) -> Result<()> {
          overwrites its previous image in place; converting beside it and renaming over it, as \
          hostforge replaces its output (never a half-written image at the path), takes \
          {replace:.2} s (floor so: {floor_replace:.2} s, hostforge {ratio_replace:.2}× of it); \
-         hostforge writes its qcow2 itself while it builds (O_DIRECT, synced before the rename: durable, where the floor's image is still in the page cache), so its rename has nothing left to flush. Its setup, not counted, which \
+         hostforge writes its qcow2 itself while it builds (O_DIRECT, synced before the \
+         rename: durable, where the floor's image is still in the page cache), so its rename \
+         has nothing left to flush. Its setup, not counted, which \
          hostforge does inside its run: `ostree pull-local` {setup_pull:.2} s, `ostree admin deploy` \
          {setup_deploy:.2} s (floor + setup = {with_setup:.2} s, {ratio_setup:.2}×).\n\n\
          hostforge's steps in round {mid}: {split}.\n",
