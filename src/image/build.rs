@@ -338,6 +338,8 @@ struct Filling {
     /// `None`, the thread stops.
     dirs: Option<std::sync::mpsc::Sender<Option<String>>>,
     thread: Option<JoinHandle<Result<FilledObjects>>>,
+    /// The time the filesystems were started with (the new commit's).
+    epoch: u64,
 }
 
 /// The root filesystem with the repo's objects in, and the object directories' stamps as
@@ -465,6 +467,7 @@ fn start_filling(plan: &Plan, epoch: u64) -> Result<Filling> {
         qcow2,
         dirs: Some(tx),
         thread: Some(thread),
+        epoch,
     })
 }
 
@@ -567,9 +570,14 @@ struct Disk {
 fn deploy(plan: &Plan, pulled: &Pulled, filling: Option<Filling>) -> Result<(Disk, String)> {
     let layout = &plan.layout;
     let epoch = pulled.epoch;
+    // Started during the pull with the time of the commit the ref named then; should the ref
+    // have moved before the pull read it, the disk is started again.
     let mut filling = match filling {
-        Some(f) => f,
-        None => start_filling(plan, epoch)?,
+        Some(f) if f.epoch == epoch => f,
+        other => {
+            drop(other);
+            start_filling(plan, epoch)?
+        }
     };
     let sysroot_dir = plan.sysroot_dir();
     let osname = &layout.ostree.osname;

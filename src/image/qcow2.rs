@@ -134,6 +134,13 @@ struct Writer {
 
 impl Writer {
     fn create(raw: &Path, out: &Path, virtual_size: u64) -> Result<Writer> {
+        // A new file, never one a writer before may still hold open.
+        match std::fs::remove_file(out) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", out.display()));
+            }
+            _ => {}
+        }
         let open = |direct: bool| {
             let mut o = std::fs::OpenOptions::new();
             o.read(true).write(true).create(true).truncate(true);
