@@ -776,7 +776,13 @@ fn seed_ids(path: &Path, previous: &str) -> Result<()> {
         text.push_str(l);
         text.push('\n');
     }
+    // The new file keeps the mode of the package's (not the 0600 of a new temporary file).
+    let mode = std::fs::metadata(path).map(|m| m.permissions());
     fsutil::write_replacing(path, text.as_bytes())
+        .and_then(|()| match mode {
+            Ok(mode) => Ok(std::fs::set_permissions(path, mode)?),
+            Err(_) => Ok(()),
+        })
         .with_context(|| format!("preserve-passwd: writing {}", path.display()))
 }
 
