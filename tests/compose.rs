@@ -1198,4 +1198,26 @@ fn assembly_matches_a_libostree_checkout_of_the_packages() {
     }
     assert!(listings[0].lines().count() > 50, "{}", listings[0]);
     assert_eq!(listings[0], listings[1]);
+
+    // The compose's own tree, as its scriptlets, postprocessing and ostree layout left it:
+    // placed over, it becomes the checkout again, keeping what it can.
+    let old = env.cache().join("work/root.old");
+    assert!(old.join("usr/etc").is_dir(), "{}", old.display());
+    let reused = hostforge::compose::place::place_packages_over(&cache_repo, &old, &infos, |_| {})
+        .unwrap()
+        .expect("the fixtures lay out no directory through a symlink");
+    assert!(reused.kept > 20 && reused.removed > 0, "{reused:?}");
+    ostree_at(
+        &scratch,
+        &[
+            "commit",
+            "-b",
+            "c",
+            &format!("--tree=dir={}", old.display()),
+        ],
+    );
+    assert_eq!(
+        listings[0],
+        ostree_at(&scratch, &["ls", "-R", "-X", "-C", "c"])
+    );
 }

@@ -386,20 +386,33 @@ fn a_partial_package_import_is_imported_again() {
     common::ostree_at(&cache, &["fsck", "--quiet"]);
 }
 
-/// A compose sets its build root aside as `work/root.old`; the next one that builds removes
-/// it, and any `trash-*` a killed compose left, while it works.
+/// A compose sets its build root aside as `work/root.old`; the next one that builds lays
+/// its packages out over it, and removes any `trash-*`, or second root, a killed compose
+/// left while it works. A root a killed compose left alone is built on.
 #[test]
-fn earlier_build_roots_are_removed_by_the_next_compose() {
+fn earlier_build_roots_are_built_on_or_removed_by_the_next_compose() {
     let env = Env::new();
-    good_first(&env);
+    let first = good_first(&env);
     let work = env.cache().join("work");
     assert!(work.join("root.old/usr").is_dir());
     let left = work.join("trash-4194304");
     std::fs::create_dir_all(left.join("usr/bin")).unwrap();
     std::fs::write(left.join("usr/bin/stale"), "x").unwrap();
+    // A killed compose's root beside the previous one.
+    std::fs::create_dir_all(work.join("root/usr/bin")).unwrap();
+    std::fs::write(work.join("root/usr/bin/half"), "x").unwrap();
+    // Something no package has, in the previous root.
+    std::fs::write(work.join("root.old/usr/bin/stray"), "x").unwrap();
     let first_old = std::fs::metadata(work.join("root.old")).unwrap();
     let tf = env.treefile("good.yaml", GOOD);
-    assert_ok(&env.compose(&tf, &["--force-nocache"]));
+    let out = env.compose_env(
+        &tf,
+        &["--force-nocache"],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("from the previous tree:"), "{said}");
     assert!(!left.exists());
     let trash: Vec<_> = std::fs::read_dir(&work)
         .unwrap()
@@ -407,11 +420,26 @@ fn earlier_build_roots_are_removed_by_the_next_compose() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("trash-"))
         .collect();
     assert!(trash.is_empty(), "{trash:?}");
-    // Only this compose's root is left, set aside.
+    // This compose's root is the previous one, made right, and set aside again.
     use std::os::unix::fs::MetadataExt;
     let now_old = std::fs::metadata(work.join("root.old")).unwrap();
-    assert_ne!(first_old.ino(), now_old.ino());
+    assert_eq!(first_old.ino(), now_old.ino());
+    assert!(!work.join("root.old/usr/bin/stray").exists());
     assert!(!work.join("root").exists());
+    // The same tree as the first compose's.
+    let second = env.rev("test/node").unwrap();
+    let tree = |c: &str| common::ostree_at(&env.repo(), &["ls", "-R", "-X", "-C", c]);
+    assert_eq!(tree(&first), tree(&second));
+
+    // A root a killed compose left, and no previous one: it is built on.
+    std::fs::rename(work.join("root.old"), work.join("root")).unwrap();
+    std::fs::write(work.join("root/usr/bin/stray"), "x").unwrap();
+    let out = env.compose(&tf, &["--force-nocache"]);
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("from the previous tree:"), "{said}");
+    assert_eq!(tree(&first), tree(&env.rev("test/node").unwrap()));
+    assert!(!work.join("root.old/usr/bin/stray").exists());
 }
 
 /// Two composes on one repo and cachedir at once: the second waits for the first (it says

@@ -247,7 +247,7 @@ pub fn compose_tree(opts: Options) -> Result<Summary> {
         Ok(o) => o,
         Err(e) => {
             // The build root can be large: a failed run does not keep it (nor a full disk).
-            if let Err(clean) = clean_work_root(&env) {
+            if let Err(clean) = clean_work_root(&env, true) {
                 env.progress.info(&format!("{clean:#}"));
             }
             return Err(explain_out_of_space(&env, e));
@@ -626,20 +626,28 @@ fn fetch_and_import(
     ))
 }
 
-/// Build roots of earlier composes (`root.old`, set aside by the commit step, and any
-/// `trash-*` a killed compose left) removed on a thread of their own while this compose
+/// Build roots of earlier composes no compose will build on (a second root an interrupted
+/// compose left, any `trash-*`), removed on a thread of their own while this compose
 /// assembles and commits. Started after the fetch: a package import's syncfs would otherwise
 /// flush what the removal dirtied too (about half of a one-package fetch here).
+///
+/// The previous compose's root (`root.old`, set aside by its commit step, or the `root` an
+/// interrupted compose left) stays: assembly builds this compose's tree from it
+/// ([`place::place_packages_over`]).
 struct OldRoots(Option<std::thread::JoinHandle<Result<()>>>);
 
 impl OldRoots {
     fn remove_in_background(work: &Path) -> Result<OldRoots> {
-        let old = work.join("root.old");
-        if old.exists() {
-            let trash = work.join(format!("trash-{}", std::process::id()));
-            postprocess::remove_any(&trash)?;
-            std::fs::rename(&old, &trash)
-                .with_context(|| format!("moving {} aside", old.display()))?;
+        let (root, old) = (work.join("root"), work.join("root.old"));
+        if root.symlink_metadata().is_ok() {
+            let to = if old.symlink_metadata().is_ok() {
+                work.join(format!("trash-{}", std::process::id()))
+            } else {
+                old
+            };
+            postprocess::remove_any(&to)?;
+            std::fs::rename(&root, &to)
+                .with_context(|| format!("moving {} aside", root.display()))?;
         }
         let mut doomed = Vec::new();
         for entry in
@@ -679,10 +687,14 @@ impl Drop for OldRoots {
     }
 }
 
-/// Empties the work dir of an earlier (possibly interrupted) compose.
-fn clean_work_root(env: &Env) -> Result<()> {
+/// Removes the build root (`root`) and, with `all`, the previous compose's (`root.old`).
+fn clean_work_root(env: &Env, all: bool) -> Result<()> {
     scripts::unmount_stale(&env.work.join("rofiles"));
-    for r in [env.root(), env.work.join("root.old")] {
+    let mut roots = vec![env.root()];
+    if all {
+        roots.push(env.work.join("root.old"));
+    }
+    for r in roots {
         if r.exists() {
             std::fs::remove_dir_all(&r).with_context(|| format!("removing {}", r.display()))?;
         }
@@ -714,14 +726,31 @@ fn assemble(
             }
         }
     }
-    clean_work_root(env)?;
+    clean_work_root(env, false)?;
     let r = env.root();
-    std::fs::create_dir_all(&r)?;
-    let bar = env.progress.bar("assemble", packages.commits.len() as u64);
-    place::place_packages(&env.cache_path, &r, &packages.infos, |info| {
-        bar.inc(&info.name)
-    })?;
-    drop(bar);
+    let old = env.work.join("root.old");
+    let mut reused = None;
+    if old.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        std::fs::rename(&old, &r).with_context(|| format!("moving {} back", old.display()))?;
+        let bar = env.progress.bar("assemble", packages.commits.len() as u64);
+        reused = place::place_packages_over(&env.cache_path, &r, &packages.infos, |info| {
+            bar.inc(&info.name)
+        })?;
+        if reused.is_none() {
+            // Laid out through a symlink: the old tree cannot tell what is new.
+            postprocess::remove_any(&r)?;
+        }
+    }
+    if reused.is_none() {
+        postprocess::remove_any(&old)?;
+        std::fs::create_dir_all(&r)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o755))?;
+        let bar = env.progress.bar("assemble", packages.commits.len() as u64);
+        place::place_packages(&env.cache_path, &r, &packages.infos, |info| {
+            bar.inc(&info.name)
+        })?;
+    }
     check_out_layers(env, &input.layers)?;
     if env.tf.doc.preserve_passwd.unwrap_or(true) && !env.tf.container() {
         for file in ["passwd", "group"] {
@@ -750,7 +779,14 @@ fn assemble(
             }
         }
     }
-    Ok(((), format!("{} packages", packages.commits.len())))
+    let mut detail = format!("{} packages", packages.commits.len());
+    if let Some(reused) = reused {
+        detail += &format!(
+            ", from the previous tree: {} kept, {} removed",
+            reused.kept, reused.removed
+        );
+    }
+    Ok(((), detail))
 }
 
 /// `preserve-passwd` (rpm-ostree's default): the previous commit's users or groups that the
@@ -1410,8 +1446,8 @@ fn commit(
 ) -> Result<(Committed, String)> {
     let committed = write_build_commit(env, tree, owners)?;
     let built = &committed.commit;
-    // The root is in the cache repo now: set aside, it is removed while the next compose
-    // builds (`OldRoots`).
+    // The root is in the cache repo now: set aside, the next compose lays its packages out
+    // over it (`place::place_packages_over`).
     let aside = env.work.join("root.old");
     postprocess::remove_any(&aside)?;
     std::fs::rename(env.root(), &aside)
