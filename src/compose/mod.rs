@@ -10,6 +10,7 @@ pub mod place;
 mod postprocess;
 mod rpmdb;
 mod scripts;
+mod walk;
 
 use crate::fsutil;
 use crate::lockfile::Lock;
@@ -312,7 +313,7 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
     let packages = run.step("fetch", || fetch_and_import(env, &solved, &rpmdb.feed()))?;
     // The previous compose's root, set aside by its commit step, goes while this one builds.
     let previous_root = OldRoots::remove_in_background(&env.work)?;
-    run.step("assemble", || assemble(env, target, &input, &packages))?;
+    let linked = run.step("assemble", || assemble(env, target, &input, &packages))?;
     run.step("scripts", || run_scriptlets(env, &packages))?;
     run.step("rpmdb", || rpmdb.place(env))?;
     let ahead = compress_ahead(env, target, &packages)?;
@@ -328,7 +329,9 @@ fn pipeline(env: &Env, run: &mut Runner) -> Result<Outcome> {
         kver,
         repo_generated,
     };
-    let committed = run.step("commit", || commit(env, target, &tree, owners, ahead))?;
+    let committed = run.step("commit", || {
+        commit(env, target, &tree, owners, &linked, ahead)
+    })?;
     let diff = package_diff(target, &tree)?;
     previous_root.finish()?;
     Ok(Outcome::Committed {
@@ -707,7 +710,7 @@ fn assemble(
     target: &ostree::Repo,
     input: &Input,
     packages: &Packages,
-) -> Result<((), String)> {
+) -> Result<(place::Linked, String)> {
     // Two packages may ship one path only with identical content.
     let mut owners: HashMap<&str, (&str, &str)> = HashMap::new();
     for info in &packages.infos {
@@ -741,16 +744,19 @@ fn assemble(
             postprocess::remove_any(&r)?;
         }
     }
-    if reused.is_none() {
-        postprocess::remove_any(&old)?;
-        std::fs::create_dir_all(&r)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o755))?;
-        let bar = env.progress.bar("assemble", packages.commits.len() as u64);
-        place::place_packages(&env.cache_path, &r, &packages.infos, |info| {
-            bar.inc(&info.name)
-        })?;
-    }
+    let linked = match &mut reused {
+        Some(reused) => std::mem::take(&mut reused.linked),
+        None => {
+            postprocess::remove_any(&old)?;
+            std::fs::create_dir_all(&r)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o755))?;
+            let bar = env.progress.bar("assemble", packages.commits.len() as u64);
+            place::place_packages(&env.cache_path, &r, &packages.infos, |info| {
+                bar.inc(&info.name)
+            })?
+        }
+    };
     check_out_layers(env, &input.layers)?;
     if env.tf.doc.preserve_passwd.unwrap_or(true) && !env.tf.container() {
         for file in ["passwd", "group"] {
@@ -786,7 +792,7 @@ fn assemble(
             reused.kept, reused.removed
         );
     }
-    Ok(((), detail))
+    Ok((linked, detail))
 }
 
 /// `preserve-passwd` (rpm-ostree's default): the previous commit's users or groups that the
@@ -1442,9 +1448,10 @@ fn commit(
     target: &ostree::Repo,
     tree: &Tree,
     owners: Owners,
+    linked: &place::Linked,
     ahead: Option<ostreeutil::Precompress>,
 ) -> Result<(Committed, String)> {
-    let committed = write_build_commit(env, tree, owners)?;
+    let committed = write_build_commit(env, tree, owners, linked)?;
     let built = &committed.commit;
     // The root is in the cache repo now: set aside, the next compose lays its packages out
     // over it (`place::place_packages_over`).
@@ -1541,34 +1548,17 @@ fn commit_modifier(env: &Env, owners: Owners) -> Result<(ostree::RepoCommitModif
 /// metadata, never that bookkeeping itself) written again as a new object with the owner.
 /// Files the filter saw already carry their owner and are left as they are.
 fn apply_owners(repo: &ostree::Repo, mtree: &ostree::MutableTree, owners: &Owners) -> Result<()> {
-    let cancellable = gio::Cancellable::NONE;
     for (path, &(uid, gid)) in owners {
         // Gone when removed after the packages were installed (remove-files, layout); a
         // directory got its owner from the filter.
         let Some((dir, name, checksum)) = mtree_file(mtree, path)? else {
             continue;
         };
-        let (input, info, xattrs) = repo
-            .load_file(&checksum, cancellable)
-            .with_context(|| format!("reading {path} ({checksum}) from the cache"))?;
-        let owner = |i: &gio::FileInfo| {
-            (
-                i.attribute_uint32("unix::uid"),
-                i.attribute_uint32("unix::gid"),
-            )
-        };
-        if owner(&info) == (uid, gid) {
+        let owned = walk::owned(repo, &checksum, uid, gid, path)?;
+        if owned == checksum {
             continue;
         }
-        info.set_attribute_uint32("unix::uid", uid);
-        info.set_attribute_uint32("unix::gid", gid);
-        let input = input.unwrap_or_else(|| gio::MemoryInputStream::new().upcast());
-        let (stream, len) =
-            ostree::raw_file_to_content_stream(&input, &info, Some(&xattrs), cancellable)?;
-        let owned = repo
-            .write_content(None, &stream, len, cancellable)
-            .with_context(|| format!("writing {path} with owner {uid}:{gid}"))?;
-        dir.replace_file(name, &owned.to_hex())?;
+        dir.replace_file(name, &owned)?;
     }
     Ok(())
 }
@@ -1599,15 +1589,13 @@ fn mtree_file<'p>(
     })
 }
 
-/// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
-fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committed> {
+/// The root written into the cache repo (in its open transaction) by libostree, as its
+/// `RepoFile`. Files still hardlinked to the package cache (packages and layers) are known
+/// by their inode: libostree maps every loose object's (device, inode) to its checksum.
+fn libostree_tree(env: &Env, owners: Owners) -> Result<ostree::RepoFile> {
     let cancellable = gio::Cancellable::NONE;
     let (modifier, canonical) = commit_modifier(env, owners.clone())?;
     let cache = &env.cache;
-    // Aborted on drop: an error below leaves no half-open transaction in the cache.
-    let tx = cache.auto_transaction(cancellable)?;
-    // Files still hardlinked to the package cache (packages and layers) are known by their
-    // inode: libostree maps every loose object's (device, inode) to its checksum.
     cache.scan_hardlinks(cancellable)?;
     let mtree = ostree::MutableTree::new();
     let dir = std::fs::File::open(env.root())?;
@@ -1616,10 +1604,59 @@ fn write_build_commit(env: &Env, tree: &Tree, owners: Owners) -> Result<Committe
     if canonical {
         apply_owners(cache, &mtree, &owners)?;
     }
-    let root_file = cache.write_mtree(&mtree, cancellable)?;
-    let root_file = root_file
+    cache
+        .write_mtree(&mtree, cancellable)?
         .downcast::<ostree::RepoFile>()
-        .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?;
+        .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))
+}
+
+/// The tree as a commit in the cache repo (ref `hostforge/build/REF`), in one transaction.
+fn write_build_commit(
+    env: &Env,
+    tree: &Tree,
+    owners: Owners,
+    linked: &place::Linked,
+) -> Result<Committed> {
+    let cancellable = gio::Cancellable::NONE;
+    let cache = &env.cache;
+    // Aborted on drop: an error below leaves no half-open transaction in the cache.
+    let tx = cache.auto_transaction(cancellable)?;
+    // Files placed from the package cache are known by their inode. hostforge writes the
+    // tree itself when nothing but owners changes a file (`walk`); layers' files are
+    // hardlinks it did not place, so libostree commits a tree with layers.
+    let ours = if keeps_package_checksums(env) && tree.input.layers.is_empty() {
+        walk::write_root(cache, &env.cache_path, &env.root(), linked, &owners)?
+    } else {
+        None
+    };
+    let root_file = match ours {
+        Some((contents, meta)) => {
+            if cfg!(debug_assertions) {
+                // Every test checks hostforge's tree against libostree's.
+                let theirs = libostree_tree(env, owners)?;
+                let theirs = (
+                    theirs.tree_get_contents_checksum().map(|c| c.to_string()),
+                    theirs.tree_get_metadata_checksum().map(|c| c.to_string()),
+                );
+                if theirs != (Some(contents.clone()), Some(meta.clone())) {
+                    let at = match &theirs.0 {
+                        Some(t) => walk::first_difference(cache, &contents, t, "/")?,
+                        None => String::new(),
+                    };
+                    bail!(
+                        "hostforge wrote the tree as {contents} (metadata {meta}), libostree \
+                         as {theirs:?}: {at}"
+                    );
+                }
+            }
+            let mtree = ostree::MutableTree::from_checksum(cache, &contents, &meta);
+            cache
+                .write_mtree(&mtree, cancellable)?
+                .downcast::<ostree::RepoFile>()
+                .map_err(|_| anyhow!("write_mtree did not return a RepoFile"))?
+        }
+        None => libostree_tree(env, owners)?,
+    };
     let meta = commit_metadata(env, tree)?;
     let name = env
         .tf

@@ -26,13 +26,14 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Places each package of `infos` in order over `root`, hardlinking from the bare-user repo
-/// at `cache_repo`; `done` is called after each package.
+/// at `cache_repo`; `done` is called after each package. Returns the inodes of the objects
+/// it hardlinked.
 pub fn place_packages(
     cache_repo: &Path,
     root: &Path,
     infos: &[PkgInfo],
     mut done: impl FnMut(&PkgInfo),
-) -> Result<()> {
+) -> Result<Linked> {
     let mut placer = Placer::new(cache_repo, root)?;
     for info in infos {
         placer
@@ -40,12 +41,17 @@ pub fn place_packages(
             .with_context(|| format!("laying out {}", info.nevra))?;
         done(info);
     }
-    Ok(())
+    Ok(placer.linked)
 }
+
+/// The inodes of the objects a placement hardlinked, and their checksums.
+pub type Linked = HashMap<u64, String>;
 
 /// What [`place_packages_over`] did with the tree it was given.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reused {
+    /// The inodes of the objects hardlinked (as [`place_packages`] returns them).
+    pub linked: Linked,
     /// Files and directories that were already right.
     pub kept: usize,
     /// Entries of the old tree no package has, removed.
@@ -68,7 +74,12 @@ pub fn place_packages_over(
     mut done: impl FnMut(&PkgInfo),
 ) -> Result<Option<Reused>> {
     let mut placer = Placer::new(cache_repo, root)?;
-    let root_ino = rfs::fstat(&placer.root)?.st_ino;
+    let root_st = rfs::fstat(&placer.root)?;
+    // Inodes are compared with the objects' (a placement links across no filesystems).
+    if root_st.st_dev != rfs::fstat(&placer.objects)?.st_dev {
+        return Ok(None);
+    }
+    let root_ino = root_st.st_ino;
     let mut xattrs = [0u8; 256];
     let has_xattrs = !matches!(rfs::flistxattr(&placer.root, &mut xattrs[..]), Ok(0));
     if has_xattrs {
@@ -85,7 +96,6 @@ pub fn place_packages_over(
         found: HashMap::new(),
         symlinks: HashSet::new(),
         root_path: root.to_path_buf(),
-        dev: rfs::fstat(&placer.objects)?.st_dev,
         reused: Reused::default(),
     };
     over.found
@@ -103,6 +113,7 @@ pub fn place_packages_over(
     over.sweep()?;
     rfs::fchmod(&placer.root, Mode::from_raw_mode(0o755))
         .with_context(|| format!("setting mode 755 on {}", root.display()))?;
+    over.reused.linked = placer.linked;
     Ok(Some(over.reused))
 }
 
@@ -145,8 +156,6 @@ struct Over {
     /// Claimed entries that are symbolic links.
     symlinks: HashSet<(u64, String)>,
     root_path: PathBuf,
-    /// The device of the cache's objects (and of the root).
-    dev: u64,
     reused: Reused,
 }
 
@@ -202,6 +211,10 @@ struct Placer {
     objects: OwnedFd,
     root: OwnedFd,
     tmp_serial: u64,
+    /// The objects hardlinked: inode -> checksum.
+    linked: Linked,
+    /// Their inodes by checksum.
+    inodes: HashMap<String, u64>,
     /// Set when placing over an old tree.
     over: Option<Over>,
 }
@@ -228,6 +241,8 @@ impl Placer {
             objects,
             root,
             tmp_serial: 0,
+            linked: HashMap::new(),
+            inodes: HashMap::new(),
             over: None,
         })
     }
@@ -287,6 +302,8 @@ impl Placer {
                 Placed::Link(path, csum) => {
                     let (parent, name) = split(path);
                     let (parent, parent_ino) = dir(&dirs, parent)?;
+                    self.record(csum)
+                        .with_context(|| format!("reading object {csum} for /{path}"))?;
                     let placed = self.reuse(parent_ino, path, name, Some(csum));
                     match placed? {
                         Reuse::Kept => Ok(()),
@@ -353,8 +370,7 @@ impl Placer {
             return Ok(Reuse::No);
         };
         if let (FileType::RegularFile, Some(csum)) = (kind, object) {
-            let st = rfs::statat(&self.objects, loose(csum), AtFlags::empty())?;
-            if (st.st_dev, st.st_ino) == (o.dev, ino) {
+            if self.inodes.get(csum) == Some(&ino) {
                 o.reused.kept += 1;
                 return Ok(Reuse::Kept);
             }
@@ -414,6 +430,16 @@ impl Placer {
         rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
             .with_context(|| format!("creating /{path}"))?;
         Ok(false)
+    }
+
+    /// Notes the inode of object `csum`, hardlinked by this placement.
+    fn record(&mut self, csum: &str) -> Result<()> {
+        if !self.inodes.contains_key(csum) {
+            let st = rfs::statat(&self.objects, loose(csum), AtFlags::empty())?;
+            self.inodes.insert(csum.to_string(), st.st_ino);
+            self.linked.insert(st.st_ino, csum.to_string());
+        }
+        Ok(())
     }
 
     fn open_dir(&self, path: &str) -> Result<OwnedFd> {
