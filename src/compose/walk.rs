@@ -163,11 +163,22 @@ impl Walker<'_> {
                 _ => return Ok(None),
             }
         }
-        let tree = dirtree(&files, &dirs);
-        let csum = hex::encode(sha2::Sha256::digest(tree.data()));
+        let tree = dirtree_bytes(&files, &dirs);
+        if cfg!(debug_assertions) {
+            assert_eq!(
+                tree,
+                dirtree(&files, &dirs).data(),
+                "the tree of {path} as GVariant"
+            );
+        }
+        let csum = hex::encode(sha2::Sha256::digest(&tree));
         if !self.written.contains(&csum) {
             let rel = crate::ostreeutil::loose_object_relpath(&csum, "dirtree");
             if rfs::statat(&self.objects, &rel, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                let tree = glib::Variant::from_bytes_with_type(
+                    &glib::Bytes::from_owned(tree),
+                    glib::VariantTy::new("(a(say)a(sayay))").expect("a variant type"),
+                );
                 self.repo
                     .write_metadata(
                         ostree::ObjectType::DirTree,
@@ -305,7 +316,90 @@ fn bytes(csum: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
-/// A dirtree object, `(a(say)a(sayay))`, from entries sorted by name.
+/// The serialized size of a GVariant container with `body` bytes and `n` framing offsets
+/// (each as small as the whole allows).
+fn container_size(body: usize, n: usize) -> usize {
+    if body + n <= 0xff {
+        body + n
+    } else if body + 2 * n <= 0xffff {
+        body + 2 * n
+    } else if body + 4 * n <= 0xffff_ffff {
+        body + 4 * n
+    } else {
+        body + 8 * n
+    }
+}
+
+/// The size of each framing offset in a container of `total` bytes.
+fn offset_size(total: usize) -> usize {
+    match total {
+        0 => 0,
+        1..=0xff => 1,
+        0x100..=0xffff => 2,
+        0x1_0000..=0xffff_ffff => 4,
+        _ => 8,
+    }
+}
+
+/// A tuple of variable-sized members with alignment 1 (`s`, `ay` and tuples and arrays of
+/// them): the members, then the end of each but the last, last first.
+fn gv_tuple(members: &[&[u8]]) -> Vec<u8> {
+    let body: usize = members.iter().map(|m| m.len()).sum();
+    let n = members.len().saturating_sub(1);
+    let total = container_size(body, n);
+    let size = offset_size(total);
+    let mut out = Vec::with_capacity(total);
+    let mut ends = Vec::with_capacity(n);
+    for (i, m) in members.iter().enumerate() {
+        out.extend_from_slice(m);
+        if i < n {
+            ends.push(out.len());
+        }
+    }
+    for end in ends.iter().rev() {
+        out.extend_from_slice(&(*end as u64).to_le_bytes()[..size]);
+    }
+    out
+}
+
+/// An array of variable-sized elements with alignment 1: the elements, then the end of each.
+fn gv_array(elements: &[Vec<u8>]) -> Vec<u8> {
+    let body: usize = elements.iter().map(Vec::len).sum();
+    let total = container_size(body, elements.len());
+    let size = offset_size(total);
+    let mut out = Vec::with_capacity(total);
+    let mut ends = Vec::with_capacity(elements.len());
+    for e in elements {
+        out.extend_from_slice(e);
+        ends.push(out.len());
+    }
+    for end in ends {
+        out.extend_from_slice(&(end as u64).to_le_bytes()[..size]);
+    }
+    out
+}
+
+/// A dirtree object's bytes, `(a(say)a(sayay))` in GVariant's normal form, from entries
+/// sorted by name: what [`dirtree`] gives, without a GVariant for each entry.
+fn dirtree_bytes(files: &[(String, [u8; 32])], dirs: &[(String, [u8; 32], [u8; 32])]) -> Vec<u8> {
+    let cstr = |n: &str| {
+        let mut v = Vec::with_capacity(n.len() + 1);
+        v.extend_from_slice(n.as_bytes());
+        v.push(0);
+        v
+    };
+    let files: Vec<Vec<u8>> = files
+        .iter()
+        .map(|(n, c)| gv_tuple(&[&cstr(n), c]))
+        .collect();
+    let dirs: Vec<Vec<u8>> = dirs
+        .iter()
+        .map(|(n, t, m)| gv_tuple(&[&cstr(n), t, m]))
+        .collect();
+    gv_tuple(&[&gv_array(&files), &gv_array(&dirs)])
+}
+
+/// A dirtree object, `(a(say)a(sayay))`, from entries sorted by name, built by GVariant.
 fn dirtree(files: &[(String, [u8; 32])], dirs: &[(String, [u8; 32], [u8; 32])]) -> glib::Variant {
     let files = glib::Variant::array_from_iter_with_type(
         glib::VariantTy::new("(say)").expect("a variant type"),
@@ -376,4 +470,44 @@ pub fn first_difference(repo: &ostree::Repo, a: &str, b: &str, path: &str) -> Re
         }
     }
     Ok(format!("directories of {path}: {da:?} against {db:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trees of every size class (1-, 2- and 4-byte framing offsets, empty arrays, long
+    /// names) serialize as GVariant does.
+    #[test]
+    fn dirtrees_serialize_as_gvariant_does() {
+        let name = |i: usize, len: usize| format!("{i:04}{}", "n".repeat(len));
+        for (nfiles, ndirs, len) in [
+            (0, 0, 0),
+            (1, 0, 0),
+            (0, 1, 3),
+            (2, 2, 200),
+            (3, 1, 250),
+            (40, 7, 10),
+            (2000, 30, 12),
+            (3, 3, 255 - 4),
+        ] {
+            let files: Vec<(String, [u8; 32])> =
+                (0..nfiles).map(|i| (name(i, len), [i as u8; 32])).collect();
+            let dirs: Vec<(String, [u8; 32], [u8; 32])> = (0..ndirs)
+                .map(|i| (name(i, len), [i as u8; 32], [!(i as u8); 32]))
+                .collect();
+            let ours = dirtree_bytes(&files, &dirs);
+            let theirs = dirtree(&files, &dirs);
+            assert!(theirs.is_normal_form());
+            assert_eq!(
+                ours,
+                theirs.data(),
+                "{nfiles} files, {ndirs} dirs, names of {len}"
+            );
+        }
+        // Over 64 KiB of files (4-byte offsets in the files array).
+        let files: Vec<(String, [u8; 32])> = (0..3000).map(|i| (name(i, 20), [7; 32])).collect();
+        assert!(dirtree_bytes(&files, &[]).len() > 0x10000);
+        assert_eq!(dirtree_bytes(&files, &[]), dirtree(&files, &[]).data());
+    }
 }
