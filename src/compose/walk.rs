@@ -55,7 +55,7 @@ pub fn write_root(
         linked,
         owners,
         dev,
-        dirmetas: HashMap::new(),
+        dirmetas: crate::ostreeutil::DirMetaCache::default(),
         written: HashSet::new(),
     };
     match w.dir(&root_fd, "/") {
@@ -71,7 +71,7 @@ struct Walker<'a> {
     owners: &'a Owners,
     dev: u64,
     /// Dirmeta checksums by (uid, gid, mode).
-    dirmetas: HashMap<(u32, u32, u32), String>,
+    dirmetas: crate::ostreeutil::DirMetaCache,
     /// Dirtrees this walk wrote or found.
     written: HashSet<String>,
 }
@@ -111,7 +111,7 @@ impl Walker<'_> {
             return Ok(None);
         }
         let (uid, gid) = self.owner(path, &st);
-        let meta = self.dirmeta(uid, gid, st.st_mode)?;
+        let meta = self.dirmetas.get(self.repo, uid, gid, st.st_mode)?;
         let mut entries = Vec::new();
         for entry in rfs::Dir::read_from(fd)? {
             let entry = entry?;
@@ -191,28 +191,6 @@ impl Walker<'_> {
             self.written.insert(csum.clone());
         }
         Ok(Some((csum, meta)))
-    }
-
-    fn dirmeta(&mut self, uid: u32, gid: u32, mode: u32) -> Result<String> {
-        if let Some(c) = self.dirmetas.get(&(uid, gid, mode)) {
-            return Ok(c.clone());
-        }
-        let info = gio::FileInfo::new();
-        info.set_attribute_uint32("unix::uid", uid);
-        info.set_attribute_uint32("unix::gid", gid);
-        info.set_attribute_uint32("unix::mode", mode);
-        let meta = ostree::create_directory_metadata(&info, None);
-        let csum = self
-            .repo
-            .write_metadata(
-                ostree::ObjectType::DirMeta,
-                None,
-                &meta,
-                gio::Cancellable::NONE,
-            )?
-            .to_hex();
-        self.dirmetas.insert((uid, gid, mode), csum.clone());
-        Ok(csum)
     }
 
     /// A regular file placement did not link: its content object, written from disk.
